@@ -1,0 +1,485 @@
+"""Report figures from the results dataset and the statistics tables.
+
+Every function takes data (an ``xarray.Dataset`` with the results schema: dims ``subject``,
+``timepoint``, ``method``, ``contrast``, ``side``; or a statistics ``pandas.DataFrame``) and
+returns a :class:`matplotlib.figure.Figure`, or ``None`` when its inputs hold nothing to plot
+(no ground truth, no follow-up, an empty table, ...), so the caller can say so instead of
+drawing an empty frame. Nothing is computed lazily: results datasets are small (one value per
+scan × method × contrast × side) and are loaded here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from thaldask.report.style import (
+    OKABE_ITO,
+    contrast_markers,
+    method_colours,
+    new_figure,
+    styled,
+)
+
+__all__ = [
+    "metric_combos",
+    "plot_metric_distributions",
+    "plot_precision_sensitivity",
+    "plot_volume_vs_gt",
+    "plot_bland_altman",
+    "plot_forest",
+    "plot_odds_ratios",
+    "annualised_change",
+    "plot_annualised_change",
+    "plot_site_distributions",
+    "find_ci_columns",
+]
+
+METRIC_LABELS = {
+    "dice": "Dice coefficient (unitless, 0–1)",
+    "sensitivity": "Sensitivity (unitless, 0–1)",
+    "precision": "Precision (unitless, 0–1)",
+    "jaccard": "Jaccard index (unitless, 0–1)",
+    "hd95_mm": "HD95 (mm)",
+    "assd_mm": "ASSD (mm)",
+}
+GROUP_ORDER = ["HC", "MS", "NMOSD", "MOGAD"]
+
+
+def _label(method, contrast) -> str:
+    return f"{method} · {contrast}"
+
+
+def _side(ds: xr.Dataset, side: str) -> xr.Dataset:
+    return ds.sel(side=side) if "side" in ds.dims else ds
+
+
+def metric_combos(ds: xr.Dataset, var: str, *, side: str = "total") -> list[tuple[str, str]]:
+    """(method, contrast) pairs with at least one finite ``var`` value, in dataset order."""
+    if var not in ds:
+        return []
+    da = _side(ds, side)[var]
+    finite = np.isfinite(da.astype(float)).any([d for d in da.dims if d not in ("method", "contrast")])
+    out = []
+    for m in finite["method"].values:
+        for c in finite["contrast"].values:
+            if bool(finite.sel({"method": m, "contrast": c})):
+                out.append((str(m), str(c)))
+    return out
+
+
+def _values(ds, var, method, contrast, *, side="total") -> np.ndarray:
+    a = np.asarray(_side(ds, side)[var].sel({"method": method, "contrast": contrast}), dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def _pairs(ds, method, contrast, *, side="total"):
+    """Finite (gt, method) volume pairs, mm³, over every scan."""
+    d = _side(ds, side)
+    v = np.asarray(d["volume_mm3"].sel({"method": method, "contrast": contrast}), dtype=float)
+    g = np.asarray(d["gt_volume_mm3"], dtype=float)
+    g, v = np.broadcast_arrays(g, v)
+    ok = np.isfinite(g) & np.isfinite(v)
+    return g[ok], v[ok]
+
+
+def _grid(n: int, max_cols: int = 4):
+    ncols = min(n, max_cols)
+    return math.ceil(n / ncols), ncols
+
+
+def _hide_unused(axes, n):
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+
+
+def _methods_contrasts(combos):
+    methods = list(dict.fromkeys(m for m, _ in combos))
+    contrasts = list(dict.fromkeys(c for _, c in combos))
+    return methods, contrasts
+
+
+@styled
+def plot_metric_distributions(
+    ds: xr.Dataset,
+    *,
+    metrics=("dice", "sensitivity", "precision"),
+    side: str = "total",
+    rng=0,
+):
+    """Box plots with the individual scans overlaid, one panel per metric.
+
+    One row per method × contrast that has ground truth; colour = method. Points are jittered
+    vertically with ``rng`` (int or ``np.random.Generator``) so the figure is reproducible.
+    Returns ``None`` when no metric has a finite value.
+    """
+    rng = np.random.default_rng(rng)
+    metrics = [m for m in metrics if metric_combos(ds, m, side=side)]
+    if not metrics:
+        return None
+    combos = list(dict.fromkeys(c for m in metrics for c in metric_combos(ds, m, side=side)))
+    methods, _ = _methods_contrasts(combos)
+    colours = method_colours(methods)
+    fig, axes = new_figure(3.3 * len(metrics), 1.0 + 0.42 * len(combos), 1, len(metrics), sharey=True)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for row, (m, c) in enumerate(combos):
+            v = _values(ds, metric, m, c, side=side) if metric in ds else np.array([])
+            if v.size == 0:
+                ax.text(0.5, row, "no data", va="center", ha="center", fontsize=7, color="0.4",
+                        transform=ax.get_yaxis_transform())
+                continue
+            ax.boxplot(
+                v, positions=[row], orientation="horizontal", widths=0.6, showfliers=False,
+                patch_artist=True, boxprops={"facecolor": colours[m] + "40", "edgecolor": colours[m]},
+                medianprops={"color": "black"}, whiskerprops={"color": colours[m]},
+                capprops={"color": colours[m]},
+            )
+            ax.scatter(v, row + rng.uniform(-0.18, 0.18, v.size), s=9, color=colours[m],
+                       alpha=0.75, linewidths=0, zorder=3)
+        ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+        ax.set_xlim(-0.02, 1.02) if metric in ("dice", "sensitivity", "precision", "jaccard") else None
+    axes[0, 0].set_yticks(range(len(combos)), [_label(m, c) for m, c in combos])
+    axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
+    fig.suptitle(f"Agreement with ground truth per scan ({side} thalamus)")
+    return fig
+
+
+@styled
+def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total"):
+    """Precision against sensitivity per scan; colour = method, marker = contrast.
+
+    Large outlined markers are the method × contrast means. Points above the diagonal
+    under-segment (miss thalamus), points below over-segment. ``None`` without ground truth.
+    """
+    combos = [c for c in metric_combos(ds, "sensitivity", side=side)
+              if c in metric_combos(ds, "precision", side=side)]
+    if not combos:
+        return None
+    methods, contrasts = _methods_contrasts(combos)
+    colours, markers = method_colours(methods), contrast_markers(contrasts)
+    fig, axes = new_figure(6.8, 4.4)
+    ax = axes[0, 0]
+    d = _side(ds, side)
+    for m, c in combos:
+        s = np.asarray(d["sensitivity"].sel({"method": m, "contrast": c}), float).ravel()
+        p = np.asarray(d["precision"].sel({"method": m, "contrast": c}), float).ravel()
+        ok = np.isfinite(s) & np.isfinite(p)
+        ax.scatter(s[ok], p[ok], s=14, color=colours[m], marker=markers[c], alpha=0.45, linewidths=0)
+        ax.scatter(s[ok].mean(), p[ok].mean(), s=80, color=colours[m], marker=markers[c],
+                   edgecolors="black", linewidths=0.9, zorder=4, label=_label(m, c))
+    ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--", zorder=1)
+    lo = min(0.5, np.nanmin([d["sensitivity"].min(), d["precision"].min()]) - 0.05)
+    ax.set_xlim(max(lo, 0), 1.0)
+    ax.set_ylim(max(lo, 0), 1.0)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Sensitivity (unitless)")
+    ax.set_ylabel("Precision (unitless)")
+    ax.set_title(f"Precision vs sensitivity ({side} thalamus)")
+    fig.legend(loc="outside right center", title="mean per method · contrast")
+    return fig
+
+
+@styled
+def plot_volume_vs_gt(ds: xr.Dataset, *, side: str = "total"):
+    """Method volume against ground-truth volume (mm³) with the identity line.
+
+    One panel per contrast, colour = method. ``None`` when no scan has both volumes.
+    """
+    if "gt_volume_mm3" not in ds or "volume_mm3" not in ds:
+        return None
+    combos = [(m, c) for m, c in metric_combos(ds, "volume_mm3", side=side)
+              if _pairs(ds, m, c, side=side)[0].size]
+    if not combos:
+        return None
+    methods, contrasts = _methods_contrasts(combos)
+    colours, markers = method_colours(methods), contrast_markers(contrasts)
+    nrows, ncols = _grid(len(contrasts), 3)
+    fig, axes = new_figure(3.6 * ncols + 1.6, 3.4 * nrows, nrows, ncols, sharex=True, sharey=True)
+    allv = np.concatenate([np.concatenate(_pairs(ds, m, c, side=side)) for m, c in combos])
+    lim = (allv.min() * 0.95, allv.max() * 1.05)
+    for ax, contrast in zip(axes.ravel(), contrasts, strict=False):
+        for m, c in combos:
+            if c != contrast:
+                continue
+            g, v = _pairs(ds, m, c, side=side)
+            ax.scatter(g, v, s=14, color=colours[m], marker=markers[c], alpha=0.8, linewidths=0,
+                       label=m)
+        ax.plot(lim, lim, color="0.3", lw=0.9, ls="--", label="identity")
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_aspect("equal")
+        ax.set_title(f"contrast {contrast}")
+        ax.set_xlabel("Ground-truth volume (mm³)")
+        ax.set_ylabel("Method volume (mm³)")
+    _hide_unused(axes, len(contrasts))
+    handles, labels = {}, {}
+    for ax in axes.ravel()[: len(contrasts)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    labels = list(handles)
+    fig.legend([handles[k] for k in labels], labels, loc="outside right center")
+    fig.suptitle(f"Volume vs ground truth ({side} thalamus)")
+    return fig
+
+
+def find_ci_columns(df: pd.DataFrame, estimate: str) -> tuple[str, str] | None:
+    """The (lower, upper) CI column names of ``estimate`` in ``df``, or None.
+
+    Accepts the common spellings: ``<est>_ci_lower/_ci_upper``, ``<est>_ci_low/_ci_high``,
+    ``<est>_lo/_hi``, ``<est>_lower/_upper`` and ``ci_lower/ci_upper`` when the table holds a
+    single estimate.
+    """
+    for lo, hi in (("_ci_lower", "_ci_upper"), ("_ci_low", "_ci_high"), ("_ci_lo", "_ci_hi"),
+                   ("_lower", "_upper"), ("_lo", "_hi"), ("_low", "_high")):
+        if f"{estimate}{lo}" in df and f"{estimate}{hi}" in df:
+            return f"{estimate}{lo}", f"{estimate}{hi}"
+    for lo, hi in (("ci_lower", "ci_upper"), ("ci_low", "ci_high"), ("ci_lo", "ci_hi")):
+        if lo in df and hi in df:
+            return lo, hi
+    return None
+
+
+def _row(table: pd.DataFrame | None, **match) -> pd.Series | None:
+    if table is None or table.empty or any(k not in table for k in match):
+        return None
+    sel = np.ones(len(table), bool)
+    for k, v in match.items():
+        sel &= table[k].astype(str).to_numpy() == str(v)
+    rows = table[sel]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _num(row, key):
+    if row is None or key not in row.index:
+        return None
+    try:
+        v = float(row[key])
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+@styled
+def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, side: str = "total"):
+    """Bland–Altman plots of volume (method − GT, mm³) against the pair mean, one per
+    method × contrast.
+
+    Bias and 95 % limits of agreement come from the ``agreement`` table (``bias_mm3``,
+    ``loa_lower_mm3``, ``loa_upper_mm3``) when given, so figure and table agree; otherwise they
+    are computed here (SD with ddof = 1). The proportional-bias line is the OLS fit of the
+    difference on the mean (slope and p from the table when present). ``None`` without pairs.
+    """
+    combos = [(m, c) for m, c in metric_combos(ds, "volume_mm3", side=side)
+              if "gt_volume_mm3" in ds and _pairs(ds, m, c, side=side)[0].size >= 2]
+    if not combos:
+        return None
+    methods, _ = _methods_contrasts(combos)
+    colours = method_colours(methods)
+    nrows, ncols = _grid(len(combos), 4)
+    fig, axes = new_figure(3.5 * ncols, 3.7 * nrows, nrows, ncols)
+    for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
+        g, v = _pairs(ds, m, c, side=side)
+        mean, diff = (g + v) / 2, v - g
+        row = _row(agreement, method=m, contrast=c, side=side) if agreement is not None and "side" in agreement else _row(agreement, method=m, contrast=c)
+        bias = _num(row, "bias_mm3")
+        lo, hi = _num(row, "loa_lower_mm3"), _num(row, "loa_upper_mm3")
+        if bias is None:
+            bias = float(diff.mean())
+        if lo is None or hi is None:
+            sd = float(diff.std(ddof=1))
+            lo, hi = bias - 1.96 * sd, bias + 1.96 * sd
+        ax.scatter(mean, diff, s=14, color=colours[m], alpha=0.8, linewidths=0)
+        ax.axhline(0, color="0.6", lw=0.7)
+        ax.axhline(bias, color="black", lw=1.1, label=f"bias {bias:+.0f} mm³")
+        ax.axhline(lo, color="black", lw=0.9, ls="--", label=f"95% LoA [{lo:.0f}, {hi:.0f}]")
+        ax.axhline(hi, color="black", lw=0.9, ls="--")
+        # OLS of difference on mean; the fitted line passes through the centroid, so the
+        # table's slope alone fixes it
+        slope = _num(row, "prop_bias_slope")
+        if slope is None:
+            slope = float(np.polyfit(mean, diff, 1)[0])
+        p = _num(row, "prop_bias_p")
+        xs = np.array([mean.min(), mean.max()])
+        lab = f"proportional bias: slope {slope:+.3f}" + (f", p = {p:.2g}" if p is not None else "")
+        ax.plot(xs, diff.mean() + slope * (xs - mean.mean()), color=OKABE_ITO["vermillion"],
+                lw=1.3, ls="-.", label=lab)
+        ax.set_title(f"{_label(m, c)} (n = {g.size})")
+        ax.set_xlabel("Mean of method and GT volume (mm³)")
+        ax.set_ylabel("Method − GT volume (mm³)")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7)
+    _hide_unused(axes, len(combos))
+    fig.suptitle(f"Bland–Altman: thalamic volume vs ground truth ({side} thalamus)")
+    return fig
+
+
+def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet="outcome"):
+    if table is None or table.empty or est not in table:
+        return None
+    t = table.copy()
+    t = t[np.isfinite(pd.to_numeric(t[est], errors="coerce"))]
+    if t.empty:
+        return None
+    ci = find_ci_columns(t, est)
+    facets = list(dict.fromkeys(t[facet].astype(str))) if facet in t else [""]
+    combos = list(dict.fromkeys(zip(t["method"].astype(str), t["contrast"].astype(str), strict=True)))
+    methods, _ = _methods_contrasts(combos)
+    colours = method_colours(methods)
+    nrows, ncols = _grid(len(facets), 3)
+    fig, axes = new_figure(3.6 * ncols + 0.6, 1.0 + 0.33 * len(combos) * nrows, nrows, ncols,
+                           sharey=True)
+    for ax, f in zip(axes.ravel(), facets, strict=False):
+        sub = t[t[facet].astype(str) == f] if facet in t else t
+        for row, (m, c) in enumerate(combos):
+            r = _row(sub, method=m, contrast=c)
+            if r is None:
+                continue
+            x = float(r[est])
+            if ci is not None and np.isfinite(float(r[ci[0]])) and np.isfinite(float(r[ci[1]])):
+                ax.plot([float(r[ci[0]]), float(r[ci[1]])], [row, row], color=colours[m], lw=1.6)
+            ax.plot(x, row, "o", color=colours[m], ms=5, mec="black", mew=0.5)
+        ax.axvline(ref, color="0.4", lw=0.8, ls="--")
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(f"{f}" if f else title)
+    axes[0, 0].set_yticks(range(len(combos)), [_label(m, c) for m, c in combos])
+    axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
+    _hide_unused(axes, len(facets))
+    fig.supxlabel(xlabel, fontsize=9)
+    fig.suptitle(title + ("" if ci is not None else " (no confidence intervals in the table)"))
+    return fig
+
+
+def plot_forest(clinical: pd.DataFrame | None, *, estimate: str = "beta_std"):
+    """Forest plot of standardised betas (points) and their 95 % CIs (lines) per outcome
+    (panel) and method × contrast (row), from the cross-sectional clinical table.
+    ``None`` when the table is absent or has no finite estimate."""
+    return _estimate_plot(
+        clinical, estimate, ref=0.0,
+        xlabel="Standardised β of thalamic volume (outcome SDs per volume SD; 95 % CI)",
+        title="Cross-sectional clinical associations",
+    )
+
+
+def plot_odds_ratios(longitudinal: pd.DataFrame | None, *, estimate: str = "odds_ratio"):
+    """Odds ratios of disability worsening per 1 %/year of thalamic volume change, with 95 %
+    CIs, on a log axis, per method × contrast. ``None`` when absent."""
+    return _estimate_plot(
+        longitudinal, estimate, log=True, ref=1.0,
+        xlabel="Odds ratio of EDSS worsening per 1 %/year volume change (log scale; 95 % CI)",
+        title="Longitudinal: odds of disability worsening",
+    )
+
+
+def annualised_change(ds: xr.Dataset, *, side: str = "total") -> pd.DataFrame:
+    """Annualised % volume change per subject × method × contrast.
+
+    ``100 * (V_last / V_baseline - 1) / years`` between the subject's baseline (the
+    timepoint with ``years_since_baseline == 0``, else the first) and its last timepoint with
+    a positive ``years_since_baseline``. Tidy frame: subject, group, method, contrast,
+    pct_per_year. Empty when nobody has a follow-up.
+    """
+    cols = ["subject", "group", "method", "contrast", "pct_per_year"]
+    if "years_since_baseline" not in ds or "volume_mm3" not in ds or ds.sizes.get("timepoint", 0) < 2:
+        return pd.DataFrame(columns=cols)
+    d = _side(ds, side)
+    years = np.asarray(d["years_since_baseline"].transpose("subject", "timepoint"), float)
+    vol = d["volume_mm3"].transpose("subject", "timepoint", "method", "contrast").values.astype(float)
+    group = (np.asarray(d["group"].transpose("subject", "timepoint")).astype(object)
+             if "group" in d else np.full(years.shape, "all", object))
+    rows = []
+    for i, subj in enumerate(d["subject"].values):
+        y = years[i]
+        base = np.flatnonzero(y == 0)
+        b = base[0] if base.size else 0
+        fu = [j for j in np.flatnonzero(np.isfinite(y) & (y > 0))]
+        if not fu:
+            continue
+        g = next((str(x) for x in group[i] if isinstance(x, str) and x), "unknown")
+        for mi, m in enumerate(d["method"].values):
+            for ci, c in enumerate(d["contrast"].values):
+                v0 = vol[i, b, mi, ci]
+                js = [j for j in fu if np.isfinite(vol[i, j, mi, ci])]
+                if not js or not np.isfinite(v0) or v0 <= 0:
+                    continue
+                j = max(js, key=lambda k: y[k])
+                rows.append((str(subj), g, str(m), str(c), 100 * (vol[i, j, mi, ci] / v0 - 1) / y[j]))
+    return pd.DataFrame(rows, columns=cols)
+
+
+@styled
+def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0):
+    """Annualised % thalamic volume change by clinical group, one panel per method × contrast
+    (see :func:`annualised_change`). ``None`` without follow-up scans."""
+    rng = np.random.default_rng(rng)
+    df = annualised_change(ds, side=side)
+    if df.empty:
+        return None
+    combos = list(dict.fromkeys(zip(df["method"], df["contrast"], strict=True)))
+    groups = [g for g in GROUP_ORDER if g in set(df["group"])] + sorted(
+        set(df["group"]) - set(GROUP_ORDER))
+    gcol = method_colours(groups)
+    nrows, ncols = _grid(len(combos), 4)
+    fig, axes = new_figure(max(2.9 * ncols, 4), 2.7 * nrows, nrows, ncols, sharey=True)
+    for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
+        sub = df[(df["method"] == m) & (df["contrast"] == c)]
+        for k, g in enumerate(groups):
+            v = sub.loc[sub["group"] == g, "pct_per_year"].to_numpy(float)
+            if v.size == 0:
+                continue
+            ax.boxplot(v, positions=[k], widths=0.6, showfliers=False, patch_artist=True,
+                       boxprops={"facecolor": gcol[g] + "40", "edgecolor": gcol[g]},
+                       medianprops={"color": "black"})
+            ax.scatter(k + rng.uniform(-0.15, 0.15, v.size), v, s=8, color=gcol[g], linewidths=0,
+                       zorder=3)
+        ax.axhline(0, color="0.5", lw=0.7)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(_label(m, c))
+        ax.set_ylabel("Volume change (%/year)")
+        ax.set_xlabel("Group")
+    _hide_unused(axes, len(combos))
+    fig.suptitle(f"Annualised thalamic volume change by group ({side} thalamus)")
+    return fig
+
+
+@styled
+def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = None, *,
+                            value: str = "volume_mm3", ylabel: str = "Thalamic volume (mm³)"):
+    """Per-site distributions of ``value`` before and (if given) after harmonisation.
+
+    ``before``/``after``: tidy frames with columns ``site``, ``method``, ``contrast`` and
+    ``value``; one panel per method × contrast, boxes per site, before (hatched) next to after.
+    ``None`` when ``before`` is empty or there is a single site.
+    """
+    if before is None or before.empty or before["site"].nunique() < 2:
+        return None
+    combos = list(dict.fromkeys(zip(before["method"], before["contrast"], strict=True)))
+    sites = sorted(before["site"].astype(str).unique())
+    scol = method_colours(sites)
+    nrows, ncols = _grid(len(combos), 3)
+    fig, axes = new_figure(max(3.6 * ncols, 4), 2.9 * nrows, nrows, ncols, sharey=True)
+    for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
+        for k, s in enumerate(sites):
+            for off, frame, hatch, alpha in ((-0.2, before, "///", "30"), (0.2, after, None, "80")):
+                if frame is None or frame.empty:
+                    continue
+                sel = (frame["method"] == m) & (frame["contrast"] == c) & (frame["site"].astype(str) == s)
+                v = frame.loc[sel, value].to_numpy(float)
+                v = v[np.isfinite(v)]
+                if v.size == 0:
+                    continue
+                pos = k + (off if after is not None and not after.empty else 0)
+                ax.boxplot(v, positions=[pos], widths=0.35, showfliers=False, patch_artist=True,
+                           boxprops={"facecolor": scol[s] + alpha, "edgecolor": scol[s], "hatch": hatch},
+                           medianprops={"color": "black"})
+        ax.set_xticks(range(len(sites)), sites)
+        ax.set_xlabel("Site")
+        ax.set_ylabel(ylabel)
+        ax.set_title(_label(m, c))
+    _hide_unused(axes, len(combos))
+    title = "Site distributions" + (": before (hatched) and after harmonisation"
+                                    if after is not None and not after.empty else " (no harmonised values)")
+    fig.suptitle(title)
+    return fig
