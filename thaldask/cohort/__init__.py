@@ -1,5 +1,6 @@
 """Cohort manifest and clinical table: parse, validate, BIDS discovery."""
 
+from thaldask.cohort.clinical import read_clinical, validate_clinical
 from thaldask.cohort.labels import (
     CONVENTIONS,
     LabelConvention,
@@ -9,6 +10,7 @@ from thaldask.cohort.labels import (
     split_binary_by_midline,
     to_sides,
 )
+from thaldask.cohort.manifest import read_manifest, scan_table, validate
 
 __all__ = [
     "CONVENTIONS",
@@ -16,6 +18,11 @@ __all__ = [
     "detect_convention",
     "from_sides",
     "parse_labels",
+    "read_clinical",
+    "read_manifest",
+    "scan_table",
+    "validate",
+    "validate_clinical",
     "split_binary_by_midline",
     "to_sides",
 ]

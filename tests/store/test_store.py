@@ -1,0 +1,105 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from thaldask.errors import StoreConflictError, StoreNotFoundError
+from thaldask.store import export_masks, ingest, open_store
+
+
+def test_ingest_small_cohort_roundtrips_images_and_masks(small_cohort, tmp_path):
+    store = str(tmp_path / "c.zarr")
+    report = ingest(small_cohort, store, progress=False)
+    assert (report["status"] == "written").all()
+    st = open_store(store)
+    assert st.n_scans == 3
+    assert list(st.scans.columns) == ["subject", "timepoint", "site"]
+    assert st.scans.site.tolist() == ["A", "A", "B"]
+    assert st.contrasts == ["T1w"]
+    assert st.methods == [("gt", "T1w")]
+    assert st.has_mask("gt", "T1w").all()
+    for i, f in enumerate(["sub-01_baseline_T1w.nii.gz", "sub-01_m12_T1w.nii.gz", "sub-02_baseline_T1w.nii.gz"]):
+        src = nib.load(tmp_path / "in" / f)
+        ras = nib.as_closest_canonical(src)
+        np.testing.assert_array_equal(st.load_image("T1w", i), ras.get_fdata(dtype=np.float32))
+        np.testing.assert_array_equal(st.affines[i], ras.affine)
+        assert tuple(st.shapes[i]) == ras.shape
+    img = st.image("T1w")
+    assert img.dims == ("scan", "x", "y", "z")
+    assert img.shape == (3,) + st.grid_shape
+    assert img.data.chunks[0] == (1, 1, 1)
+    assert img.subject.values.tolist() == ["sub-01", "sub-01", "sub-02"]
+    m = st.mask("gt", "T1w")
+    assert m.dtype == np.uint8
+    counts = [int((m.isel(scan=i) == v).sum()) for i in range(3) for v in (1, 2)]
+    assert counts == [48] * 6
+
+
+def test_export_masks_restores_original_grid_bit_exactly(small_cohort, tmp_path):
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    paths = export_masks(store, "gt", "T1w", tmp_path / "out", labels="freesurfer")
+    assert [p.rsplit("/", 1)[1] for p in paths][0] == "sub-01_baseline_gt_T1w.nii.gz"
+    for p in paths:
+        name = p.rsplit("/", 1)[1]
+        sub, tp = name.split("_")[:2]
+        orig = nib.load(tmp_path / "in" / f"{sub}_{tp}_gt.nii.gz")
+        out = nib.load(p)
+        np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
+        np.testing.assert_array_equal(out.affine, orig.affine)
+        np.testing.assert_array_equal(out.header.get_sform(), orig.header.get_sform())
+        np.testing.assert_array_equal(out.header.get_qform(), orig.header.get_qform())
+        assert out.header["descrip"].item() == b""
+
+
+def test_ingest_rerun_same_content_skips(small_cohort, tmp_path):
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    again = ingest(small_cohort, store, progress=False)
+    assert (again["status"] == "skipped").all()
+
+
+def test_write_mask_different_content_conflicts_unless_overwrite(small_cohort, tmp_path):
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    st = open_store(store)
+    lab = st.load_mask("gt", "T1w", 0)
+    prob = np.stack([(lab == 1), (lab == 2)]).astype(np.float32) * 0.8
+    assert st.write_mask("model", "T1w", 0, lab, prob=prob) == "written"
+    assert st.write_mask("model", "T1w", 0, lab, prob=prob) == "skipped"
+    with pytest.raises(StoreConflictError):
+        st.write_mask("model", "T1w", 0, np.zeros_like(lab))
+    assert st.write_mask("model", "T1w", 0, np.zeros_like(lab), overwrite=True) == "written"
+    st2 = open_store(store)
+    assert ("model", "T1w") in st2.methods
+    assert st2.has_mask("model", "T1w").tolist() == [True, False, False]
+    assert st2.load_mask("model", "T1w", 0).max() == 0
+    assert st2.load_prob("model", "T1w", 0) is None
+    st2.write_mask("model", "T1w", 1, st2.load_mask("gt", "T1w", 1), prob=np.full((2, *st2.shapes[1]), 0.5))
+    p = st2.load_prob("model", "T1w", 1)
+    assert p.shape == (2, *st2.shapes[1]) and p.dtype == np.float32
+    np.testing.assert_allclose(p, 0.5, atol=1 / 255)
+
+
+def test_open_store_missing_path_raises_not_found(tmp_path):
+    with pytest.raises(StoreNotFoundError):
+        open_store(str(tmp_path / "nothing.zarr"))
+
+
+def test_write_results_roundtrip_keeps_strings_and_nan(small_cohort, tmp_path):
+    import xarray as xr
+
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    st = open_store(store)
+    ds = xr.Dataset(
+        {"dice": (("subject", "side"), np.array([[0.9, np.nan], [0.8, 0.7]])),
+         "group": (("subject",), np.array(["MS", "HC"], dtype=object))},
+        coords={"subject": ["sub-01", "sub-02"], "side": ["left", "right"]},
+        attrs={"synthetic": 1},
+    )
+    st.write_results(ds)
+    st.write_results(ds.assign(dice=ds.dice * 0), name="stats")
+    back = open_store(store).open_results()
+    xr.testing.assert_equal(back.drop_vars("group"), ds.drop_vars("group"))
+    assert back.group.values.tolist() == ["MS", "HC"]
+    assert float(open_store(store).open_results("stats").dice[0, 0]) == 0.0

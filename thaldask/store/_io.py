@@ -1,0 +1,254 @@
+"""Read NIfTI/MGH files, reorient losslessly to RAS, resample through world coordinates.
+
+Everything here is plain numpy/nibabel on one file; the Dask layer lives in ingest.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from thaldask.errors import GridMismatchError, ScanError
+
+#: header fields that can carry personal data; never copied into the store
+PRIVATE_FIELDS = ("descrip", "db_name", "aux_file", "intent_name")
+
+FORMAT_NIFTI1, FORMAT_NIFTI2, FORMAT_MGH = 1, 2, 3
+HEADER_BYTES = 1024  # room for a NIfTI-2 header (540 bytes) or an MGH header (284 bytes)
+
+
+@dataclass
+class Volume:
+    """One decoded file: voxels in file order, affine, scrubbed header bytes."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: bytes  # scrubbed binary header (NIfTI) or MGH header block
+    format: int
+    file_sha256: bytes
+    scaled: bool
+
+
+def read_bytes(path: str) -> bytes:
+    """Whole file as bytes (local path or fsspec URL)."""
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def decompress(raw: bytes) -> bytes:
+    """gunzip if gzip-compressed; a truncated stream raises ScanError."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ScanError(f"corrupt or truncated gzip stream ({exc})") from None
+
+
+def _nifti_class(raw: bytes):
+    import nibabel as nib
+
+    if len(raw) >= 4:
+        for order in ("<", ">"):
+            n = int(np.frombuffer(raw[:4], dtype=f"{order}i4")[0])
+            if n == 348:
+                return nib.Nifti1Image, FORMAT_NIFTI1
+            if n == 540:
+                return nib.Nifti2Image, FORMAT_NIFTI2
+    return None, None
+
+
+def scrub_header(hdr) -> None:
+    """Blank the header fields that can carry personal data (in place)."""
+    for f in PRIVATE_FIELDS:
+        if f in hdr:
+            hdr[f] = b""
+
+
+def load_volume(path: str, *, kind: str = "image") -> Volume:
+    """Decode one file fully.
+
+    Images become float32 (scaled values applied); masks keep their integer values
+    (float masks must hold integers). 4D files with one volume are squeezed.
+
+    Raises
+    ------
+    ScanError
+        truncated data, wrong dimensionality, unreadable file.
+    """
+    import nibabel as nib
+
+    raw = read_bytes(path)
+    sha = hashlib.sha256(raw).digest()
+    data_bytes = decompress(raw)
+    cls, fmt = _nifti_class(data_bytes)
+    try:
+        if cls is not None:
+            img = cls.from_bytes(data_bytes)
+        else:
+            img = nib.MGHImage.from_bytes(data_bytes)
+            fmt = FORMAT_MGH
+    except Exception as exc:
+        raise ScanError(f"cannot decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ScanError(f"has {len(img.shape)} dimensions {tuple(img.shape)}; a 3D volume is required")
+    try:
+        if kind == "image":
+            data = np.asarray(img.get_fdata(dtype=np.float32))
+        else:
+            data = np.asarray(img.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        raise ScanError(f"truncated or unreadable voxel data ({str(exc).splitlines()[0]})") from None
+    data = data.reshape(shape)
+    hdr = img.header
+    slope, inter = (None, None)
+    if fmt in (FORMAT_NIFTI1, FORMAT_NIFTI2):
+        slope, inter = hdr.get_slope_inter()
+        hdr = hdr.copy()
+        scrub_header(hdr)
+        hbytes = hdr.binaryblock
+    else:
+        hbytes = hdr.binaryblock
+    scaled = bool(
+        slope is not None
+        and np.isfinite(slope)
+        and (slope != 1 or (inter is not None and np.isfinite(inter) and inter != 0))
+    )
+    return Volume(
+        data=data,
+        affine=np.asarray(img.affine, dtype=np.float64),
+        header=bytes(hbytes),
+        format=fmt,
+        file_sha256=sha,
+        scaled=bool(scaled),
+    )
+
+
+# ---------------------------------------------------------------- orientation
+
+
+def ras_orientation(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation array (3, 2) taking voxel axes to RAS (permutes/flips only)."""
+    import nibabel.orientations as no
+
+    return no.io_orientation(affine)
+
+
+def axcodes(affine: np.ndarray) -> str:
+    """Orientation string of an affine, e.g. ``'LIA'``."""
+    import nibabel.orientations as no
+
+    return "".join(no.aff2axcodes(affine))
+
+
+def to_ras(data: np.ndarray, affine: np.ndarray, ornt: np.ndarray | None = None):
+    """Reorient voxels to RAS by axis permutes and flips only (lossless).
+
+    Returns (data in RAS order, RAS affine, ornt used).
+    """
+    import nibabel.orientations as no
+
+    ornt = ras_orientation(affine) if ornt is None else ornt
+    out = no.apply_orientation(data, ornt)
+    new_aff = affine @ no.inv_ornt_aff(ornt, data.shape)
+    return out, new_aff, ornt
+
+
+def from_ras(data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_ras` for voxels: back to the file's original axis order."""
+    import nibabel.orientations as no
+
+    ident = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    back = no.ornt_transform(ident, ornt)
+    return np.ascontiguousarray(no.apply_orientation(data, back))
+
+
+def ras_shape(shape, ornt) -> tuple[int, int, int]:
+    """Shape after :func:`to_ras`."""
+    out = [0, 0, 0]
+    for i, (ax, _) in enumerate(np.asarray(ornt)):
+        out[int(ax)] = int(shape[i])
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- resampling
+
+
+def same_grid(aff_a, shape_a, aff_b, shape_b, atol: float = 1e-4) -> bool:
+    return tuple(shape_a) == tuple(shape_b) and np.allclose(aff_a, aff_b, atol=atol)
+
+
+def resample_to(
+    data: np.ndarray,
+    src_affine: np.ndarray,
+    dst_affine: np.ndarray,
+    dst_shape,
+    *,
+    order: int,
+) -> np.ndarray:
+    """Resample ``data`` (on ``src_affine``) onto a target grid through world coordinates.
+
+    ``order=0`` nearest neighbour (masks), ``order=1`` linear (images); outside is 0.
+    """
+    from scipy import ndimage
+
+    m = np.linalg.inv(src_affine) @ dst_affine  # target voxel -> source voxel
+    out_dtype = data.dtype if order == 0 else np.float32
+    return ndimage.affine_transform(
+        data,
+        m[:3, :3],
+        offset=m[:3, 3],
+        output_shape=tuple(int(s) for s in dst_shape),
+        order=order,
+        mode="constant",
+        cval=0,
+        output=out_dtype,
+        prefilter=False,
+    )
+
+
+def check_overlap(
+    sides: np.ndarray, src_affine: np.ndarray, src_shape, dst_affine: np.ndarray, dst_shape
+) -> None:
+    """Raise GridMismatchError if a mask's labelled voxels (or, if empty, its field of view)
+    fall entirely outside the target grid."""
+    inv = np.linalg.inv(dst_affine) @ src_affine
+    idx = np.argwhere(sides > 0)
+    if idx.size:
+        pts = idx.astype(np.float64)
+    else:
+        s = np.asarray(src_shape) - 1
+        pts = np.array([[i, j, k] for i in (0, s[0]) for j in (0, s[1]) for k in (0, s[2])], float)
+    v = pts @ inv[:3, :3].T + inv[:3, 3]
+    hi = np.asarray(dst_shape) - 0.5
+    inside = np.all((v >= -0.5) & (v < hi), axis=1)
+    if idx.size:
+        if not inside.any():
+            raise GridMismatchError(
+                "does not overlap its image: no labelled voxel falls inside the image grid"
+            )
+        return
+    lo_b, hi_b = v.min(0), v.max(0)
+    if np.any(hi_b < -0.5) or np.any(lo_b > hi):
+        raise GridMismatchError("does not overlap its image: fields of view are disjoint")
+
+
+def content_hash(data: np.ndarray, affine: np.ndarray) -> bytes:
+    """sha256 of stored voxels, their dtype/shape and the grid affine."""
+    h = hashlib.sha256()
+    h.update(str((data.dtype.str, data.shape)).encode())
+    h.update(np.ascontiguousarray(affine, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(data).tobytes())
+    return h.digest()

@@ -1,0 +1,65 @@
+"""``thaldask ingest`` and ``thaldask export``."""
+
+from __future__ import annotations
+
+import click
+
+from thaldask.cli import EXIT_SOME_FAILED, handle_errors, scheduler_option
+
+
+@click.command("ingest")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--store", "store", required=True, help="Cohort store path or URL (STORE.zarr, s3://...).")
+@click.option("--clinical", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Clinical table (CSV/TSV) to validate and keep in the store.")
+@click.option("--overwrite", is_flag=True, help="Replace stored content that differs.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@scheduler_option
+@handle_errors
+def ingest_command(manifest, store, clinical, overwrite, no_progress, scheduler, cluster_file):
+    """NIfTI/MGZ files listed in MANIFEST into the Zarr cohort store."""
+    import sys
+
+    from thaldask.cluster import get_client
+    from thaldask.store.ingest import ingest
+
+    import inspect
+
+    kw = {}
+    if cluster_file:
+        if "cluster_config" not in inspect.signature(get_client).parameters:
+            from thaldask.cli import fail
+
+            fail("--cluster is not supported by this installation's get_client")
+        kw["cluster_config"] = cluster_file
+    with get_client(scheduler, quiet=True, **kw) as client:
+        report = ingest(manifest, store, clinical=clinical, overwrite=overwrite, client=client,
+                        progress=not no_progress)
+    counts = report["status"].value_counts()
+    n_fail = int(counts.get("failed", 0))
+    click.echo(
+        f"{store}: {int(counts.get('written', 0))} written, {int(counts.get('skipped', 0))} "
+        f"skipped, {n_fail} failed (report: {store.rstrip('/')}/ingest_report.csv)"
+    )
+    if n_fail:
+        for r in report[report["status"] == "failed"].itertuples():
+            click.echo(f"thaldask: row {r.row}: {r.path}: {r.reason}", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@click.command("export")
+@click.argument("store")
+@click.option("--method", required=True, help="Mask method (gt for ground truth).")
+@click.option("--contrast", required=True, help="Contrast the masks belong to.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--labels", default=None, help="Write this label convention (e.g. freesurfer) instead of 0/1/2.")
+@handle_errors
+def export_command(store, method, contrast, out, labels):
+    """Masks of STORE back to NIfTI on each scan's original grid, one file per scan."""
+    from thaldask.store.export import export_masks
+
+    paths = export_masks(store, method, contrast, out, labels=labels)
+    click.echo(f"{len(paths)} masks written to {out}")
+
+
+COMMANDS = [ingest_command, export_command]

@@ -1,0 +1,99 @@
+"""Write stored masks back as NIfTI on each scan's original grid, affine and orientation."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from thaldask.cohort.labels import from_sides
+from thaldask.store import _io
+from thaldask.store.core import CohortStore, open_store
+
+__all__ = ["export_masks", "to_original_image"]
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(s)).strip("-") or "x"
+
+
+def to_original_image(st: CohortStore, i: int, sides: np.ndarray):
+    """A nibabel image holding ``sides`` (RAS, cropped) on scan ``i``'s original grid.
+
+    NIfTI references reuse their (scrubbed) header, so the affine, qform/sform codes and
+    voxel order are those of the original file, bit for bit; MGH references become NIfTI
+    with the MGH affine.
+    """
+    import nibabel as nib
+
+    data = _io.from_ras(np.asarray(sides), st.orig_ornt[i])
+    shape = tuple(int(v) for v in st.orig_shapes[i])
+    if data.shape != shape:  # pragma: no cover - guarded by ingest
+        raise ValueError(f"scan {i}: mask shape {data.shape} does not match original {shape}")
+    fmt, hb = st.orig_header(i)
+    if fmt in (_io.FORMAT_NIFTI1, _io.FORMAT_NIFTI2):
+        hcls = nib.Nifti1Header if fmt == _io.FORMAT_NIFTI1 else nib.Nifti2Header
+        icls = nib.Nifti1Image if fmt == _io.FORMAT_NIFTI1 else nib.Nifti2Image
+        hdr = hcls(binaryblock=hb, check=False)
+        hdr.set_data_dtype(data.dtype)
+        hdr.set_data_shape(data.shape)
+        hdr["scl_slope"] = np.nan
+        hdr["scl_inter"] = np.nan
+        hdr["cal_min"] = 0
+        hdr["cal_max"] = 0
+        hdr["intent_code"] = 0
+        hdr["intent_p1"] = hdr["intent_p2"] = hdr["intent_p3"] = 0
+        img = icls(data, None, header=hdr)
+        return img
+    return nib.Nifti1Image(data, st.orig_affines[i])
+
+
+def export_masks(
+    store: str | CohortStore,
+    method: str,
+    contrast: str,
+    out: str | os.PathLike,
+    *,
+    labels: str | None = None,
+    scans=None,
+) -> list[str]:
+    """Write each stored mask of (method, contrast) as ``<subject>_<timepoint>_<method>_<contrast>.nii.gz``.
+
+    Parameters
+    ----------
+    store : path/URL or an open store
+    method, contrast : which masks (``gt`` for ground truth)
+    out : output folder (created)
+    labels : write ids of this convention (e.g. ``freesurfer`` 10/49) instead of 0/1/2
+    scans : scan indices to export (default: every scan that has the mask)
+
+    Returns
+    -------
+    list of written file paths (eager).
+    """
+    import nibabel as nib
+
+    st = store if isinstance(store, CohortStore) else open_store(store, read_only=True)
+    if (method, contrast) not in st.methods:
+        from thaldask.errors import StoreError
+
+        raise StoreError(
+            f"{st.path}: no masks for method {method!r} contrast {contrast!r}; "
+            f"present: {', '.join(f'{m}/{c}' for m, c in st.methods) or 'none'}"
+        )
+    os.makedirs(out, exist_ok=True)
+    have = st.has_mask(method, contrast)
+    idx = np.flatnonzero(have) if scans is None else [int(i) for i in scans if have[int(i)]]
+    paths = []
+    for i in idx:
+        sides = st.load_mask(method, contrast, i)
+        if labels:
+            sides = from_sides(sides, labels)
+        img = to_original_image(st, int(i), sides)
+        s = st.scans.iloc[int(i)]
+        name = f"{_safe(s.subject)}_{_safe(s.timepoint)}_{_safe(method)}_{_safe(contrast)}.nii.gz"
+        p = os.path.join(str(out), name)
+        nib.save(img, p)
+        paths.append(p)
+    return paths

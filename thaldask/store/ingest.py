@@ -1,0 +1,486 @@
+"""Ingest a cohort manifest (NIfTI/MGZ files) into the cohort store, one Dask task per scan."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from thaldask.cohort.labels import parse_labels, to_sides
+from thaldask.cohort.manifest import scan_table, validate
+from thaldask.errors import (
+    GridMismatchError,
+    LabelConventionError,
+    ScanError,
+    StoreConflictError,
+    StoreNotFoundError,
+    ThaldaskError,
+)
+from thaldask.store import _io
+from thaldask.store.core import (
+    NAN_REPLACED,
+    RESAMPLED,
+    SCALED,
+    CohortStore,
+    create_store,
+    is_remote,
+    open_store,
+    set_clinical,
+)
+
+__all__ = ["ingest", "REPORT_COLUMNS"]
+
+REPORT_COLUMNS = [
+    "row", "subject", "timepoint", "kind", "contrast", "method", "path",
+    "status", "resampled", "reason",
+]
+#: a NaN fraction above this fails the image; below, NaNs become 0 and are recorded
+MAX_NAN_FRACTION = 0.5
+
+
+@dataclass
+class _Plan:
+    scans: pd.DataFrame
+    reference: list[str]
+    grid_shape: tuple[int, int, int]
+    scan_meta: dict
+    orig_axcodes: list[str]
+    specs: list[dict]
+
+
+def _array_name(kind: str, contrast: str, method: str) -> str:
+    return f"images/{contrast}" if kind == "image" else f"masks/{method}/{contrast}"
+
+
+def plan_ingest(df: pd.DataFrame) -> _Plan:
+    """From a validated manifest (with headers), each scan's reference grid and tasks."""
+    scans = scan_table(df)
+    n = len(scans)
+    ref_contrast, specs, axc = [], [], []
+    meta = {
+        "affine": np.zeros((n, 4, 4)),
+        "shape": np.zeros((n, 3), np.int32),
+        "spacing": np.zeros((n, 3)),
+        "orig_affine": np.zeros((n, 4, 4)),
+        "orig_shape": np.zeros((n, 3), np.int32),
+        "orig_ornt": np.zeros((n, 3, 2)),
+        "header": np.zeros((n, _io.HEADER_BYTES), np.uint8),
+        "header_info": np.zeros((n, 2), np.int32),
+    }
+    groups = df.groupby(["subject", "timepoint"], sort=False)
+    for i, (s, t) in enumerate(zip(scans["subject"], scans["timepoint"])):
+        rows = groups.get_group((s, t))
+        imgs = rows[rows["kind"] == "image"]
+        ref = imgs[imgs["contrast"] == "T1w"]
+        ref = ref.iloc[0] if len(ref) else imgs.iloc[0]
+        shape3 = tuple(ref["shape"][:3])
+        aff = np.asarray(ref["affine"], dtype=np.float64)
+        ornt = _io.ras_orientation(aff)
+        rshape = _io.ras_shape(shape3, ornt)
+        import nibabel.orientations as no
+
+        ras_aff = aff @ no.inv_ornt_aff(ornt, shape3)
+        meta["affine"][i] = ras_aff
+        meta["shape"][i] = rshape
+        meta["spacing"][i] = np.sqrt((ras_aff[:3, :3] ** 2).sum(0))
+        meta["orig_affine"][i] = aff
+        meta["orig_shape"][i] = shape3
+        meta["orig_ornt"][i] = ornt
+        fmt, hb = _header_bytes(ref["file"])
+        meta["header"][i, : len(hb)] = np.frombuffer(hb, np.uint8)
+        meta["header_info"][i] = (fmt, len(hb))
+        ref_contrast.append(str(ref["contrast"]))
+        axc.append(_io.axcodes(aff))
+        entries = []
+        order = [int(ref.name)] + [k for k in imgs.index if k != ref.name] + list(
+            rows.index[rows["kind"] == "mask"]
+        )
+        for k in order:
+            r = df.loc[k]
+            entries.append(
+                {
+                    "row": int(r["row"]),
+                    "kind": r["kind"],
+                    "contrast": r["contrast"],
+                    "method": r["method"],
+                    "labels": r["labels"],
+                    "path": r["path"],
+                    "file": r["file"],
+                    "array": _array_name(r["kind"], r["contrast"], r["method"]),
+                    "is_ref": k == int(ref.name),
+                }
+            )
+        specs.append({"scan": i, "subject": s, "timepoint": t, "entries": entries})
+    grid = tuple(int(v) for v in meta["shape"].max(0))
+    return _Plan(scans, ref_contrast, grid, meta, axc, specs)
+
+
+def _header_bytes(file: str) -> tuple[int, bytes]:
+    import nibabel as nib
+
+    img = nib.load(file)
+    hdr = img.header.copy()
+    if isinstance(img, nib.Nifti2Image):
+        fmt = _io.FORMAT_NIFTI2
+    elif isinstance(img, nib.Nifti1Image):
+        fmt = _io.FORMAT_NIFTI1
+    else:
+        fmt = _io.FORMAT_MGH
+    if fmt != _io.FORMAT_MGH:
+        _io.scrub_header(hdr)
+    return fmt, bytes(hdr.binaryblock)
+
+
+# ---------------------------------------------------------------- per-scan task
+
+
+def _reason(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def ingest_scan(store_path: str, spec: dict, *, overwrite: bool = False, storage_options=None) -> list[dict]:
+    """Decode, reorient/resample and write every file of one scan. Never raises for bad
+    input: each file's outcome is a report row (status written/skipped/failed)."""
+    st = open_store(store_path, storage_options=storage_options)
+    i = spec["scan"]
+    aff_ras = st.affines[i]
+    shape_ras = tuple(int(v) for v in st.shapes[i])
+    orig_aff = st.orig_affines[i]
+    orig_shape = tuple(int(v) for v in st.orig_shapes[i])
+    ornt = st.orig_ornt[i]
+    out = []
+    ref_failed = None
+    for e in spec["entries"]:
+        row = {
+            "row": e["row"], "subject": spec["subject"], "timepoint": spec["timepoint"],
+            "kind": e["kind"], "contrast": e["contrast"], "method": e["method"],
+            "path": e["path"], "status": "failed", "resampled": False, "reason": "",
+        }
+        out.append(row)
+        if ref_failed is not None:
+            row["reason"] = f"reference image of this scan failed ({ref_failed})"
+            continue
+        try:
+            res = _ingest_file(
+                st, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, overwrite=overwrite
+            )
+            row.update(res)
+        except (ThaldaskError, ValueError, OSError, EOFError, MemoryError) as exc:
+            row["reason"] = _reason(exc)
+            if e["is_ref"]:
+                ref_failed = row["reason"]
+    return out
+
+
+def _ingest_file(st: CohortStore, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, *, overwrite):
+    name = e["array"]
+    # fast path: the same source file is already stored
+    old = st.stored_file_hash(name, i)
+    if old is not None:
+        import hashlib
+
+        if hashlib.sha256(_io.read_bytes(e["file"])).digest() == old:
+            return {"status": "skipped", "reason": "same file already stored"}
+    vol = _io.load_volume(e["file"], kind=e["kind"])
+    flags = 0
+    note = ""
+    data = vol.data
+    same = _io.same_grid(vol.affine, data.shape, orig_aff, orig_shape)
+    if e["kind"] == "image":
+        finite = np.isfinite(data)
+        nbad = int(data.size - np.count_nonzero(finite))
+        if nbad:
+            if nbad > MAX_NAN_FRACTION * data.size:
+                raise ScanError(f"image is NaN-filled ({nbad} of {data.size} voxels not finite)")
+            data = np.where(finite, data, np.float32(0))
+            flags |= NAN_REPLACED
+            note = f"{nbad} non-finite voxels set to 0"
+        if vol.scaled:
+            flags |= SCALED
+        if same:
+            ras, _, _ = _io.to_ras(data, vol.affine, ornt)
+        else:
+            if np.allclose(vol.affine, orig_aff, atol=1e-4):
+                raise GridMismatchError(
+                    f"image has shape {data.shape} but the scan's reference image has {orig_shape}"
+                )
+            ras = _io.resample_to(data, vol.affine, aff_ras, shape_ras, order=1)
+            flags |= RESAMPLED
+        ras = np.ascontiguousarray(ras, dtype=np.float32)
+    else:
+        conv = parse_labels(e["labels"])
+        _check_mask_values(data, conv)
+        sides = to_sides(data, conv, strict=True)
+        if same:
+            ras, _, _ = _io.to_ras(sides, vol.affine, ornt)
+        else:
+            if np.allclose(vol.affine, orig_aff, atol=1e-4):
+                raise GridMismatchError(
+                    f"mask has shape {tuple(data.shape)} but its image has {orig_shape}"
+                )
+            _io.check_overlap(sides, vol.affine, sides.shape, aff_ras, shape_ras)
+            ras = _io.resample_to(sides, vol.affine, aff_ras, shape_ras, order=0)
+            flags |= RESAMPLED
+            note = (
+                f"resampled (nearest) from grid {tuple(data.shape)} "
+                f"{_io.axcodes(vol.affine)} onto the image grid"
+            )
+        ras = np.ascontiguousarray(ras, dtype=np.uint8)
+    digest = _io.content_hash(ras, aff_ras)
+    status = st.write_scan_array(
+        name, i, ras, flags=flags, source_shape=vol.data.shape, source_affine=vol.affine,
+        file_sha256=vol.file_sha256, content_sha256=digest, overwrite=overwrite,
+    )
+    if status == "skipped":
+        note = "same content already stored"
+    return {"status": status, "resampled": bool(flags & RESAMPLED), "reason": note}
+
+
+def _check_mask_values(data: np.ndarray, conv) -> None:
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+            raise LabelConventionError("mask holds non-integer values")
+    elif data.dtype.kind not in "iub":
+        raise LabelConventionError(f"mask has data type {data.dtype}; integers required")
+    vals = np.unique(data)
+    if vals.size and (vals.min() < 0 or vals.max() > 65535):
+        raise LabelConventionError(f"mask holds labels outside 0..65535 ({vals.min()}..{vals.max()})")
+    if conv.binary:
+        allowed = {0, *conv.ids} if conv.ids else {0, 1}
+    elif conv.name.startswith(("L:", "l:")) or conv.name[:1].isdigit() or ":" in conv.name:
+        allowed = {0, *conv.left, *conv.right}
+    else:
+        return  # atlas/DL conventions carry many other structures: dropped
+    unexpected = sorted(set(int(v) for v in vals) - allowed)
+    if unexpected:
+        raise LabelConventionError(
+            f"mask holds unexpected labels {unexpected[:8]} for convention {conv.spec!r} "
+            f"(allowed {sorted(allowed)})"
+        )
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _same_scans(st: CohortStore, plan: _Plan) -> str | None:
+    if st.n_scans != len(plan.scans):
+        return f"{st.n_scans} scans stored, manifest has {len(plan.scans)}"
+    a = st.scans[["subject", "timepoint"]].astype(str).to_numpy()
+    b = plan.scans[["subject", "timepoint"]].astype(str).to_numpy()
+    if not (a == b).all():
+        return "stored scans differ from the manifest's (subject, timepoint) list"
+    if st.grid_shape != plan.grid_shape:
+        return f"grid {st.grid_shape} stored, manifest needs {plan.grid_shape}"
+    if not np.allclose(st.affines, plan.scan_meta["affine"], atol=1e-6) or not np.array_equal(
+        st.shapes, plan.scan_meta["shape"]
+    ):
+        return "a scan's reference grid differs from the stored one"
+    return None
+
+
+def _remove_store(path: str, storage_options=None):
+    if is_remote(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+    elif os.path.exists(path):
+        shutil.rmtree(path)
+
+
+def _write_report(path: str, report: pd.DataFrame, storage_options=None):
+    if is_remote(path):
+        import fsspec
+
+        with fsspec.open(path.rstrip("/") + "/ingest_report.csv", "w", **(storage_options or {})) as f:
+            report.to_csv(f, index=False)
+    else:
+        report.to_csv(os.path.join(path, "ingest_report.csv"), index=False)
+
+
+def ingest(
+    manifest,
+    store: str | os.PathLike,
+    *,
+    clinical=None,
+    overwrite: bool = False,
+    client=None,
+    progress: bool = True,
+    storage_options: dict | None = None,
+    layout: dict | None = None,
+) -> pd.DataFrame:
+    """Ingest every file of a manifest into a cohort store, one Dask task per scan.
+
+    The manifest (and clinical table) are validated before any graph is built. The store
+    and all its arrays are created by this process; each task writes whole scans into
+    their own chunks; metadata is consolidated once at the end. Re-running skips scans
+    already stored with the same content.
+
+    Parameters
+    ----------
+    manifest : path of a manifest CSV/TSV, or a DataFrame from ``read_manifest``
+    store : path or fsspec URL of the store (created if absent)
+    clinical : path or DataFrame of the clinical table (validated, stored in the attrs)
+    overwrite : replace stored content that differs (and a store whose scan list differs)
+    client : a ``distributed.Client``; None uses the active client if any, else dask's
+        threaded scheduler in this process
+    progress : show a progress bar on stderr
+    storage_options : fsspec options for URLs
+    layout : chunking/compression override (see ``DEFAULT_LAYOUT``)
+
+    Returns
+    -------
+    pandas.DataFrame
+        the ingest report, one row per manifest file: status written/skipped/failed and a
+        one-line reason; also written to ``STORE/ingest_report.csv``.
+
+    Raises
+    ------
+    ManifestError, ClinicalTableError
+        the inputs are invalid (every problem listed).
+    StoreConflictError
+        the store holds a different cohort and ``overwrite`` is False.
+    """
+    from thaldask.cohort.clinical import validate_clinical
+
+    store = str(store)
+    df = validate(manifest)
+    clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
+    plan = plan_ingest(df)
+    st = None
+    try:
+        st = open_store(store, storage_options=storage_options)
+    except StoreNotFoundError:
+        st = None
+    if st is not None:
+        why = _same_scans(st, plan)
+        if why:
+            if not overwrite:
+                raise StoreConflictError(
+                    f"{store}: already holds a different cohort ({why}); pass --overwrite "
+                    "to replace it, or use a new store"
+                )
+            _remove_store(store, storage_options)
+            st = None
+    if st is None:
+        st = create_store(
+            store,
+            scans=plan.scans,
+            grid_shape=plan.grid_shape,
+            scan_meta=plan.scan_meta,
+            reference=plan.reference,
+            orig_axcodes=plan.orig_axcodes,
+            layout=layout,
+            storage_options=storage_options,
+        )
+    # create every array before any task writes
+    for name in sorted({e["array"] for sp in plan.specs for e in sp["entries"]}):
+        st.ensure_array(name, dtype="float32" if name.startswith("images/") else "uint8")
+    if clin is not None:
+        set_clinical(st, clin)
+    rows = _run(store, plan.specs, overwrite=overwrite, client=client, progress=progress,
+                storage_options=storage_options)
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("row").reset_index(drop=True)
+    _write_report(store, report, storage_options)
+    st.consolidate()
+    return report
+
+
+def _run(store, specs, *, overwrite, client, progress, storage_options):
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    rows: list[dict] = []
+    bar = _Bar(len(specs), "ingest", enabled=progress)
+    if client is not None:
+        from dask.base import tokenize
+        from distributed import as_completed
+
+        futs = {}
+        for sp in specs:
+            key = f"thaldask-ingest-{sp['scan']}-{tokenize(store, sp, overwrite)}"
+            f = client.submit(
+                ingest_scan, store, sp, overwrite=overwrite, storage_options=storage_options,
+                key=key, pure=False, retries=1,
+            )
+            futs[f] = sp
+        with bar:
+            for fut in as_completed(list(futs)):
+                sp = futs[fut]
+                try:
+                    rows.extend(fut.result())
+                except Exception as exc:  # worker died or task crashed
+                    rows.extend(_failed_rows(sp, f"task failed: {_reason(exc)}"))
+                bar.advance()
+        return rows
+    import dask
+
+    tasks = [dask.delayed(ingest_scan, pure=False)(store, sp, overwrite=overwrite,
+                                                   storage_options=storage_options) for sp in specs]
+    from dask.callbacks import Callback
+
+    class _CB(Callback):
+        def _posttask(self, key, result, dsk, state, id):
+            bar.advance()
+
+    with bar, _CB():
+        results = dask.compute(*tasks, scheduler="threads")
+    for r in results:
+        rows.extend(r)
+    return rows
+
+
+def _failed_rows(sp, reason):
+    return [
+        {"row": e["row"], "subject": sp["subject"], "timepoint": sp["timepoint"], "kind": e["kind"],
+         "contrast": e["contrast"], "method": e["method"], "path": e["path"], "status": "failed",
+         "resampled": False, "reason": reason}
+        for e in sp["entries"]
+    ]
+
+
+class _Bar:
+    """A rich progress bar on stderr (no-op when disabled)."""
+
+    def __init__(self, total: int, label: str, *, enabled: bool = True):
+        self.total, self.label, self.enabled = total, label, enabled
+        self._p = None
+        self._t = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+            )
+
+            self._p = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=_stderr_console(), transient=False,
+            )
+            self._p.__enter__()
+            self._t = self._p.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self, n: int = 1):
+        if self._p is not None:
+            self._p.advance(self._t, n)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+        return False
