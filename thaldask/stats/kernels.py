@@ -1,0 +1,234 @@
+"""Batched numpy kernels for many small regression models that share a layout.
+
+A cohort study fits the same model for every method × contrast × side × outcome: hundreds of
+ordinary least squares (OLS) or logistic fits on a few hundred rows each. A loop of statsmodels
+formula fits spends almost all its time building formulas and result objects; stacking the
+designs into one array and solving them together gives the same numbers (checked against
+statsmodels to 1e-8 in the tests) hundreds of times faster.
+
+Rows that are missing for one model are handled with a 0/1 weight: a zero-weight row
+contributes nothing to the normal equations, and ``n`` / degrees of freedom count only rows
+with weight 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special, stats
+
+__all__ = ["OLSResult", "LogitResult", "ols_batched", "logit_batched", "auc_batched"]
+
+
+@dataclass
+class OLSResult:
+    """Stacked OLS results; leading axes are the batch shape ``B``.
+
+    Attributes
+    ----------
+    params, bse, tvalues, pvalues : ndarray (*B, p)
+        Coefficients, standard errors (non-robust), t statistics and two-sided p-values.
+    nobs, df_resid : ndarray (*B,)
+        Rows used and residual degrees of freedom (``nobs - p``).
+    ssr, rsquared, llf, aic : ndarray (*B,)
+        Residual sum of squares, R² (centred; the design must hold an intercept), Gaussian
+        log-likelihood and AIC, defined as in statsmodels (``aic = -2 llf + 2 p``).
+    """
+
+    params: np.ndarray
+    bse: np.ndarray
+    tvalues: np.ndarray
+    pvalues: np.ndarray
+    nobs: np.ndarray
+    df_resid: np.ndarray
+    ssr: np.ndarray
+    rsquared: np.ndarray
+    llf: np.ndarray
+    aic: np.ndarray
+
+    def conf_int(self, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper ``1 - alpha`` confidence limits, each of shape (*B, p)."""
+        q = stats.t.ppf(1 - alpha / 2, self.df_resid)[..., None]
+        return self.params - q * self.bse, self.params + q * self.bse
+
+    def partial_r2(self) -> np.ndarray:
+        """Partial R² of each coefficient, ``t² / (t² + df_resid)``, shape (*B, p)."""
+        t2 = self.tvalues**2
+        return t2 / (t2 + self.df_resid[..., None])
+
+
+def _prepare(X, y, weights):
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if X.ndim < 2:
+        raise ValueError(f"design must have shape (..., n, p); got {X.shape}")
+    batch = np.broadcast_shapes(X.shape[:-2], y.shape[:-1])
+    n, p = X.shape[-2:]
+    X = np.broadcast_to(X, (*batch, n, p))
+    y = np.broadcast_to(y, (*batch, n))
+    ok = np.isfinite(y) & np.isfinite(X).all(axis=-1)
+    if weights is not None:
+        ok &= np.broadcast_to(np.asarray(weights, dtype=bool), (*batch, n))
+    w = ok.astype(float)
+    Xw = np.where(ok[..., None], X, 0.0)
+    yw = np.where(ok, y, 0.0)
+    return Xw, yw, w, batch, n, p
+
+
+def ols_batched(X, y, *, weights=None) -> OLSResult:
+    """Fit many OLS models at once.
+
+    Parameters
+    ----------
+    X : array_like (*B, n, p)
+        Design matrices (include the intercept column yourself); may broadcast against ``y``,
+        e.g. one shared (n, p) design for a stack of outcomes.
+    y : array_like (*B, n)
+        Outcomes.
+    weights : array_like of bool (*B, n), optional
+        Rows to use. Rows with a NaN in ``y`` or in their design row are always left out.
+
+    Returns
+    -------
+    OLSResult
+        Models with fewer rows than ``p + 1`` or a rank-deficient design get NaN everywhere.
+
+    Examples
+    --------
+    >>> X = np.c_[np.ones(4), [0.0, 1, 2, 3]]
+    >>> ols_batched(X, [1.0, 3, 5, 7]).params.round(6).tolist()
+    [1.0, 2.0]
+    """
+    Xw, yw, w, batch, n, p = _prepare(X, y, weights)
+    nobs = w.sum(axis=-1)
+    df = nobs - p
+    # QR of the zero-filled design: zero rows add nothing, so this is the fit on used rows.
+    Q, R = np.linalg.qr(Xw)
+    diag = np.abs(np.diagonal(R, axis1=-2, axis2=-1))
+    scale = np.maximum(diag.max(axis=-1, initial=0.0), 1e-300)
+    good = (diag > 1e-10 * scale[..., None]).all(axis=-1) & (df > 0)
+    Rs = np.where(good[..., None, None], R, np.eye(p))
+    qty = np.einsum("...np,...n->...p", Q, yw)
+    beta = np.linalg.solve(Rs, qty[..., None])[..., 0]
+    resid = (yw - np.einsum("...np,...p->...n", Xw, beta)) * w
+    ssr = (resid**2).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma2 = ssr / df
+        Rinv = np.linalg.inv(Rs)
+        cov_diag = (Rinv**2).sum(axis=-1)  # diag((R'R)^-1) = row sums of Rinv²
+        bse = np.sqrt(cov_diag * sigma2[..., None])
+        tv = beta / bse
+        pv = 2 * stats.t.sf(np.abs(tv), df[..., None])
+        ybar = (yw * w).sum(axis=-1) / nobs
+        tss = (((yw - ybar[..., None]) * w) ** 2).sum(axis=-1)
+        r2 = 1 - ssr / tss
+        llf = -nobs / 2 * (np.log(2 * np.pi) + np.log(ssr / nobs) + 1)
+    aic = -2 * llf + 2 * p
+    bad = ~good
+    beta, bse, tv, pv = (np.where(bad[..., None], np.nan, a) for a in (beta, bse, tv, pv))
+    ssr, r2, llf, aic = (np.where(bad, np.nan, a) for a in (ssr, r2, llf, aic))
+    return OLSResult(beta, bse, tv, pv, nobs, df.astype(float), ssr, r2, llf, aic)
+
+
+@dataclass
+class LogitResult:
+    """Stacked logistic-regression results (maximum likelihood, Newton–Raphson).
+
+    ``params``, ``bse``, ``zvalues``, ``pvalues`` have shape (*B, p); ``nobs``, ``llf``,
+    ``converged`` and ``n_iter`` shape (*B,). ``fitted`` (*B, n) holds fitted probabilities
+    (NaN on unused rows). p-values use the normal distribution, as statsmodels' Logit does.
+    """
+
+    params: np.ndarray
+    bse: np.ndarray
+    zvalues: np.ndarray
+    pvalues: np.ndarray
+    nobs: np.ndarray
+    llf: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    fitted: np.ndarray
+
+    def conf_int(self, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        q = stats.norm.ppf(1 - alpha / 2)
+        return self.params - q * self.bse, self.params + q * self.bse
+
+
+def logit_batched(X, y, *, weights=None, max_iter: int = 100, tol: float = 1e-12) -> LogitResult:
+    """Fit many logistic regressions at once by Newton–Raphson.
+
+    Parameters as :func:`ols_batched`; ``y`` holds 0/1. A model whose estimates diverge
+    (perfect separation) or that does not converge in ``max_iter`` steps is flagged
+    ``converged = False`` and its estimates are NaN.
+
+    Examples
+    --------
+    >>> X = np.c_[np.ones(6), [0.0, 1, 2, 3, 4, 5]]
+    >>> r = logit_batched(X, [0, 0, 1, 0, 1, 1])
+    >>> bool(r.converged), round(float(r.params[1]), 4)
+    (True, 1.0608)
+    """
+    Xw, yw, w, batch, n, p = _prepare(X, y, weights)
+    beta = np.zeros((*batch, p))
+    converged = np.zeros(batch, dtype=bool)
+    n_iter = np.zeros(batch, dtype=int)
+    for it in range(max_iter):
+        eta = np.einsum("...np,...p->...n", Xw, beta)
+        mu = special.expit(eta)
+        W = mu * (1 - mu) * w
+        grad = np.einsum("...np,...n->...p", Xw, (yw - mu) * w)
+        H = np.einsum("...np,...n,...nq->...pq", Xw, W, Xw)
+        try:
+            step = np.linalg.solve(H, grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # one singular model: fall back for the whole batch
+            step = np.einsum("...pq,...q->...p", np.linalg.pinv(H), grad)
+        active = ~converged
+        beta = np.where(active[..., None], beta + step, beta)
+        n_iter = np.where(active, it + 1, n_iter)
+        done = np.abs(step).max(axis=-1) < tol * (1 + np.abs(beta).max(axis=-1))
+        converged |= done & np.isfinite(beta).all(axis=-1)
+        if converged.all():
+            break
+    eta = np.einsum("...np,...p->...n", Xw, beta)
+    mu = special.expit(eta)
+    W = mu * (1 - mu) * w
+    H = np.einsum("...np,...n,...nq->...pq", Xw, W, Xw)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cov = np.linalg.pinv(H)
+        bse = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+        zv = beta / bse
+        pv = 2 * stats.norm.sf(np.abs(zv))
+        llf = (w * (yw * np.log(mu) + (1 - yw) * np.log1p(-mu))).sum(axis=-1)
+    # separation: fitted probabilities of exactly 0/1 or huge coefficients
+    sep = (np.abs(beta) > 50).any(axis=-1)
+    bad = ~converged | sep
+    beta, bse, zv, pv = (np.where(bad[..., None], np.nan, a) for a in (beta, bse, zv, pv))
+    llf = np.where(bad, np.nan, llf)
+    fitted = np.where((w > 0) & ~bad[..., None], mu, np.nan)
+    return LogitResult(beta, bse, zv, pv, w.sum(axis=-1), llf, converged & ~sep, n_iter, fitted)
+
+
+def auc_batched(score, label) -> np.ndarray:
+    """Area under the ROC curve of ``score`` for binary ``label`` along the last axis.
+
+    Equals the Mann–Whitney probability P(score of a positive > score of a negative), ties
+    counted one half. NaN scores or labels are left out; NaN if a class is absent.
+
+    >>> float(auc_batched(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])))
+    0.75
+    """
+    score = np.asarray(score, dtype=float)
+    label = np.asarray(label, dtype=float)
+    score, label = np.broadcast_arrays(score, label)
+    ok = np.isfinite(score) & np.isfinite(label)
+    out = np.full(score.shape[:-1], np.nan)
+    for idx in np.ndindex(out.shape):
+        s = score[idx][ok[idx]]
+        lab = label[idx][ok[idx]] > 0.5
+        n1, n0 = lab.sum(), (~lab).sum()
+        if n1 == 0 or n0 == 0:
+            continue
+        r = stats.rankdata(s)
+        out[idx] = (r[lab].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return out
