@@ -569,8 +569,14 @@ class CohortStore:
             raise StoreError(f"{self.path}: store opened read-only")
         ds = ds.copy()
         for v in list(ds.variables):
-            if ds[v].dtype == object:
-                ds[v] = ds[v].astype(str)
+            if ds[v].dtype == object or ds[v].dtype.kind in "UT":
+                vals = np.asarray(ds[v].values, dtype=object)
+                clean = np.array(
+                    ["" if (x is None or (isinstance(x, float) and x != x)) else str(x)
+                     for x in vals.ravel()],
+                    dtype=object,
+                ).reshape(vals.shape)
+                ds[v] = ds[v].copy(data=clean)
         ds.to_zarr(
             self._zstore, group=f"results/{name}", mode="w", zarr_format=3, consolidated=False
         )
@@ -585,7 +591,11 @@ class CohortStore:
             )
         except (FileNotFoundError, KeyError) as exc:
             raise StoreNotFoundError(f"{self.path}: no results dataset {name!r}") from exc
-        return ds.load()
+        ds = ds.load()
+        for v in list(ds.variables):
+            if ds[v].dtype.kind in "TU":
+                ds[v] = ds[v].astype(object)
+        return ds
 
     def consolidate(self) -> None:
         """Write consolidated metadata (one read opens the whole store on object storage)."""

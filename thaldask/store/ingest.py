@@ -408,12 +408,14 @@ def _run(store, specs, *, overwrite, client, progress, storage_options):
     rows: list[dict] = []
     bar = _Bar(len(specs), "ingest", enabled=progress)
     if client is not None:
-        from dask.base import tokenize
+        import uuid
+
         from distributed import as_completed
 
+        run = uuid.uuid4().hex[:12]  # a fresh key per run: a re-run must re-check the store
         futs = {}
         for sp in specs:
-            key = f"thaldask-ingest-{sp['scan']}-{tokenize(store, sp, overwrite)}"
+            key = f"thaldask-ingest-{run}-{sp['scan']}"
             f = client.submit(
                 ingest_scan, store, sp, overwrite=overwrite, storage_options=storage_options,
                 key=key, pure=False, retries=1,
