@@ -6,6 +6,7 @@ turns a cohort store into the results dataset.
 """
 
 from thaldask.metrics.core import compute_metrics, compute_raw
+from thaldask.metrics.evaluate import evaluate, results_to_frame
 from thaldask.metrics.kernels import (
     METRIC_FIELDS,
     RAW_FIELDS,
@@ -25,5 +26,7 @@ __all__ = [
     "compute_raw",
     "confusion_matrix",
     "derive_metrics",
+    "evaluate",
     "pair_raw",
+    "results_to_frame",
 ]
