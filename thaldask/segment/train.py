@@ -1,0 +1,416 @@
+"""Training of the built-in ``thalnet`` models from label maps (domain randomisation).
+
+One run trains both networks of the model: the 4 mm whole-head localiser and the 1 mm
+region-of-interest network. The region-of-interest network has three input slots
+(T1w, FLAIR, R1); half of its training samples fill only the first slot with an image of any
+random contrast (the single-contrast ``thalnet``), the other half fill a random subset of the
+slots with co-registered renders of the same deformed anatomy (``thalnet-multi``), missing
+slots zeroed. The same weights therefore serve both model names.
+
+Run ``thaldask train --label-maps DIR --out DIR`` (or ``python -m thaldask.segment.train``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from thaldask.segment import synth
+from thaldask.segment.network import UNet3D
+
+__all__ = ["TrainConfig", "load_label_maps", "train_model", "export_weights"]
+
+ROI_SHAPE = (80, 56, 48)  # voxels at 1 mm, RAS (x wide enough for both thalami)
+ROI_SPACING = 1.0
+LOC_SHAPE = (64, 64, 64)  # voxels at 4 mm: a 256 mm field of view
+LOC_SPACING = 4.0
+SLOTS = ("T1w", "FLAIR", "R1")
+MULTI_SUBSETS = ((0, 2), (0, 1), (1, 2), (0, 1, 2))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    seed: int = 0
+    batch: int = 2
+    lr: float = 1e-3
+    loc_every: int = 3
+    n_holdout: int = 3
+    roi_base: int = 16
+    loc_base: int = 8
+    single_fraction: float = 0.5
+    checkpoint_every: int = 50
+    validate_every: int = 250
+    threads: int = 2
+    augmentation: dict = field(
+        default_factory=lambda: dict(
+            roi_rotation_deg=15.0,
+            roi_scale=(0.85, 1.15),
+            roi_shift_mm=8.0,
+            roi_elastic_mm=2.5,
+            loc_rotation_deg=20.0,
+            loc_scale=(0.85, 1.15),
+            loc_shift_mm=25.0,
+            loc_elastic_mm=4.0,
+            lr_flip_prob=0.5,
+            prior_prob=0.4,
+            skull_strip_prob=0.25,
+            gmm_std_max=0.1,
+            bias_field_std_max=0.3,
+            gamma_log_std=0.25,
+            noise_std_max=0.05,
+            blur_sigma_mm_max=0.6,
+            thick_slice_prob=0.5,
+            thick_slice_mm=(1.2, 3.5),
+            fov_cut_prob=0.3,
+        )
+    )
+
+
+class LabelMaps:
+    """Label maps in memory: 1 mm crops around the thalami and 2 mm whole heads (uint8)."""
+
+    def __init__(self, names, roi, roi_center, head, head_center, bank):
+        self.names = names
+        self.roi = roi
+        self.roi_center = roi_center
+        self.head = head
+        self.head_center = head_center
+        self.bank = bank
+
+
+def _read_ras(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asarray(img.dataobj)
+    return np.rint(data).astype(np.int32)
+
+
+def load_label_maps(folder, crop: int = 128) -> LabelMaps:
+    """Read every NIfTI/MGZ label map in ``folder`` (FreeSurfer labels, thalamus 10/49).
+
+    Maps are reoriented to RAS; kept are a ``crop``³ 1 mm box centred on the thalami and the
+    whole head subsampled to 2 mm, as uint8 label indices.
+    """
+    folder = Path(folder)
+    paths = sorted(
+        p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz", ".mgz")) and p.is_file()
+    )
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no label maps (.nii, .nii.gz, .mgz) found")
+    maps = []
+    values = set()
+    for p in paths:
+        d = _read_ras(p)
+        if not ((d == 10).any() and (d == 49).any()):
+            raise ValueError(f"{p}: label map has no thalamus labels 10 and 49")
+        values.update(np.unique(d).tolist())
+        maps.append((p.name.split(".")[0], d))
+    bank = synth.LabelBank(values)
+    names, roi, roi_c, head, head_c = [], [], [], [], []
+    half = crop // 2
+    for name, d in maps:
+        idx = bank.encode(d)
+        thal = np.argwhere((d == 10) | (d == 49))
+        c = np.rint(thal.mean(0)).astype(int)
+        padded = np.pad(idx, half)
+        box = padded[c[0] : c[0] + crop, c[1] : c[1] + crop, c[2] : c[2] + crop]
+        names.append(name)
+        roi.append(torch.from_numpy(np.ascontiguousarray(box)))
+        roi_c.append(np.full(3, (crop - 1) / 2.0))
+        small = np.ascontiguousarray(idx[::2, ::2, ::2])
+        head.append(torch.from_numpy(small))
+        nz = np.argwhere(small > 0)
+        head_c.append((nz.min(0) + nz.max(0)) / 2.0)
+        del d
+    return LabelMaps(names, roi, roi_c, head, head_c, bank)
+
+
+def _uniform(gen, lo, hi):
+    return float(lo + (hi - lo) * torch.rand(1, generator=gen))
+
+
+def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainConfig, *, slots=None,
+                    contrasts=None, deform=True):
+    """One training pair: image (3, *ROI_SHAPE) and target (ROI_SHAPE) in {0, 1, 2}."""
+    a = cfg.augmentation
+    geom = None
+    if deform:
+        geom = synth.sample_geometry(
+            gen,
+            max_rotation_deg=a["roi_rotation_deg"],
+            scale_range=tuple(a["roi_scale"]),
+            max_elastic_mm=a["roi_elastic_mm"],
+            max_shift_mm=a["roi_shift_mm"],
+        )
+    else:
+        geom = synth.sample_geometry(gen, max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
+                                     max_elastic_mm=0, max_shift_mm=a["roi_shift_mm"] / 2)
+    idx = synth.sample_labels(maps.roi[i], 1.0, maps.roi_center[i], ROI_SHAPE, ROI_SPACING, geom)
+    flip = deform and _uniform(gen, 0, 1) < a["lr_flip_prob"]
+    if flip:
+        idx = idx.flip(0)
+    target = maps.bank.sides(idx)
+    if flip:
+        target = torch.where(target > 0, 3 - target, target)
+    if slots is None:
+        if _uniform(gen, 0, 1) < cfg.single_fraction:
+            slots = (0,)
+        else:
+            slots = MULTI_SUBSETS[int(torch.randint(len(MULTI_SUBSETS), (1,), generator=gen))]
+    image = torch.zeros((len(SLOTS), *ROI_SHAPE), dtype=torch.float32)
+    for s in slots:
+        if contrasts is not None:
+            contrast = contrasts[s]
+        elif len(slots) > 1 and _uniform(gen, 0, 1) < 0.5:
+            contrast = SLOTS[s]
+        else:
+            contrast = None
+        image[s] = synth.render_image(idx, maps.bank, gen, spacing=ROI_SPACING, contrast=contrast,
+                                      prior_prob=a["prior_prob"], skull_strip_prob=a["skull_strip_prob"])
+    return image, target
+
+
+def make_loc_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainConfig):
+    """One localiser pair: image (1, *LOC_SHAPE) at 4 mm and target in {0, 1, 2}."""
+    a = cfg.augmentation
+    geom = synth.sample_geometry(
+        gen,
+        max_rotation_deg=a["loc_rotation_deg"],
+        scale_range=tuple(a["loc_scale"]),
+        max_elastic_mm=a["loc_elastic_mm"],
+        max_shift_mm=a["loc_shift_mm"],
+    )
+    idx = synth.sample_labels(maps.head[i], 2.0, maps.head_center[i], LOC_SHAPE, LOC_SPACING, geom)
+    flip = _uniform(gen, 0, 1) < a["lr_flip_prob"]
+    if flip:
+        idx = idx.flip(0)
+    target = maps.bank.sides(idx)
+    if flip:
+        target = torch.where(target > 0, 3 - target, target)
+    img = synth.render_image(idx, maps.bank, gen, spacing=LOC_SPACING, prior_prob=a["prior_prob"],
+                             skull_strip_prob=a["skull_strip_prob"])
+    img = synth.blur(img, [_uniform(gen, 0.3, 1.0)] * 3)
+    if _uniform(gen, 0, 1) < a["fov_cut_prob"]:  # partial head coverage
+        axis = int(torch.randint(3, (1,), generator=gen))
+        cut = int(_uniform(gen, 4, 16))
+        sl = [slice(None)] * 3
+        sl[axis] = slice(0, cut) if _uniform(gen, 0, 1) < 0.5 else slice(LOC_SHAPE[axis] - cut, None)
+        img[tuple(sl)] = 0
+    return synth.normalise(img)[None], target
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the two thalamus classes."""
+    ce = F.cross_entropy(logits, target)
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    inter = (prob * onehot).sum(dims)
+    denom = prob.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1) / (denom + 1)
+    return ce + (1 - dice[1:].mean())
+
+
+def dice_sides(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    out = []
+    for c in (1, 2):
+        p, t = pred == c, target == c
+        denom = int(p.sum() + t.sum())
+        out.append(2 * int((p & t).sum()) / denom if denom else float("nan"))
+    return out[0], out[1]
+
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_weights(roi_net, loc_net, meta: dict, out: Path) -> str:
+    """Write fp16 weights ``thalnet.pt`` and return their SHA-256."""
+    payload = {
+        "roi": {k: v.half() for k, v in roi_net.state_dict().items()},
+        "roi_config": roi_net.config,
+        "loc": {k: v.half() for k, v in loc_net.state_dict().items()},
+        "loc_config": loc_net.config,
+        "meta": meta,
+    }
+    path = out / "thalnet.pt"
+    _atomic_save(payload, path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dict:
+    """Dice of the region-of-interest network on fixed renders of held-out maps."""
+    roi_net.eval()
+    res = {}
+    with torch.no_grad():
+        for ci, contrast in enumerate(SLOTS):
+            ds = []
+            for i in held:
+                gen = torch.Generator().manual_seed(10_000 + 97 * i + ci)
+                img, tgt = make_roi_sample(maps, i, gen, cfg, slots=(0,), contrasts=(contrast,) * 3,
+                                           deform=False)
+                pred = roi_net(img[None]).argmax(1)[0]
+                ds.extend(dice_sides(pred, tgt))
+            res[contrast] = float(np.nanmean(ds))
+        ds = []
+        for i in held:
+            gen = torch.Generator().manual_seed(20_000 + 97 * i)
+            img, tgt = make_roi_sample(maps, i, gen, cfg, slots=(0, 1, 2), contrasts=SLOTS, deform=False)
+            pred = roi_net(img[None]).argmax(1)[0]
+            ds.extend(dice_sides(pred, tgt))
+        res["T1w+FLAIR+R1"] = float(np.nanmean(ds))
+    roi_net.train()
+    return res
+
+
+def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, log=print) -> dict:
+    """Train localiser + region-of-interest network; resumable from ``out/checkpoint.pt``.
+
+    Parameters
+    ----------
+    label_maps : path
+        Folder of label maps (FreeSurfer labels; thalamus 10 left, 49 right).
+    out : path
+        Output folder: ``checkpoint.pt`` (resume), ``thalnet.pt`` (fp16 weights),
+        ``train_log.jsonl``.
+    init : path, optional
+        Weights file to start from (fine-tuning).
+    """
+    cfg = cfg or TrainConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    maps = load_label_maps(label_maps)
+    n = len(maps.names)
+    n_hold = min(cfg.n_holdout, max(0, n - 1))
+    held = list(range(n - n_hold, n))
+    train_idx = list(range(n - n_hold))
+    log(f"loaded {n} label maps in {time.time() - t0:.1f}s; held out {[maps.names[i] for i in held]}")
+
+    roi_net = UNet3D(len(SLOTS), 3, base=cfg.roi_base, levels=4)
+    loc_net = UNet3D(1, 3, base=cfg.loc_base, levels=3)
+    opt_roi = torch.optim.AdamW(roi_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    opt_loc = torch.optim.AdamW(loc_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    start = 0
+    history = []
+    ckpt_path = out / "checkpoint.pt"
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        roi_net.load_state_dict(ck["roi"])
+        loc_net.load_state_dict(ck["loc"])
+        opt_roi.load_state_dict(ck["opt_roi"])
+        opt_loc.load_state_dict(ck["opt_loc"])
+        start = ck["step"]
+        history = ck.get("history", [])
+        gen.set_state(ck["gen"])
+        log(f"resumed from step {start}")
+    elif init is not None:
+        w = torch.load(init, weights_only=False)
+        roi_net.load_state_dict({k: v.float() for k, v in w["roi"].items()})
+        loc_net.load_state_dict({k: v.float() for k, v in w["loc"].items()})
+        log(f"initialised from {init}")
+
+    def meta(step, val):
+        return dict(
+            label_maps=[maps.names[i] for i in train_idx],
+            held_out=[maps.names[i] for i in held],
+            seed=cfg.seed,
+            steps=step,
+            config={k: v for k, v in asdict(cfg).items()},
+            roi_shape=ROI_SHAPE,
+            roi_spacing=ROI_SPACING,
+            loc_shape=LOC_SHAPE,
+            loc_spacing=LOC_SPACING,
+            slots=SLOTS,
+            validation=val,
+        )
+
+    roi_net.train()
+    loc_net.train()
+    tl = time.time()
+    losses, llosses = [], []
+    val = history[-1]["val"] if history else {}
+    for step in range(start, cfg.steps):
+        frac = step / max(cfg.steps, 1)
+        lr = cfg.lr * (1 - frac) ** 0.9
+        for g in opt_roi.param_groups + opt_loc.param_groups:
+            g["lr"] = lr
+        pairs = [make_roi_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))],
+                                 gen, cfg) for _ in range(cfg.batch)]
+        x = torch.stack([p[0] for p in pairs])
+        y = torch.stack([p[1] for p in pairs])
+        loss = seg_loss(roi_net(x), y)
+        opt_roi.zero_grad()
+        loss.backward()
+        opt_roi.step()
+        losses.append(float(loss.detach()))
+        if step % cfg.loc_every == 0:
+            pairs = [make_loc_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))],
+                                     gen, cfg) for _ in range(cfg.batch)]
+            x = torch.stack([p[0] for p in pairs])
+            y = torch.stack([p[1] for p in pairs])
+            lloss = seg_loss(loc_net(x), y)
+            opt_loc.zero_grad()
+            lloss.backward()
+            opt_loc.step()
+            llosses.append(float(lloss.detach()))
+        done = step + 1
+        if done % 10 == 0:
+            rate = 10 / (time.time() - tl)
+            tl = time.time()
+            log(f"step {done} lr {lr:.2e} roi_loss {np.mean(losses):.4f} loc_loss {np.mean(llosses) if llosses else float('nan'):.4f} {rate:.3f} steps/s")
+            history.append(dict(step=done, roi_loss=float(np.mean(losses)),
+                                loc_loss=float(np.mean(llosses)) if llosses else None, val=val))
+            losses, llosses = [], []
+        if done % cfg.validate_every == 0 or done == cfg.steps:
+            val = validate(roi_net, maps, held, cfg)
+            log(f"step {done} validation dice {json.dumps(val)}")
+            if history:
+                history[-1]["val"] = val
+            export_weights(roi_net, loc_net, meta(done, val), out)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            _atomic_save(dict(roi=roi_net.state_dict(), loc=loc_net.state_dict(),
+                              opt_roi=opt_roi.state_dict(), opt_loc=opt_loc.state_dict(),
+                              step=done, history=history, gen=gen.get_state()), ckpt_path)
+            export_weights(roi_net, loc_net, meta(done, val), out)
+    sha = export_weights(roi_net, loc_net, meta(cfg.steps, val), out)
+    with open(out / "train_history.json", "w") as f:
+        json.dump(history, f)
+    log(f"done: {cfg.steps} steps, weights {out / 'thalnet.pt'} sha256 {sha}")
+    return dict(weights=str(out / "thalnet.pt"), sha256=sha, validation=val, steps=cfg.steps)
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--label-maps", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=TrainConfig.batch)
+    p.add_argument("--init", default=None)
+    a = p.parse_args(argv)
+    cfg = TrainConfig(steps=a.steps, seed=a.seed, batch=a.batch)
+    train_model(a.label_maps, a.out, cfg, init=a.init, log=lambda m: print(m, flush=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
