@@ -1,0 +1,93 @@
+"""Tiny synthetic NIfTI cohorts for store tests (a few kB each)."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+
+HEADER = "subject,timepoint,site,kind,contrast,method,labels,path"
+
+
+def box_mask(shape, *, left=10, right=49, dtype=np.uint8):
+    """Two boxes labelled left/right (in voxel order of the file)."""
+    m = np.zeros(shape, dtype)
+    cx = shape[0] // 2
+    m[cx - 5 : cx - 1, 3:7, 3:6] = left
+    m[cx + 1 : cx + 5, 3:7, 3:6] = right
+    return m
+
+
+def write_nifti(path, data, affine, **hdr_fields):
+    img = nib.Nifti1Image(data, affine)
+    for k, v in hdr_fields.items():
+        img.header[k] = v
+    nib.save(img, path)
+    return path
+
+
+ORIENTATIONS = {
+    "RAS": np.diag([1.0, 1.0, 1.0, 1.0]),
+    "LAS": np.array([[-1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+    # LIA: i -> Left, j -> Inferior, k -> Anterior (FreeSurfer conformed)
+    "LIA": np.array([[-1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]]),
+}
+
+
+def oblique_affine():
+    a = np.deg2rad(12.0)
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([0.9, 1.1, 1.3])
+    aff[:3, 3] = [-8.0, -11.0, -7.5]
+    return aff
+
+
+def make_affine(orient: str, shape, spacing=(1.0, 1.0, 1.2)):
+    if orient == "oblique":
+        return oblique_affine()
+    aff = ORIENTATIONS[orient].copy()
+    aff[:3, :3] = aff[:3, :3] @ np.diag(spacing)
+    # centre the grid roughly on the origin
+    centre = aff[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    aff[:3, 3] = -centre
+    return aff
+
+
+def make_cohort(root, specs, *, rng=0, extra_rows=()):
+    """Write scans and a manifest; ``specs`` = list of dicts with subject, timepoint,
+    orient, shape (and optional site, fmt 'nii'/'nii.gz'/'mgz'). Returns manifest path."""
+    rng = np.random.default_rng(rng)
+    os.makedirs(root, exist_ok=True)
+    rows = [HEADER]
+    for sp in specs:
+        shape = tuple(sp.get("shape", (20, 16, 12)))
+        aff = sp.get("affine", make_affine(sp.get("orient", "RAS"), shape))
+        img = rng.normal(100, 10, shape).astype(np.float32)
+        mask = box_mask(shape)
+        s, t, site = sp["subject"], sp["timepoint"], sp.get("site", "A")
+        ext = sp.get("fmt", "nii.gz")
+        fi, fm = f"{s}_{t}_T1w.{ext}", f"{s}_{t}_gt.{ext}"
+        if ext == "mgz":
+            nib.save(nib.MGHImage(img, aff), os.path.join(root, fi))
+            nib.save(nib.MGHImage(mask.astype(np.int32), aff), os.path.join(root, fm))
+        else:
+            write_nifti(os.path.join(root, fi), img, aff, descrip=b"patient John Doe 1970-01-01")
+            write_nifti(os.path.join(root, fm), mask, aff, descrip=b"rater Jane")
+        rows.append(f"{s},{t},{site},image,T1w,,,{fi}")
+        rows.append(f"{s},{t},{site},mask,T1w,gt,freesurfer,{fm}")
+    rows.extend(extra_rows)
+    p = os.path.join(root, "manifest.csv")
+    with open(p, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return p
+
+
+def small_cohort_files(tmp_path):
+    specs = [
+        {"subject": "sub-01", "timepoint": "baseline", "orient": "RAS", "shape": (20, 16, 12)},
+        {"subject": "sub-01", "timepoint": "m12", "orient": "LAS", "shape": (20, 16, 12)},
+        {"subject": "sub-02", "timepoint": "baseline", "orient": "LIA", "shape": (18, 14, 16), "site": "B"},
+    ]
+    return make_cohort(tmp_path / "in", specs)

@@ -1,0 +1,228 @@
+"""Orientation, resampling, privacy and per-scan failures of ingest."""
+
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from store_helpers import HEADER, box_mask, make_affine, make_cohort, write_nifti
+from thaldask.store import export_masks, ingest, open_store
+
+
+@pytest.mark.parametrize("orient", ["RAS", "LAS", "LIA", "oblique"])
+def test_export_orientation_roundtrip_is_bit_exact(orient, tmp_path):
+    man = make_cohort(tmp_path / "in", [{"subject": "s1", "timepoint": "baseline", "orient": orient,
+                                          "shape": (19, 15, 13)}])
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    assert (rep.status == "written").all(), rep.reason.tolist()
+    st = open_store(store)
+    assert st.reference == ["T1w"]
+    # stored voxels are a RAS permutation/flip of the file's
+    src = nib.load(tmp_path / "in" / "s1_baseline_T1w.nii.gz")
+    assert "".join(nib.aff2axcodes(st.affines[0])) == "RAS"
+    np.testing.assert_array_equal(
+        np.sort(st.load_image("T1w", 0).ravel()), np.sort(src.get_fdata(dtype=np.float32).ravel())
+    )
+    (p,) = export_masks(store, "gt", "T1w", tmp_path / "out", labels="freesurfer")
+    orig = nib.load(tmp_path / "in" / "s1_baseline_gt.nii.gz")
+    out = nib.load(p)
+    assert out.shape == orig.shape
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
+    np.testing.assert_array_equal(out.affine, orig.affine)
+    assert out.header.get_best_affine().tobytes() == orig.header.get_best_affine().tobytes()
+
+
+def test_export_mgz_input_keeps_grid_and_labels(tmp_path):
+    man = make_cohort(tmp_path / "in", [{"subject": "s1", "timepoint": "baseline", "orient": "LIA",
+                                          "shape": (16, 14, 12), "fmt": "mgz"}])
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    assert (rep.status == "written").all(), rep.reason.tolist()
+    (p,) = export_masks(store, "gt", "T1w", tmp_path / "out", labels="freesurfer")
+    orig = nib.load(tmp_path / "in" / "s1_baseline_gt.mgz")
+    out = nib.load(p)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
+    # NIfTI stores the affine as float32; the MGH affine survives at that precision
+    np.testing.assert_allclose(out.affine, orig.affine, atol=1e-5)
+
+
+def test_ingest_private_header_fields_not_stored(small_cohort, tmp_path):
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    blob = b""
+    for dirpath, _, files in os.walk(store):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                blob += fh.read()
+    import zarr
+
+    hdr = np.asarray(zarr.open_array(store + "/scan/header")[...]).tobytes()
+    assert b"John Doe" not in hdr and b"John Doe" not in blob
+    st = open_store(store)
+    fmt, hb = st.orig_header(0)
+    h = nib.Nifti1Header(binaryblock=hb)
+    for field in ("descrip", "db_name", "aux_file", "intent_name"):
+        assert h[field].item() == b""
+
+
+def _conformed_mask(tmp_path, image_aff, image_shape, *, shift=(0.0, 0.0, 0.0)):
+    """FreeSurfer-like 256^3 LIA 1 mm aseg with thalamus boxes at the image's box world coords."""
+    conf = np.array([[-1.0, 0, 0, 128], [0, 0, 1, -128], [0, -1, 0, 128], [0, 0, 0, 1]])
+    conf[:3, 3] += shift
+    m_img = box_mask(image_shape)
+    aseg = np.zeros((256, 256, 256), np.int32)
+    aseg[...] = 0
+    # paint each labelled image voxel's world position into the conformed grid
+    idx = np.argwhere(m_img > 0)
+    world = idx @ image_aff[:3, :3].T + image_aff[:3, 3]
+    v = np.rint((world - conf[:3, 3]) @ np.linalg.inv(conf[:3, :3]).T).astype(int)
+    ok = np.all((v >= 0) & (v < 256), axis=1)
+    aseg[tuple(v[ok].T)] = m_img[tuple(idx[ok].T)]
+    aseg[0:3, 0:3, 0:3] = 2  # other structures are allowed in an aseg
+    p = tmp_path / "in" / "aseg.mgz"
+    nib.save(nib.MGHImage(aseg, conf), p)
+    return p
+
+
+def test_ingest_conformed_aseg_resampled_nearest_onto_image_grid(tmp_path):
+    shape = (20, 16, 12)
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    aff[:3, 3] = [-10, -8, -6]  # voxel centres on the conformed grid's: no rounding ties
+    man = make_cohort(tmp_path / "in", [{"subject": "s1", "timepoint": "baseline", "shape": shape,
+                                          "affine": aff}])
+    aff = nib.load(tmp_path / "in" / "s1_baseline_T1w.nii.gz").affine
+    _conformed_mask(tmp_path, aff, shape)
+    with open(man, "a") as f:
+        f.write("s1,baseline,A,mask,T1w,freesurfer,freesurfer,aseg.mgz\n")
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    row = rep[rep.method == "freesurfer"].iloc[0]
+    assert row.status == "written" and bool(row.resampled), row.reason
+    st = open_store(store)
+    np.testing.assert_array_equal(st.load_mask("freesurfer", "T1w", 0), st.load_mask("gt", "T1w", 0))
+    rec = st.records("masks/freesurfer/T1w").iloc[0]
+    assert rec.resampled and rec.source_shape == (256, 256, 256)
+    assert not st.records("masks/gt/T1w").iloc[0].resampled
+
+
+def test_ingest_bad_inputs_fail_only_their_rows(tmp_path):
+    root = tmp_path / "in"
+    specs = [{"subject": f"s{k}", "timepoint": "baseline", "shape": (14, 12, 10)} for k in range(8)]
+    man = make_cohort(root, specs)
+    aff = make_affine("RAS", (14, 12, 10))
+    # s1: truncated image (header readable, voxels cut)
+    raw = gzip.decompress((root / "s1_baseline_T1w.nii.gz").read_bytes())
+    (root / "s1_baseline_T1w.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2])[:-20])
+    # s2: 4D image with 3 volumes
+    write_nifti(root / "s2_baseline_T1w.nii.gz", np.ones((14, 12, 10, 3), np.float32), aff)
+    # s3: NaN-filled image
+    write_nifti(root / "s3_baseline_T1w.nii.gz", np.full((14, 12, 10), np.nan, np.float32), aff)
+    # s4: non-integer mask
+    write_nifti(root / "s4_baseline_gt.nii.gz", box_mask((14, 12, 10)).astype(np.float32) * 0.37, aff)
+    # s5: mask with unexpected labels for an explicit convention
+    write_nifti(root / "s5_baseline_gt.nii.gz", box_mask((14, 12, 10), left=3, right=4), aff)
+    # s6: mask on the same affine but a different shape
+    write_nifti(root / "s6_baseline_gt.nii.gz", box_mask((14, 12, 9)), aff)
+    # s7: mask whose grid lies far away from the image
+    far = aff.copy()
+    far[:3, 3] += 500
+    write_nifti(root / "s7_baseline_gt.nii.gz", box_mask((14, 12, 10)), far)
+    text = (root / "manifest.csv").read_text().replace(
+        "s5,baseline,A,mask,T1w,gt,freesurfer", "s5,baseline,A,mask,T1w,gt,L:10;R:49"
+    )
+    (root / "manifest.csv").write_text(text)
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    on_disk = pd.read_csv(os.path.join(store, "ingest_report.csv"), keep_default_na=False)
+    assert on_disk.status.tolist() == rep.status.tolist()
+    by = {(r.subject, r.kind): r for r in rep.itertuples()}
+    assert by[("s0", "image")].status == "written" and by[("s0", "mask")].status == "written"
+    expect = {
+        ("s1", "image"): "truncated",
+        ("s2", "image"): "dimensions",
+        ("s3", "image"): "NaN-filled",
+        ("s4", "mask"): "non-integer",
+        ("s5", "mask"): "unexpected labels",
+        ("s6", "mask"): "has shape (14, 12, 9)",
+        ("s7", "mask"): "does not overlap",
+    }
+    for key, words in expect.items():
+        r = by[key]
+        assert r.status == "failed" and words in r.reason, (key, r.reason)
+        assert "\n" not in r.reason
+    # a failed reference image fails its scan's masks; other scans' images are fine
+    assert by[("s1", "mask")].status == "failed" and "reference image" in by[("s1", "mask")].reason
+    assert by[("s4", "image")].status == "written"
+    st = open_store(store)
+    assert st.has_image("T1w").tolist() == [True, False, False, False, True, True, True, True]
+    assert st.has_mask("gt", "T1w").tolist() == [True] + [False] * 6 + [False]
+
+
+def test_ingest_partial_nan_image_zeroed_and_recorded(tmp_path):
+    root = tmp_path / "in"
+    man = make_cohort(root, [{"subject": "s0", "timepoint": "baseline", "shape": (14, 12, 10)}])
+    aff = make_affine("RAS", (14, 12, 10))
+    data = np.ones((14, 12, 10), np.float32)
+    data[0] = np.nan
+    write_nifti(root / "s0_baseline_T1w.nii.gz", data, aff)
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    assert rep.status.tolist() == ["written", "written"]
+    assert "non-finite" in rep.reason[0]
+    st = open_store(store)
+    assert np.isfinite(st.load_image("T1w", 0)).all()
+    assert st.records("images/T1w").nan_replaced.tolist() == [True]
+
+
+def test_ingest_second_contrast_on_other_grid_resampled_linear(tmp_path):
+    root = tmp_path / "in"
+    shape = (16, 14, 12)
+    man = make_cohort(root, [{"subject": "s0", "timepoint": "baseline", "shape": shape}])
+    aff = nib.load(root / "s0_baseline_T1w.nii.gz").affine
+    # FLAIR: same field of view at half resolution, constant value 7 -> linear gives 7 inside
+    faff = aff.copy()
+    faff[:3, :3] *= 2
+    write_nifti(root / "flair.nii.gz", np.full((8, 7, 6), 7.0, np.float32), faff)
+    with open(man, "a") as f:
+        f.write("s0,baseline,A,image,FLAIR,,,flair.nii.gz\n")
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    assert rep.status.tolist() == ["written"] * 3 and rep.resampled.tolist() == [False, False, True]
+    st = open_store(store)
+    assert st.contrasts == ["FLAIR", "T1w"]
+    fl = st.load_image("FLAIR", 0)
+    assert fl.shape == shape
+    np.testing.assert_allclose(fl[2:12, 2:10, 2:8], 7.0)
+
+
+def test_ingest_different_cohort_in_existing_store_conflicts(small_cohort, tmp_path):
+    from thaldask.errors import StoreConflictError
+
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    other = make_cohort(tmp_path / "other", [{"subject": "x", "timepoint": "baseline"}])
+    with pytest.raises(StoreConflictError):
+        ingest(other, store, progress=False)
+    rep = ingest(other, store, progress=False, overwrite=True)
+    assert (rep.status == "written").all()
+    assert open_store(store).n_scans == 1
+
+
+def test_ingest_changed_file_conflicts_then_overwrites(tmp_path):
+    root = tmp_path / "in"
+    man = make_cohort(root, [{"subject": "s0", "timepoint": "baseline", "shape": (14, 12, 10)}])
+    store = str(tmp_path / "c.zarr")
+    ingest(man, store, progress=False)
+    aff = nib.load(root / "s0_baseline_gt.nii.gz").affine
+    write_nifti(root / "s0_baseline_gt.nii.gz", box_mask((14, 12, 10), right=0), aff)
+    rep = ingest(man, store, progress=False)
+    assert rep.status.tolist() == ["skipped", "failed"]
+    assert rep.reason[1].startswith("StoreConflictError")
+    assert (open_store(store).load_mask("gt", "T1w", 0) == 2).any()
+    rep = ingest(man, store, progress=False, overwrite=True)
+    assert rep.status.tolist() == ["skipped", "written"]
+    assert not (open_store(store).load_mask("gt", "T1w", 0) == 2).any()
