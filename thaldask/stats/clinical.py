@@ -19,7 +19,7 @@ from thaldask.stats import _data
 from thaldask.stats.kernels import ols_batched
 from thaldask.stats.multitest import p_adjust
 
-__all__ = ["fit_clinical", "adjust_head_size"]
+__all__ = ["fit_clinical", "adjust_head_size", "bootstrap_beta"]
 
 HEAD_SIZE = ("residual", "ratio", "none")
 
@@ -85,6 +85,8 @@ def fit_clinical(
     groups=None,
     fdr_method: str = "fdr_bh",
     alpha: float = 0.05,
+    bootstrap: int = 0,
+    rng=0,
 ) -> pd.DataFrame:
     """Association of each method's thalamic volume with each clinical outcome.
 
@@ -109,6 +111,12 @@ def fit_clinical(
         Restrict to these diagnostic groups (e.g. ``["MS"]``).
     fdr_method : str
         Adjustment across the whole table (``fdr_bh`` or ``holm``), NaN-safe.
+    bootstrap : int
+        Number of bootstrap replicates (rows resampled with replacement, outcome and volume
+        re-standardised in each) for percentile CIs ``beta_std_boot_ci_lower``/``_upper``
+        (cross-sectional OLS only; 0 = off). The head-size adjustment is held fixed.
+    rng : int or numpy.random.Generator
+        Seed of the bootstrap.
 
     Returns
     -------
@@ -174,6 +182,11 @@ def fit_clinical(
                 res = _mixed(y, z, Xc, subj, alpha)
             else:
                 res = _ols(y, z, Xc, alpha)
+                if bootstrap:
+                    lo_b, hi_b = bootstrap_beta(y, z, Xc, n_boot=bootstrap, alpha=alpha, rng=rng)
+                    for k, r in enumerate(res):
+                        r["beta_std_boot_ci_lower"] = lo_b[k]
+                        r["beta_std_boot_ci_upper"] = hi_b[k]
             for b, r in zip(base, res):
                 b.update(r)
             rows.extend(base)
@@ -181,7 +194,8 @@ def fit_clinical(
     if len(out):
         out["p_fdr"] = p_adjust(out["p"].to_numpy(float), fdr_method)
         cols = ["outcome", "method", "contrast", "side", "timepoint", "n", "n_subjects",
-                "beta_std", "beta_std_ci_lower", "beta_std_ci_upper", "se", "p", "p_fdr",
+                "beta_std", "beta_std_ci_lower", "beta_std_ci_upper", "beta_std_boot_ci_lower",
+                "beta_std_boot_ci_upper", "se", "p", "p_fdr",
                 "partial_r2", "r2", "delta_r2", "aic", "aic_covariates", "converged", "formula"]
         out = out[[c for c in cols if c in out] + [c for c in out if c not in cols]]
     return out
@@ -254,3 +268,34 @@ def _mixed(y, z, Xc, subj, alpha):
                  converged=bool(r.converged))
         out.append(e)
     return out
+
+
+def bootstrap_beta(y, z, Xc, *, n_boot: int = 1000, alpha: float = 0.05, rng=0, chunk: int = 100):
+    """Percentile bootstrap CI of the standardised volume beta for K volume series at once.
+
+    Parameters
+    ----------
+    y : ndarray (n,)
+        Outcome; ``z`` (K, n) volumes; ``Xc`` (n, q) covariate columns.
+
+    Returns
+    -------
+    (lower, upper) : ndarrays (K,)
+    """
+    rng = np.random.default_rng(rng)
+    K, n = z.shape
+    betas = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        yb = _data.zscore(y[idx], axis=-1)  # (b, n)
+        zb = _data.zscore(z[:, idx].transpose(1, 0, 2), axis=-1)  # (b, K, n)
+        X = np.concatenate([np.ones((b, K, n, 1)), zb[..., None],
+                            np.broadcast_to(Xc[idx][:, None], (b, K, n, Xc.shape[1]))], axis=-1)
+        r = ols_batched(X, yb[:, None, :])
+        betas.append(r.params[..., 1])
+    betas = np.concatenate(betas, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(betas, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
+    return lo, hi

@@ -1,0 +1,351 @@
+"""The statistical stage as one call: results dataset -> tables (+ stats dataset in the store)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from thaldask import config as _config
+from thaldask.errors import ConfigError, StatsError, ThaldaskWarning
+from thaldask.stats.agreement import fit_agreement
+from thaldask.stats.clinical import fit_clinical
+from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
+from thaldask.stats.comparison import fit_method_comparison
+from thaldask.stats.longitudinal import fit_longitudinal
+
+__all__ = ["run_stats", "write_stats", "headline_findings", "load_stats_config", "tables_to_dataset"]
+
+TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation")
+
+DEFAULTS = {
+    "side": None,  # None: total only; "all": left, right, total
+    "outcomes": None,  # None: edss, sdmt where present
+    "covariates": ["age", "sex"],
+    "extra_covariates": [],
+    "head_size": "residual",
+    "clinical_timepoint": None,  # None: baseline; "all": every timepoint, subject random effect
+    "clinical_groups": None,
+    "edss_cut": None,  # None: thaldask.stats.edss-cut (5.5)
+    "fdr_method": None,  # None: thaldask.stats.fdr-method (fdr_bh)
+    "mixed": True,
+    "harmonise": "auto",  # auto: when there are >= 2 sites; True / False
+    "combat": {"eb": True, "mean_only": False, "protect": list(DEFAULT_PROTECT), "min_site_size": 5},
+    "bootstrap": None,  # None: thaldask.stats.bootstrap (0 = off)
+    "alpha": 0.05,
+}
+
+
+class StatsStageWarning(ThaldaskWarning):
+    """One analysis of the stage could not run; its table says why."""
+
+
+def load_stats_config(path) -> dict:
+    """Read a stats YAML file (keys as :data:`DEFAULTS`, optionally under a ``stats:`` key)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: stats config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
+    data = data.get("stats", data)
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{p}: unknown stats option(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    return data
+
+
+def _resolve(config) -> dict:
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for k, v in (config or {}).items():
+        if k not in DEFAULTS:
+            raise ConfigError(f"unknown stats option {k!r}; allowed: {sorted(DEFAULTS)}")
+        if k == "combat":
+            cfg["combat"].update(v or {})
+        else:
+            cfg[k] = v
+    if cfg["edss_cut"] is None:
+        cfg["edss_cut"] = float(_config.get("stats.edss-cut", 5.5))
+    if cfg["fdr_method"] is None:
+        cfg["fdr_method"] = _config.get("stats.fdr-method", "fdr_bh")
+    if cfg["bootstrap"] is None:
+        cfg["bootstrap"] = int(_config.get("stats.bootstrap", 0) or 0)
+    return cfg
+
+
+def _failed(name: str, exc: Exception) -> pd.DataFrame:
+    warnings.warn(f"stats: {name} not computed: {exc}", StatsStageWarning, stacklevel=3)
+    return pd.DataFrame([{"note": f"not computed: {exc}"}])
+
+
+def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Run every analysis of the statistical stage on a results dataset.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results dataset (PLAN/DESIGN schema), in memory.
+    config : dict, optional
+        Options (see :data:`DEFAULTS`); a YAML file can be read with :func:`load_stats_config`.
+
+    Returns
+    -------
+    dict of str -> pandas.DataFrame
+        ``agreement``, ``method_comparison``, ``clinical_cross``, ``longitudinal``,
+        ``harmonisation``. Agreement and method comparison use the raw volumes (method and
+        ground truth come from the same scan); clinical and longitudinal models use ComBat-
+        harmonised volumes when harmonisation ran. An analysis the data cannot support (no
+        ground truth, one timepoint, ...) gives a one-row table with a ``note`` instead of
+        stopping the stage.
+    """
+    cfg = _resolve(config)
+    alpha = cfg["alpha"]
+    side = cfg["side"]
+    tables: dict[str, pd.DataFrame] = {}
+    has_gt = "gt_volume_mm3" in ds and bool(np.isfinite(ds["gt_volume_mm3"].values).any())
+    if has_gt:
+        try:
+            tables["agreement"] = fit_agreement(ds, side=side, alpha=alpha)
+        except StatsError as exc:
+            tables["agreement"] = _failed("agreement", exc)
+        try:
+            tables["method_comparison"] = fit_method_comparison(ds, side=side)
+        except StatsError as exc:
+            tables["method_comparison"] = _failed("method comparison", exc)
+    else:
+        tables["agreement"] = pd.DataFrame([{"note": "no ground-truth volumes"}])
+        tables["method_comparison"] = pd.DataFrame([{"note": "no ground-truth volumes"}])
+
+    work = ds
+    n_sites = 0
+    if "site" in ds:
+        vals = pd.Series(np.asarray(ds["site"].values).ravel()).dropna().astype(str)
+        n_sites = vals[~vals.isin(["", "nan", "None"])].nunique()
+    do_harm = cfg["harmonise"]
+    if do_harm == "auto":
+        do_harm = n_sites >= 2
+    if do_harm:
+        cb = cfg["combat"]
+        try:
+            work, tables["harmonisation"] = harmonise(
+                ds, protect=cb["protect"], eb=cb["eb"], mean_only=cb["mean_only"],
+                min_site_size=cb["min_site_size"],
+            )
+        except StatsError as exc:
+            tables["harmonisation"] = _failed("harmonisation", exc)
+            work = ds
+    else:
+        note = "single site: nothing to harmonise" if n_sites < 2 else "harmonisation switched off"
+        tables["harmonisation"] = pd.DataFrame([{"note": note, "n_sites": n_sites}])
+
+    try:
+        tables["clinical_cross"] = fit_clinical(
+            work, outcomes=cfg["outcomes"], covariates=cfg["covariates"],
+            extra_covariates=cfg["extra_covariates"], head_size=cfg["head_size"],
+            timepoint=cfg["clinical_timepoint"], side=side, groups=cfg["clinical_groups"],
+            fdr_method=cfg["fdr_method"], alpha=alpha, bootstrap=cfg["bootstrap"],
+        )
+        tables["clinical_cross"]["harmonised"] = work is not ds
+    except StatsError as exc:
+        tables["clinical_cross"] = _failed("clinical associations", exc)
+    try:
+        tables["longitudinal"] = fit_longitudinal(
+            work, edss_cut=cfg["edss_cut"], covariates=cfg["covariates"], side=side,
+            mixed=cfg["mixed"], fdr_method=cfg["fdr_method"], alpha=alpha,
+        )
+        tables["longitudinal"]["harmonised"] = work is not ds
+    except StatsError as exc:
+        tables["longitudinal"] = _failed("longitudinal", exc)
+    return {k: tables[k] for k in TABLES}
+
+
+def tables_to_dataset(tables: dict[str, pd.DataFrame], attrs: dict | None = None) -> xr.Dataset:
+    """The stage's tables as one xarray Dataset: each table's rows along a dim
+    ``<table>_row``, columns as variables ``<table>__<column>``."""
+    parts = []
+    for name, df in tables.items():
+        if df is None or not len(df):
+            continue
+        d = df.reset_index(drop=True).copy()
+        for c in d.columns:
+            if d[c].dtype == bool:
+                d[c] = d[c].astype(bool)
+            elif d[c].dtype == object:
+                d[c] = d[c].map(lambda x: "" if x is None or (isinstance(x, float) and x != x) else str(x))
+        x = xr.Dataset(
+            {f"{name}__{c}": (f"{name}_row", d[c].to_numpy()) for c in d.columns}
+        )
+        parts.append(x)
+    out = xr.merge(parts) if parts else xr.Dataset()
+    out.attrs.update(attrs or {})
+    return out
+
+
+def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
+    """Run :func:`run_stats` on a store's results and write the tables.
+
+    Parameters
+    ----------
+    store_path : str or path
+        Cohort store holding a ``results`` dataset.
+    out : str or path, optional
+        Folder for the CSV files (default: the folder that contains the store).
+    config : dict or path, optional
+        Options, or a YAML file (see :func:`load_stats_config`).
+
+    Returns
+    -------
+    dict of str -> Path
+        The CSV written per table; the same tables are stored as the ``stats`` dataset
+        in the store (``open_store(path).open_results("stats")``).
+    """
+    from thaldask import __version__
+    from thaldask.store import open_store
+
+    if config is not None and not isinstance(config, dict):
+        config = load_stats_config(config)
+    st = open_store(store_path)
+    ds = st.open_results()
+    tables = run_stats(ds, config)
+    folder = Path(out) if out is not None else Path(os.fspath(store_path)).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, df in tables.items():
+        p = folder / f"{name}.csv"
+        df.to_csv(p, index=False)
+        paths[name] = p
+    st.write_results(
+        tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"}),
+        name="stats",
+    )
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+def _fmt_p(p):
+    if not np.isfinite(p):
+        return "n/a"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _is_alt(contrast: str) -> bool:
+    """R1 or an ensemble (several contrasts joined by '+')."""
+    return "R1" in contrast.split("+") or "+" in contrast
+
+
+def _label(row) -> str:
+    return f"{row['method']} ({row['contrast']})"
+
+
+def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """One-line headline findings from the stage's tables (printed by the demo).
+
+    Which method has the best Dice, the least volume bias (and where proportional bias is),
+    the strongest EDSS and SDMT associations and the strongest link of atrophy with EDSS
+    worsening; for each, whether R1 or multi-contrast ensembles change the answer compared
+    with T1w-only methods.
+    """
+    lines: list[str] = []
+
+    def total(df):
+        if df is None or "side" not in df:
+            return None
+        d = df[df["side"] == "total"]
+        return d if len(d) else None
+
+    def compare_alt(d, col, pick, what, fmt):
+        best = pick(d, col)
+        base = d[~d["contrast"].map(_is_alt)]
+        if best is None or not d["contrast"].map(_is_alt).any() or not len(base):
+            return ""
+        b0 = pick(base, col)
+        if b0 is None:
+            return ""
+        if _is_alt(best["contrast"]):
+            return f"; R1/ensembles change it (best without them: {_label(b0)}, {fmt(b0)})"
+        return "; R1/ensembles do not change it"
+
+    def argmax(d, col):
+        d = d[np.isfinite(d[col].astype(float))]
+        return None if not len(d) else d.loc[d[col].astype(float).idxmax()]
+
+    def argmin_abs(d, col):
+        d = d[np.isfinite(d[col].astype(float))]
+        return None if not len(d) else d.loc[d[col].astype(float).abs().idxmin()]
+
+    ag = total(tables.get("agreement"))
+    if ag is not None and "dice_mean" in ag:
+        ag = ag[ag["method"] != "gt"]
+        b = argmax(ag, "dice_mean")
+        if b is not None:
+            f = lambda r: f"Dice {r['dice_mean']:.3f}"  # noqa: E731
+            lines.append(
+                f"Best Dice: {_label(b)}, mean {b['dice_mean']:.3f} "
+                f"[{b['dice_mean_ci_lower']:.3f}, {b['dice_mean_ci_upper']:.3f}]"
+                + compare_alt(ag, "dice_mean", argmax, "Dice", f)
+            )
+        b = argmin_abs(ag, "bias_mm3")
+        if b is not None:
+            f = lambda r: f"bias {r['bias_mm3']:+.0f} mm³"  # noqa: E731
+            lines.append(
+                f"Least volume bias: {_label(b)}, {b['bias_mm3']:+.0f} mm³ "
+                f"[{b['bias_mm3_ci_lower']:+.0f}, {b['bias_mm3_ci_upper']:+.0f}], limits of agreement "
+                f"{b['loa_lower_mm3']:+.0f} to {b['loa_upper_mm3']:+.0f} mm³"
+                + compare_alt(ag, "bias_mm3", argmin_abs, "bias", f)
+            )
+        pb = ag[ag.get("prop_bias", False) == True]  # noqa: E712
+        if len(pb):
+            parts = [f"{_label(r)} slope {r['prop_bias_slope']:+.3f} (p {_fmt_p(r['prop_bias_p'])})"
+                     for _, r in pb.iterrows()]
+            lines.append("Proportional bias: " + "; ".join(parts))
+        else:
+            lines.append("Proportional bias: none detected")
+    cc = total(tables.get("clinical_cross"))
+    if cc is not None and "beta_std" in cc:
+        for outcome in ("edss", "sdmt"):
+            d = cc[cc["outcome"] == outcome]
+            if not len(d):
+                continue
+            b = d.assign(absb=d["beta_std"].abs())
+            r = argmax(b, "absb")
+            if r is None:
+                continue
+            f = lambda r: f"β {r['beta_std']:+.3f}"  # noqa: E731
+            lines.append(
+                f"Strongest {outcome.upper()} association: {_label(r)}, standardised β "
+                f"{r['beta_std']:+.3f} [{r['beta_std_ci_lower']:+.3f}, {r['beta_std_ci_upper']:+.3f}], "
+                f"FDR q {_fmt_p(r['p_fdr'])}, n = {int(r['n'])}"
+                + compare_alt(b, "absb", argmax, outcome, f)
+            )
+    lo = total(tables.get("longitudinal"))
+    if lo is not None and "analysis" in lo:
+        d = lo[(lo["analysis"] == "worsening_logistic") & np.isfinite(lo["estimate"].astype(float))]
+        if len(d):
+            d = d.assign(strength=np.abs(np.log(d["estimate"].astype(float))))
+            r = argmax(d, "strength")
+            f = lambda r: f"OR {r['estimate']:.2f}"  # noqa: E731
+            lines.append(
+                f"Strongest atrophy–EDSS worsening link: {_label(r)}, OR per 1 %/year "
+                f"{r['estimate']:.2f} [{r['ci_lower']:.2f}, {r['ci_upper']:.2f}], p {_fmt_p(r['p'])}, "
+                f"AUC {r['auc']:.2f}, {int(r['n_events'])}/{int(r['n'])} worsened"
+                + compare_alt(d, "strength", argmax, "OR", f)
+            )
+    hm = tables.get("harmonisation")
+    if hm is not None and "site_p_before" in hm:
+        t = hm[hm["side"] == "total"] if "side" in hm else hm
+        if len(t):
+            lines.append(
+                f"ComBat harmonisation over {t['site'].nunique()} sites: median site p "
+                f"{_fmt_p(float(t['site_p_before'].median()))} before, "
+                f"{_fmt_p(float(t['site_p_after'].median()))} after"
+            )
+    return lines
