@@ -59,11 +59,11 @@ def make_results(n_subjects: int = 12, rng=0) -> xr.Dataset:
                             "contrast": CONTRASTS, "side": SIDES})
     ds["gt_volume_mm3"] = (("subject", "timepoint", "side"), gt_da)
     groups = np.array(["MS", "HC", "NMOSD", "MOGAD"])[np.arange(n_subjects) % 4]
-    sites = np.array(["siteA", "siteB"])[np.arange(n_subjects) % 2]
+    sites = np.array(["siteA", "siteB", "siteC"])[np.arange(n_subjects) % 3]
     rep = lambda a: np.repeat(np.asarray(a, object)[:, None], 2, 1)  # noqa: E731
     ds["group"] = (("subject", "timepoint"), rep(groups))
     ds["site"] = (("subject", "timepoint"), rep(sites))
-    ds["sex"] = (("subject", "timepoint"), rep(np.array(["F", "M"])[np.arange(n_subjects) % 2]))
+    ds["sex"] = (("subject", "timepoint"), rep(np.array(["F", "M"])[(np.arange(n_subjects) // 4 + np.arange(n_subjects)) % 2]))
     age = rng.uniform(25, 60, n_subjects)
     ds["age"] = (("subject", "timepoint"), np.stack([age, age + 1], 1))
     ds["edss"] = (("subject", "timepoint"), rng.uniform(0, 6, (n_subjects, 2)).round(1))

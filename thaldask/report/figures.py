@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 import xarray as xr
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from thaldask.report.style import (
     OKABE_ITO,
@@ -76,14 +77,39 @@ def _values(ds, var, method, contrast, *, side="total") -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def _pairs(ds, method, contrast, *, side="total"):
-    """Finite (gt, method) volume pairs, mm³, over every scan."""
+def _pairs(ds, method, contrast, *, side="total", one_per_subject=False):
+    """Finite (gt, method) volume pairs, mm³: every scan, or with ``one_per_subject`` each
+    subject's earliest scan with ground truth (the scans the agreement statistics use)."""
     d = _side(ds, side)
-    v = np.asarray(d["volume_mm3"].sel({"method": method, "contrast": contrast}), dtype=float)
-    g = np.asarray(d["gt_volume_mm3"], dtype=float)
-    g, v = np.broadcast_arrays(g, v)
+    v = d["volume_mm3"].sel({"method": method, "contrast": contrast}).transpose("subject", "timepoint")
+    g = d["gt_volume_mm3"].transpose("subject", "timepoint")
+    v, g = np.asarray(v, dtype=float), np.asarray(g, dtype=float)
+    if one_per_subject:
+        pick = _gt_scans(ds, side)
+        has = pick >= 0
+        rows = np.flatnonzero(has)
+        v, g = v[rows, pick[has]], g[rows, pick[has]]
     ok = np.isfinite(g) & np.isfinite(v)
     return g[ok], v[ok]
+
+
+def _gt_scans(ds, side):
+    """Per subject, the timepoint position of its earliest scan with ground truth (-1: none)."""
+    try:  # the statistics stage's own rule, so figures use exactly the table's scans
+        from thaldask.stats.agreement import gt_scans
+
+        return np.asarray(gt_scans(ds, side))
+    except Exception:  # noqa: BLE001 - stats stage absent or older: same rule, dataset order
+        gt = np.asarray(_side(ds, side)["gt_volume_mm3"].transpose("subject", "timepoint"), float)
+        order = range(gt.shape[1])
+        if "years_since_baseline" in ds:
+            yrs = np.asarray(ds["years_since_baseline"].transpose("subject", "timepoint"), float)
+            with np.errstate(all="ignore"):
+                order = np.argsort(np.nanmean(np.where(np.isfinite(yrs), yrs, np.nan), 0), kind="stable")
+        pick = np.full(gt.shape[0], -1)
+        for t in list(order)[::-1]:
+            pick = np.where(np.isfinite(gt[:, t]), t, pick)
+        return pick
 
 
 def _grid(n: int, max_cols: int = 4):
@@ -109,6 +135,7 @@ def plot_metric_distributions(
     metrics=("dice", "sensitivity", "precision"),
     side: str = "total",
     rng=0,
+    colours: dict | None = None,
 ):
     """Box plots with the individual scans overlaid, one panel per metric.
 
@@ -122,7 +149,7 @@ def plot_metric_distributions(
         return None
     combos = list(dict.fromkeys(c for m in metrics for c in metric_combos(ds, m, side=side)))
     methods, _ = _methods_contrasts(combos)
-    colours = method_colours(methods)
+    colours = {**method_colours(methods), **(colours or {})}
     fig, axes = new_figure(3.3 * len(metrics), 1.0 + 0.42 * len(combos), 1, len(metrics), sharey=True)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for row, (m, c) in enumerate(combos):
@@ -148,7 +175,7 @@ def plot_metric_distributions(
 
 
 @styled
-def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total"):
+def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total", colours=None):
     """Precision against sensitivity per scan; colour = method, marker = contrast.
 
     Large outlined markers are the method × contrast means. Points above the diagonal
@@ -159,7 +186,8 @@ def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total"):
     if not combos:
         return None
     methods, contrasts = _methods_contrasts(combos)
-    colours, markers = method_colours(methods), contrast_markers(contrasts)
+    colours = {**method_colours(methods), **(colours or {})}
+    markers = contrast_markers(contrasts)
     fig, axes = new_figure(6.8, 4.4)
     ax = axes[0, 0]
     d = _side(ds, side)
@@ -183,7 +211,7 @@ def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total"):
 
 
 @styled
-def plot_volume_vs_gt(ds: xr.Dataset, *, side: str = "total"):
+def plot_volume_vs_gt(ds: xr.Dataset, *, side: str = "total", colours=None):
     """Method volume against ground-truth volume (mm³) with the identity line.
 
     One panel per contrast, colour = method. ``None`` when no scan has both volumes.
@@ -195,7 +223,8 @@ def plot_volume_vs_gt(ds: xr.Dataset, *, side: str = "total"):
     if not combos:
         return None
     methods, contrasts = _methods_contrasts(combos)
-    colours, markers = method_colours(methods), contrast_markers(contrasts)
+    colours = {**method_colours(methods), **(colours or {})}
+    markers = contrast_markers(contrasts)
     nrows, ncols = _grid(len(contrasts), 3)
     fig, axes = new_figure(3.6 * ncols + 1.6, 3.4 * nrows, nrows, ncols, sharex=True, sharey=True)
     allv = np.concatenate([np.concatenate(_pairs(ds, m, c, side=side)) for m, c in combos])
@@ -263,27 +292,35 @@ def _num(row, key):
 
 
 @styled
-def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, side: str = "total"):
+def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, side: str = "total",
+                      colours=None):
     """Bland–Altman plots of volume (method − GT, mm³) against the pair mean, one per
-    method × contrast.
+    method × contrast, on each subject's earliest scan with ground truth.
 
     Bias and 95 % limits of agreement come from the ``agreement`` table (``bias_mm3``,
     ``loa_lower_mm3``, ``loa_upper_mm3``) when given, so figure and table agree; otherwise they
     are computed here (SD with ddof = 1). The proportional-bias line is the OLS fit of the
-    difference on the mean (slope and p from the table when present). ``None`` without pairs.
+    difference on the mean (``prop_bias_intercept_mm3``, ``prop_bias_slope``, ``prop_bias_p``
+    from the table when present); where the table flags proportional bias, the
+    regression-based limits are drawn dotted. ``None`` without at least two pairs.
     """
+    if "gt_volume_mm3" not in ds or "volume_mm3" not in ds:
+        return None
     combos = [(m, c) for m, c in metric_combos(ds, "volume_mm3", side=side)
-              if "gt_volume_mm3" in ds and _pairs(ds, m, c, side=side)[0].size >= 2]
+              if _pairs(ds, m, c, side=side, one_per_subject=True)[0].size >= 2]
     if not combos:
         return None
     methods, _ = _methods_contrasts(combos)
-    colours = method_colours(methods)
+    colours = {**method_colours(methods), **(colours or {})}
     nrows, ncols = _grid(len(combos), 4)
-    fig, axes = new_figure(3.5 * ncols, 3.7 * nrows, nrows, ncols)
+    fig, axes = new_figure(3.5 * ncols, 3.8 * nrows, nrows, ncols)
     for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
-        g, v = _pairs(ds, m, c, side=side)
+        g, v = _pairs(ds, m, c, side=side, one_per_subject=True)
         mean, diff = (g + v) / 2, v - g
-        row = _row(agreement, method=m, contrast=c, side=side) if agreement is not None and "side" in agreement else _row(agreement, method=m, contrast=c)
+        match = {"method": m, "contrast": c}
+        if agreement is not None and "side" in agreement:
+            match["side"] = side
+        row = _row(agreement, **match)
         bias = _num(row, "bias_mm3")
         lo, hi = _num(row, "loa_lower_mm3"), _num(row, "loa_upper_mm3")
         if bias is None:
@@ -294,18 +331,26 @@ def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, 
         ax.scatter(mean, diff, s=14, color=colours[m], alpha=0.8, linewidths=0)
         ax.axhline(0, color="0.6", lw=0.7)
         ax.axhline(bias, color="black", lw=1.1, label=f"bias {bias:+.0f} mm³")
-        ax.axhline(lo, color="black", lw=0.9, ls="--", label=f"95% LoA [{lo:.0f}, {hi:.0f}]")
+        ax.axhline(lo, color="black", lw=0.9, ls="--", label=f"95% LoA [{lo:.0f}, {hi:.0f}] mm³")
         ax.axhline(hi, color="black", lw=0.9, ls="--")
-        # OLS of difference on mean; the fitted line passes through the centroid, so the
-        # table's slope alone fixes it
-        slope = _num(row, "prop_bias_slope")
+        slope, icpt = _num(row, "prop_bias_slope"), _num(row, "prop_bias_intercept_mm3")
         if slope is None:
-            slope = float(np.polyfit(mean, diff, 1)[0])
+            slope, icpt = (float(x) for x in np.polyfit(mean, diff, 1))
+        if icpt is None:  # the OLS line passes through the centroid
+            icpt = float(diff.mean() - slope * mean.mean())
         p = _num(row, "prop_bias_p")
-        xs = np.array([mean.min(), mean.max()])
+        xs = np.linspace(mean.min(), mean.max(), 50)
         lab = f"proportional bias: slope {slope:+.3f}" + (f", p = {p:.2g}" if p is not None else "")
-        ax.plot(xs, diff.mean() + slope * (xs - mean.mean()), color=OKABE_ITO["vermillion"],
-                lw=1.3, ls="-.", label=lab)
+        ax.plot(xs, icpt + slope * xs, color=OKABE_ITO["vermillion"], lw=1.3, ls="-.", label=lab)
+        flagged = row is not None and "prop_bias" in row.index and str(row["prop_bias"]) == "True"
+        coefs = [_num(row, k) for k in ("reg_bias_intercept", "reg_bias_slope",
+                                         "reg_sd_intercept", "reg_sd_slope")]
+        if flagged and all(x is not None for x in coefs):
+            b0, b1, c0, c1 = coefs
+            centre, spread = b0 + b1 * xs, 1.96 * (c0 + c1 * xs)
+            ax.plot(xs, centre - spread, color=OKABE_ITO["vermillion"], lw=0.9, ls=":",
+                    label="regression-based 95% LoA")
+            ax.plot(xs, centre + spread, color=OKABE_ITO["vermillion"], lw=0.9, ls=":")
         ax.set_title(f"{_label(m, c)} (n = {g.size})")
         ax.set_xlabel("Mean of method and GT volume (mm³)")
         ax.set_ylabel("Method − GT volume (mm³)")
@@ -315,10 +360,13 @@ def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, 
     return fig
 
 
-def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet="outcome"):
+def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet="outcome",
+                   side="total", colours=None):
     if table is None or table.empty or est not in table:
         return None
     t = table.copy()
+    if "side" in t:
+        t = t[t["side"].astype(str) == side]
     t = t[np.isfinite(pd.to_numeric(t[est], errors="coerce"))]
     if t.empty:
         return None
@@ -326,10 +374,10 @@ def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet
     facets = list(dict.fromkeys(t[facet].astype(str))) if facet in t else [""]
     combos = list(dict.fromkeys(zip(t["method"].astype(str), t["contrast"].astype(str), strict=True)))
     methods, _ = _methods_contrasts(combos)
-    colours = method_colours(methods)
+    colours = {**method_colours(methods), **(colours or {})}
     nrows, ncols = _grid(len(facets), 3)
-    fig, axes = new_figure(3.6 * ncols + 0.6, 1.0 + 0.33 * len(combos) * nrows, nrows, ncols,
-                           sharey=True)
+    fig, axes = new_figure(max(3.6 * ncols + 1.6, 7.0), 1.3 + 0.33 * len(combos) * nrows, nrows,
+                           ncols, sharey=True)
     for ax, f in zip(axes.ravel(), facets, strict=False):
         sub = t[t[facet].astype(str) == f] if facet in t else t
         for row, (m, c) in enumerate(combos):
@@ -343,7 +391,11 @@ def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet
         ax.axvline(ref, color="0.4", lw=0.8, ls="--")
         if log:
             ax.set_xscale("log")
-        ax.set_title(f"{f}" if f else title)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0)))
+        if f:
+            ax.set_title(f)
     axes[0, 0].set_yticks(range(len(combos)), [_label(m, c) for m, c in combos])
     axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
     _hide_unused(axes, len(facets))
@@ -352,22 +404,34 @@ def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet
     return fig
 
 
-def plot_forest(clinical: pd.DataFrame | None, *, estimate: str = "beta_std"):
+def plot_forest(clinical: pd.DataFrame | None, *, estimate: str = "beta_std", side: str = "total",
+                colours=None):
     """Forest plot of standardised betas (points) and their 95 % CIs (lines) per outcome
-    (panel) and method × contrast (row), from the cross-sectional clinical table.
+    (panel) and method × contrast (row), from the cross-sectional clinical table
+    (``beta_std``, ``beta_std_ci_lower``, ``beta_std_ci_upper``; rows of ``side`` only).
     ``None`` when the table is absent or has no finite estimate."""
     return _estimate_plot(
-        clinical, estimate, ref=0.0,
+        clinical, estimate, ref=0.0, side=side, colours=colours,
         xlabel="Standardised β of thalamic volume (outcome SDs per volume SD; 95 % CI)",
         title="Cross-sectional clinical associations",
     )
 
 
-def plot_odds_ratios(longitudinal: pd.DataFrame | None, *, estimate: str = "odds_ratio"):
+def plot_odds_ratios(longitudinal: pd.DataFrame | None, *, side: str = "total", colours=None):
     """Odds ratios of disability worsening per 1 %/year of thalamic volume change, with 95 %
-    CIs, on a log axis, per method × contrast. ``None`` when absent."""
+    CIs, on a log axis, per method × contrast.
+
+    Reads the ``worsening_logistic`` rows of the long longitudinal table (``analysis``,
+    ``estimate``, ``ci_lower``, ``ci_upper``); a table with an ``odds_ratio`` column is used
+    as it is. ``None`` when absent or without a finite odds ratio."""
+    if longitudinal is None or longitudinal.empty:
+        return None
+    t, est = longitudinal, "odds_ratio"
+    if "analysis" in t:
+        t = t[t["analysis"].astype(str) == "worsening_logistic"]
+        est = "estimate"
     return _estimate_plot(
-        longitudinal, estimate, log=True, ref=1.0,
+        t, est, log=True, ref=1.0, side=side, facet="outcome", colours=colours,
         xlabel="Odds ratio of EDSS worsening per 1 %/year volume change (log scale; 95 % CI)",
         title="Longitudinal: odds of disability worsening",
     )

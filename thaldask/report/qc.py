@@ -89,6 +89,8 @@ def plot_scan_qc(
     spacing=(1.0, 1.0, 1.0),
     gt: np.ndarray | None = None,
     images: list[np.ndarray | None] | None = None,
+    gts: list[np.ndarray | None] | None = None,
+    spacings: list | None = None,
     title: str = "",
     margin_mm: float = 20.0,
 ):
@@ -107,17 +109,23 @@ def plot_scan_qc(
         Ground truth drawn dashed in every row.
     images : list of arrays, optional
         Per-row image (e.g. the contrast a method ran on); None entries use ``image``.
+    gts, spacings : lists, optional
+        Per-row ground truth and voxel size, for rows from different scans; they replace
+        ``gt`` and ``spacing``.
 
     Returns
     -------
     matplotlib.figure.Figure
         Method contours in sky blue (solid), ground truth in yellow (dashed).
     """
-    spacing = np.asarray(spacing, float)
     rows = rows or [("image", None)]
     fig, axes = new_figure(7.2, 2.35 * len(rows) + 0.5, len(rows), 3)
+    any_gt = gt is not None or (gts is not None and any(g is not None for g in gts))
     for r, (label, lab) in enumerate(rows):
         img = image if images is None or images[r] is None else images[r]
+        spacing = np.asarray(spacing if spacings is None else spacings[r], float)
+        if gts is not None:
+            gt = gts[r]
         centre = slice_centre(lab, gt, shape=img.shape)
         box = _bbox([lab, gt], img.shape, spacing, margin_mm)
         finite = img[np.isfinite(img)]
@@ -155,7 +163,7 @@ def plot_scan_qc(
                         transform=ax.transAxes)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
-    legend = "method: solid sky blue" + ("; ground truth: dashed yellow" if gt is not None else "")
+    legend = "method: solid sky blue" + ("; ground truth: dashed yellow" if any_gt else "")
     fig.suptitle(f"{title}\n{legend}" if title else legend, fontsize=9)
     return fig
 
