@@ -1,0 +1,122 @@
+"""``thaldask evaluate`` and ``thaldask compare``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from thaldask.cli import handle_errors, scheduler_option
+
+
+def client_context(scheduler=None, cluster_file=None, **kwargs):
+    """``get_client`` with ``--scheduler``/``--cluster`` as given on the command line."""
+    import inspect
+
+    from thaldask.cli import fail
+    from thaldask.cluster import get_client
+
+    if cluster_file:
+        if "cluster_config" not in inspect.signature(get_client).parameters:
+            fail("--cluster is not supported by this installation's get_client")
+        kwargs["cluster_config"] = cluster_file
+    return get_client(scheduler, **kwargs)
+
+
+def summary_table(ds, title: str = "mean over scans (total thalamus)"):
+    """Rich table: method × contrast with n, mean Dice, sensitivity, precision, HD95,
+    volume bias vs ground truth (mm³ and %) and the count of empty masks."""
+    import numpy as np
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("method", "contrast", "n", "Dice", "sens.", "prec.", "HD95 mm", "vol. bias mm³", "bias %", "empty"):
+        t.add_column(col, justify="left" if col in ("method", "contrast") else "right")
+    tot = ds.sel(side="total")
+    for m in tot.method.values:
+        for c in tot.contrast.values:
+            sub = tot.sel({"method": m, "contrast": c})
+            n = int(np.isfinite(sub.volume_mm3.values).sum())
+            if n == 0:
+                continue
+            n_gt = int(np.isfinite(sub.dice.values).sum())
+            empty = int(np.nansum(sub.pred_empty.values))
+
+            def f(v, fmt="{:.3f}"):
+                v = np.asarray(v.values, float)
+                return fmt.format(np.nanmean(v)) if np.isfinite(v).any() else "-"
+
+            t.add_row(
+                str(m), str(c), f"{n_gt}/{n}", f(sub.dice), f(sub.sensitivity), f(sub.precision),
+                f(sub.hd95_mm, "{:.2f}"), f(sub.volume_diff_mm3, "{:+.0f}"), f(sub.volume_diff_pct, "{:+.1f}"),
+                str(empty),
+            )
+    return t
+
+
+def _echo_table(table):
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(table)
+
+
+@click.command("evaluate")
+@click.argument("store")
+@click.option("--no-surface", is_flag=True, help="Skip HD95/ASSD (overlap and volumes only).")
+@click.option("--name", default="results", show_default=True, help="Results dataset name in the store.")
+@click.option("--csv", "csv_path", default=None, help="Tidy table path (default: metrics.csv beside the store).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@scheduler_option
+@handle_errors
+def evaluate_command(store, no_surface, name, csv_path, no_progress, scheduler, cluster_file):
+    """Metrics of every stored mask against ground truth: results dataset + metrics.csv."""
+    from thaldask.metrics.evaluate import evaluate
+
+    with client_context(scheduler, cluster_file, quiet=True) as client:
+        if not no_progress:
+            click.echo(f"dashboard: {client.dashboard_link}", err=True)
+        ds = evaluate(store, client=client, progress=not no_progress, surface=not no_surface,
+                      name=name, csv_path=csv_path)
+    _echo_table(summary_table(ds))
+    click.echo(
+        f"{store}: results '{name}' written ({ds.attrs['n_computed']} rows computed, "
+        f"{ds.attrs['n_reused']} reused); table: {ds.attrs.get('metrics_csv', '-')}"
+    )
+
+
+@click.command("compare")
+@click.option("--gt", "gt", required=True, type=click.Path(exists=True, dir_okay=False), help="Ground-truth mask file.")
+@click.option("--pred", "pred", required=True, type=click.Path(exists=True, dir_okay=False), help="Predicted mask file.")
+@click.option("--gt-labels", default=None, help="Label convention of --gt (default: detected).")
+@click.option("--pred-labels", default=None, help="Label convention of --pred (default: detected).")
+@click.option("--no-surface", is_flag=True, help="Skip HD95/ASSD.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def compare_command(gt, pred, gt_labels, pred_labels, no_surface, as_json):
+    """Metrics for one pair of mask files (any supported label convention)."""
+    from thaldask.metrics.compare import compare_files
+
+    res = compare_files(gt, pred, gt_labels=gt_labels, pred_labels=pred_labels, surface=not no_surface)
+    if as_json:
+        json.dump(res, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{pred} vs {gt}")
+    cols = ("dice", "jaccard", "sensitivity", "precision", "volume_mm3", "gt_volume_mm3",
+            "volume_diff_pct", "hd95_mm", "assd_mm")
+    t.add_column("side")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for side, m in res["metrics"].items():
+        t.add_row(side, *("-" if m[c] is None else f"{m[c]:.4g}" for c in cols))
+    _echo_table(t)
+    note = f"labels: gt {res['gt_labels']}, pred {res['pred_labels']}"
+    if res["resampled"]:
+        note += "; prediction resampled (nearest) onto the ground-truth grid"
+    click.echo(note)
+
+
+COMMANDS = [evaluate_command, compare_command]
