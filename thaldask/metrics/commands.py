@@ -31,7 +31,7 @@ def summary_table(ds, title: str = "mean over scans (total thalamus)"):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("method", "contrast", "n", "Dice", "sens.", "prec.", "HD95 mm", "vol. bias mm³", "bias %", "empty"):
+    for col in ("method", "contrast", "n GT/all", "Dice", "sens.", "prec.", "HD95 mm", "vol. bias mm³", "bias %", "empty"):
         t.add_column(col, justify="left" if col in ("method", "contrast") else "right")
     tot = ds.sel(side="total")
     for m in tot.method.values:
@@ -58,7 +58,10 @@ def summary_table(ds, title: str = "mean over scans (total thalamus)"):
 def _echo_table(table):
     from rich.console import Console
 
-    Console(soft_wrap=True).print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
 
 
 @click.command("evaluate")
