@@ -1,0 +1,338 @@
+"""``make_cohort``: write a synthetic cohort (NIfTI/MGZ, manifest.csv, clinical.csv, truth.json).
+
+Layout of ``out``::
+
+    manifest.csv  clinical.csv  truth.json
+    sub-001/ses-baseline/anat/sub-001_ses-baseline_{T1w,FLAIR,R1map}.nii.gz
+    derivatives/gt/sub-001/ses-baseline/anat/sub-001_ses-baseline_desc-thalamus_dseg.nii.gz
+    derivatives/freesurfer-sim/sub-001_ses-baseline/mri/aseg.mgz       (conformed LIA 1 mm)
+    derivatives/{first-sim,dbsegment-sim}/sub-001/ses-baseline/anat/..._desc-thalamus_dseg.nii.gz
+    derivatives/mindglide-sim/sub-001/ses-baseline/anat/..._space-{T1w,FLAIR,R1}_desc-thalamus_dseg.nii.gz
+
+All images of a scan share one RAS grid (the site's voxel size); masks are on that grid except
+``freesurfer-sim``, which is on a larger conformed LIA 1 mm grid (256³ for ``shape="full"``),
+so the ingest has to resample it. Files are gzip-compressed with a zero timestamp: the same
+seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from thaldask.synth.anatomy import THALAMUS, list_templates, load_template, make_geometry, sample_labels
+from thaldask.synth.images import draw_tissue, render_contrasts
+from thaldask.synth.methods import encode_labels, method_spec, prepare_truth, simulate_sides
+from thaldask.synth.params import METHOD_NAMES, merge_params
+from thaldask.synth.subjects import CLINICAL_COLUMNS, make_sites, make_subject_table
+
+__all__ = ["SHAPES", "SynthCohort", "make_cohort", "MANIFEST_COLUMNS"]
+
+MANIFEST_COLUMNS = ["subject", "timepoint", "site", "kind", "contrast", "method", "labels", "path"]
+
+#: field of view (mm, RAS) and its centre relative to the point between the thalami;
+#: conformed grid side (voxels, 1 mm) for freesurfer-sim
+SHAPES = {
+    "small": {"fov_mm": (72.0, 80.0, 64.0), "centre_mm": (0.0, -4.0, 4.0), "conformed": 96},
+    "full": {"fov_mm": (192.0, 240.0, 208.0), "centre_mm": (0.0, 8.0, 2.0), "conformed": 256},
+}
+GT_LABELS = "L:1;R:2"
+_IMAGE_FILES = {"T1w": "T1w", "FLAIR": "FLAIR", "R1": "R1map"}
+
+
+@dataclass
+class SynthCohort:
+    """Paths of a written synthetic cohort."""
+
+    out: Path
+    manifest: Path
+    clinical: Path
+    truth: Path
+    n_scans: int
+
+
+def _write_gz(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        f.write(gzip.compress(data, compresslevel=1, mtime=0))
+    os.replace(tmp, path)
+
+
+def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    img.header["descrip"] = b"thaldask synth"
+    _write_gz(path, img.to_bytes())
+
+
+def _save_mgz(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    import nibabel as nib
+
+    img = nib.MGHImage(data, affine)
+    _write_gz(path, img.to_bytes())
+
+
+def _grid(shape_name: str, voxel_mm) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """RAS affine and shape of a scan grid (FOV centred on the scanner origin's offset)."""
+    spec = SHAPES[shape_name]
+    v = np.asarray(voxel_mm, dtype=float)
+    shape = tuple(int(math.ceil(f / s - 1e-6)) for f, s in zip(spec["fov_mm"], v))
+    aff = np.diag([*v, 1.0])
+    centre = np.asarray(spec["centre_mm"])
+    aff[:3, 3] = centre - v * (np.asarray(shape) - 1) / 2.0
+    return aff, shape
+
+
+def _conformed_grid(shape_name: str) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """FreeSurfer-like conformed grid: LIA, 1 mm, cube, centred on the scan's FOV centre."""
+    n = SHAPES[shape_name]["conformed"]
+    A = np.array([[-1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])
+    aff = np.eye(4)
+    aff[:3, :3] = A
+    aff[:3, 3] = np.asarray(SHAPES[shape_name]["centre_mm"]) - A @ np.full(3, n / 2.0)
+    return aff, (n, n, n)
+
+
+def _pose(rng: np.random.Generator, rot_deg: float, trans_mm: float) -> np.ndarray:
+    """Rigid scanner -> head transform of one session."""
+    from thaldask.synth.anatomy import _rotation
+
+    P = np.eye(4)
+    P[:3, :3] = _rotation(np.deg2rad(rng.normal(0, rot_deg, 3)))
+    P[:3, 3] = rng.normal(0, trans_mm, 3)
+    return P
+
+
+def _side_volumes(sides: np.ndarray, voxel_vol: float) -> dict:
+    left = float((sides == 1).sum()) * voxel_vol
+    right = float((sides == 2).sum()) * voxel_vol
+    return {"left": left, "right": right, "total": left + right}
+
+
+def _mask_rel(method: str, sub: str, tp: str, contrast: str) -> str:
+    stem = f"{sub}_ses-{tp}"
+    if method == "freesurfer-sim":
+        return f"derivatives/{method}/{stem}/mri/aseg.mgz"
+    space = f"_space-{contrast}" if method == "mindglide-sim" else ""
+    return f"derivatives/{method}/{sub}/ses-{tp}/anat/{stem}{space}_desc-thalamus_dseg.nii.gz"
+
+
+def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: str,
+                   seed: int) -> list[dict]:
+    """Render every scan of one subject; returns one record per scan (truth + manifest rows).
+
+    Deterministic in (seed, subject index); safe to run on any worker.
+    """
+    out = Path(out)
+    first = rows[0]
+    i = int(first["subject_index"])
+    an = params["anatomy"]
+    rng_subj = np.random.default_rng([int(seed), i, 1])
+    tmpl = load_template(int(first["template"]))
+    geom = make_geometry(
+        int(first["template"]), float(first["icv_true_mm3"]) / tmpl.icv_mm3, rng_subj,
+        field_mm=an["deformation_sd_mm"], field_smooth_mm=an["deformation_smoothness_mm"],
+        shape_jitter=an["shape_jitter"],
+    )
+    tissue = draw_tissue(rng_subj, params["contrasts"]["tissue_jitter"])
+    jac = [geom.jacobian_at(geom.thalamus_centroid(s)) for s in (0, 1)]
+    voxel = np.asarray(site["voxel_mm"], dtype=float)
+    vvox = float(np.prod(voxel))
+    aff, grid_shape = _grid(shape, voxel)
+    caff, cshape = _conformed_grid(shape)
+    records = []
+    for row in rows:
+        k = int(row["timepoint_index"])
+        sub, tp = row["subject"], row["timepoint"]
+        rng = np.random.default_rng([int(seed), i, 2, k])
+        pose = _pose(rng, an["pose_rotation_deg"], an["pose_translation_mm"])
+        targets = (row["thalamus_left_mm3"], row["thalamus_right_mm3"])
+        thr = tuple(
+            tmpl.threshold_for(s, targets[s] / (tmpl.volume_mm3[s] * jac[s])) for s in (0, 1)
+        )
+        labels = sample_labels(geom, aff, grid_shape, pose=pose, thalamus_thresholds=thr)
+        gt = np.zeros(grid_shape, dtype=np.uint8)
+        gt[labels == THALAMUS[0]] = 1
+        gt[labels == THALAMUS[1]] = 2
+        manifest = []
+        images = render_contrasts(labels, voxel, tissue, site, params["contrasts"], rng)
+        for contrast, data in images.items():
+            rel = f"{sub}/ses-{tp}/anat/{sub}_ses-{tp}_{_IMAGE_FILES[contrast]}.nii.gz"
+            _save_nifti(out / rel, data, aff)
+            manifest.append({"kind": "image", "contrast": contrast, "method": "", "labels": "",
+                             "path": rel})
+        if row["has_gt"]:
+            rel = _mask_rel("gt", sub, tp, "T1w")
+            _save_nifti(out / rel, gt, aff)
+            manifest.append({"kind": "mask", "contrast": "T1w", "method": "gt",
+                             "labels": GT_LABELS, "path": rel})
+        method_volumes = {}
+        ref = params["methods"]["reference_volume_mm3"]
+        prep = prepare_truth(labels, voxel)
+        clab = cprep = None
+        for mi, method in enumerate(METHOD_NAMES):
+            mp = params["methods"][method]
+            for ci, contrast in enumerate(mp["contrasts"]):
+                spec = method_spec(params, method, contrast)
+                mrng = np.random.default_rng([int(seed), i, 3, k, mi, ci])
+                if method == "freesurfer-sim":
+                    if clab is None:
+                        clab = sample_labels(geom, caff, cshape, pose=pose, thalamus_thresholds=thr)
+                        cprep = prepare_truth(clab, (1.0, 1.0, 1.0))
+                    sides = simulate_sides(cprep, spec, reference_volume_mm3=ref,
+                                           site_shift_mm=site["volume_shift_mm"], rng=mrng)
+                    data = encode_labels(sides, method, clab)
+                    rel = _mask_rel(method, sub, tp, contrast)
+                    _save_mgz(out / rel, data, caff)
+                    method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, 1.0)
+                else:
+                    sides = simulate_sides(prep, spec, reference_volume_mm3=ref,
+                                           site_shift_mm=site["volume_shift_mm"], rng=mrng)
+                    data = encode_labels(sides, method)
+                    rel = _mask_rel(method, sub, tp, contrast)
+                    _save_nifti(out / rel, data, aff)
+                    method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, vvox)
+                manifest.append({"kind": "mask", "contrast": contrast, "method": method,
+                                 "labels": spec["labels"], "path": rel})
+        for m in manifest:
+            m.update({"subject": sub, "timepoint": tp, "site": row["site"]})
+        records.append({
+            "subject": sub, "timepoint": tp, "site": row["site"],
+            "subject_index": i, "timepoint_index": k,
+            "years_since_baseline": row["years_since_baseline"],
+            "voxel_mm": voxel.tolist(), "shape": list(grid_shape),
+            "planted_thalamus_mm3": {"left": targets[0], "right": targets[1],
+                                     "total": targets[0] + targets[1]},
+            "thalamus_mm3": _side_volumes(gt, vvox),
+            "method_volume_mm3": method_volumes,
+            "has_gt": bool(row["has_gt"]),
+            "manifest": manifest,
+        })
+    return records
+
+
+def _clean(x):
+    """JSON-safe: NaN -> None, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def make_cohort(out, *, n_subjects: int, n_timepoints: int = 2, n_sites: int = 2, seed: int = 0,
+                shape: str = "small", client=None, params: dict | None = None,
+                gt_fraction: float | None = None, progress: bool = True) -> SynthCohort:
+    """Write a synthetic cohort with planted truths to the folder ``out``.
+
+    Parameters
+    ----------
+    out : destination folder (created)
+    n_subjects, n_timepoints, n_sites : cohort size (timepoints ``baseline``, ``m12``, ...)
+    seed : same seed, same bytes
+    shape : ``"small"`` (72×80×64 mm field of view around the deep grey matter) or ``"full"``
+        (whole 1 mm head, 192×240×208 mm)
+    client : a ``distributed.Client``; subjects are rendered in parallel on it (one task per
+        subject). ``None`` renders in this process.
+    params : partial dict of planted parameters (see :mod:`thaldask.synth.params`)
+    gt_fraction : share of patients with ground truth at baseline (default 0.5)
+    progress : show a progress bar on stderr
+
+    Returns
+    -------
+    SynthCohort with the paths of ``manifest.csv``, ``clinical.csv`` and ``truth.json``.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape {shape!r} is not one of {sorted(SHAPES)}")
+    p = merge_params(params)
+    if gt_fraction is not None:
+        p["ground_truth"]["fraction_of_patients"] = float(gt_fraction)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = make_subject_table(n_subjects, n_timepoints=n_timepoints, n_sites=n_sites,
+                               seed=seed, params=p)
+    sites = make_sites(n_sites, np.random.default_rng([int(seed), 0, 9]))
+    by_subject = [grp.to_dict("records") for _, grp in table.groupby("subject_index", sort=True)]
+    args = [(str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed))
+            for rows in by_subject]
+    results = _run(args, client, progress)
+    records = sorted((r for res in results for r in res),
+                     key=lambda r: (r["subject_index"], r["timepoint_index"]))
+
+    manifest = pd.DataFrame([m for r in records for m in r["manifest"]])[MANIFEST_COLUMNS]
+    manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
+    table[CLINICAL_COLUMNS].to_csv(out / "clinical.csv", index=False, lineterminator="\n")
+    truth = _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites)
+    (out / "truth.json").write_text(json.dumps(_clean(truth), indent=1, sort_keys=True) + "\n")
+    return SynthCohort(out, out / "manifest.csv", out / "clinical.csv", out / "truth.json",
+                       len(records))
+
+
+def _run(args, client, progress):
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=not progress,
+                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+        task = bar.add_task("synthesising subjects", total=len(args))
+        if client is None:
+            results = []
+            for a in args:
+                results.append(render_subject(*a))
+                bar.advance(task)
+            return results
+        from distributed import as_completed
+
+        futures = [client.submit(render_subject, *a, pure=False) for a in args]
+        results = []
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            bar.advance(task)
+        return results
+
+
+def _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites) -> dict:
+    from thaldask import __version__
+
+    base = table[table["timepoint_index"] == 0]
+    subjects = [{
+        "subject": r.subject, "group": r.group, "site": r.site, "sex": r.sex,
+        "template": list_templates()[r.template] if list_templates() else r.template,
+        "severity": r.severity, "atrophy_rate_per_year": r.atrophy_rate,
+        "icv_mm3": r.icv_true_mm3, "has_gt": bool(table[(table.subject == r.subject)].has_gt.any()),
+    } for r in base.itertuples()]
+    lat = table.set_index(["subject", "timepoint"])
+    scans = []
+    for r in records:
+        row = lat.loc[(r["subject"], r["timepoint"])]
+        rec = {k: v for k, v in r.items() if k not in ("manifest", "subject_index", "timepoint_index")}
+        rec.update({"thalamus_z": row["thalamus_z"], "edss_true": row["edss_true"],
+                    "sdmt_true": row["sdmt_true"], "worsened": bool(row["worsened"])})
+        scans.append(rec)
+    return {
+        "generator": "thaldask.synth", "thaldask_version": __version__, "seed": int(seed),
+        "shape": shape, "fov": SHAPES[shape], "n_subjects": n_subjects,
+        "n_timepoints": n_timepoints, "n_sites": n_sites,
+        "params": p, "sites": sites, "methods": {m: p["methods"][m] for m in METHOD_NAMES},
+        "gt_labels": GT_LABELS, "subjects": subjects, "scans": scans,
+        "notes": ("thalamus_mm3 is the exact volume of the ground-truth label map of each scan "
+                  "(voxel count x voxel volume); planted_thalamus_mm3 the volume the generator "
+                  "aimed at; method_volume_mm3 the volume of each simulated mask on its own grid."),
+    }
