@@ -75,6 +75,8 @@ def validate_clinical(
         wrong types, out-of-range values, unknown group/sex, duplicate rows; ``.problems``
         lists each as ``<file> row N: column: reason``.
     """
+    if isinstance(table, pd.DataFrame) and table.attrs.get("validated"):
+        return table
     df = read_clinical(table) if not isinstance(table, pd.DataFrame) else table.copy()
     if "row" not in df.columns:
         df.insert(0, "row", range(2, len(df) + 2))
@@ -150,5 +152,5 @@ def validate_clinical(
                 )
             warnings.warn(f"{src}: " + "; ".join(parts), ThaldaskWarning, stacklevel=2)
     out = out.drop(columns=["row"]).reset_index(drop=True)
-    out.attrs = {}
+    out.attrs = {"validated": True}
     return out

@@ -124,6 +124,8 @@ def validate(
     ManifestError
         listing every problem (``.problems``), each ``<manifest> row N: <file>: reason``.
     """
+    if isinstance(manifest, pd.DataFrame) and manifest.attrs.get("validated") and "affine" in manifest:
+        return manifest
     df = read_manifest(manifest) if not isinstance(manifest, pd.DataFrame) else manifest.copy()
     src = Path(df.attrs.get("source", "manifest")).name
     problems: list[tuple[int, str]] = []
@@ -209,6 +211,7 @@ def validate(
     if check_files and read_headers:
         df["shape"] = shapes
         df["affine"] = affines
+        df.attrs["validated"] = True
     return df
 
 

@@ -23,17 +23,14 @@ def ingest_command(manifest, store, clinical, overwrite, no_progress, scheduler,
     from thaldask.cluster import get_client
     from thaldask.store.ingest import ingest
 
-    import inspect
+    from thaldask.cohort.clinical import validate_clinical
+    from thaldask.cohort.manifest import validate
 
-    kw = {}
-    if cluster_file:
-        if "cluster_config" not in inspect.signature(get_client).parameters:
-            from thaldask.cli import fail
-
-            fail("--cluster is not supported by this installation's get_client")
-        kw["cluster_config"] = cluster_file
-    with get_client(scheduler, quiet=True, **kw) as client:
-        report = ingest(manifest, store, clinical=clinical, overwrite=overwrite, client=client,
+    # validate before starting any cluster: bad input fails in seconds
+    df = validate(manifest)
+    clin = validate_clinical(clinical, manifest=df) if clinical else None
+    with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
+        report = ingest(df, store, clinical=clin, overwrite=overwrite, client=client,
                         progress=not no_progress)
     counts = report["status"].value_counts()
     n_fail = int(counts.get("failed", 0))
