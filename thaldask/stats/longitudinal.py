@@ -290,13 +290,13 @@ def _mixed_rows(ds, vol, keys, side, group_var, alpha):
                         r = md.fit(method=method, reml=True)
                 except (np.linalg.LinAlgError, ValueError):
                     continue
-                # statsmodels reports a non-positive-definite Hessian or a boundary solution
-                # only as a warning: treat both as non-convergence
+                # statsmodels reports a non-positive-definite Hessian only as a warning, and
+                # its boundary warning uses an absolute threshold (0.01, unit-dependent), so
+                # check the boundary relative to the residual variance instead
                 suspect = any(
-                    "positive definite" in str(w.message) or "boundary" in str(w.message)
-                    or "did not converge" in str(w.message).lower()
+                    "positive definite" in str(w.message) or "failed to converge" in str(w.message)
                     for w in caught
-                )
+                ) or _on_boundary(r)
                 if r.converged and not suspect and np.all(np.isfinite(r.bse_fe)):
                     res, opt, re = r, method, re_name
                     break
@@ -320,3 +320,19 @@ def _mixed_rows(ds, vol, keys, side, group_var, alpha):
                 formula=f"{formula} + ({'1 + years' if re == 'intercept+slope' else '1'} | subject)",
             ))
     return rows
+
+
+def _on_boundary(res) -> bool:
+    """A random-effect variance ~0 relative to the residual variance, or a random-effect
+    correlation of ±1: the model is degenerate (fall back to a simpler one)."""
+    cov = np.asarray(res.cov_re, float)
+    if cov.size == 0 or not np.isfinite(cov).all():
+        return True
+    d = np.diag(cov)
+    if (d <= 1e-6 * max(float(res.scale), 1e-300)).any():
+        return True
+    if cov.shape[0] > 1:
+        corr = cov / np.sqrt(np.outer(d, d))
+        if (np.abs(corr[np.triu_indices(cov.shape[0], 1)]) > 0.999).any():
+            return True
+    return False
