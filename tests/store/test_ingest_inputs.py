@@ -226,3 +226,24 @@ def test_ingest_changed_file_conflicts_then_overwrites(tmp_path):
     rep = ingest(man, store, progress=False, overwrite=True)
     assert rep.status.tolist() == ["skipped", "written"]
     assert not (open_store(store).load_mask("gt", "T1w", 0) == 2).any()
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_ingest_binary_mask_split_only_when_asked(split, tmp_path):
+    root = tmp_path / "in"
+    shape = (20, 16, 12)
+    man = make_cohort(root, [{"subject": "s0", "timepoint": "baseline", "shape": shape, "orient": "RAS"}])
+    aff = nib.load(root / "s0_baseline_gt.nii.gz").affine
+    write_nifti(root / "bin.nii.gz", (box_mask(shape) > 0).astype(np.uint8), aff)
+    with open(man, "a") as f:
+        f.write("s0,baseline,A,mask,T1w,manual,binary,bin.nii.gz\n")
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False, split_binary=split)
+    assert (rep.status == "written").all(), rep.reason.tolist()
+    st = open_store(store)
+    got, gt = st.load_mask("manual", "T1w", 0), st.load_mask("gt", "T1w", 0)
+    if split:
+        np.testing.assert_array_equal(got, gt)
+    else:
+        np.testing.assert_array_equal(got, (gt > 0).astype(np.uint8))
+    assert st.records("masks/manual/T1w").binary.tolist() == [not split]

@@ -13,10 +13,13 @@ from thaldask.cli import EXIT_SOME_FAILED, handle_errors, scheduler_option
 @click.option("--clinical", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Clinical table (CSV/TSV) to validate and keep in the store.")
 @click.option("--overwrite", is_flag=True, help="Replace stored content that differs.")
+@click.option("--split-binary", is_flag=True,
+              help="Split binary masks into left/right at world x = 0 (default: 1 = thalamus).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @scheduler_option
 @handle_errors
-def ingest_command(manifest, store, clinical, overwrite, no_progress, scheduler, cluster_file):
+def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progress, scheduler,
+                   cluster_file):
     """NIfTI/MGZ files listed in MANIFEST into the Zarr cohort store."""
     import sys
 
@@ -31,7 +34,7 @@ def ingest_command(manifest, store, clinical, overwrite, no_progress, scheduler,
     clin = validate_clinical(clinical, manifest=df) if clinical else None
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
         report = ingest(df, store, clinical=clin, overwrite=overwrite, client=client,
-                        progress=not no_progress)
+                        progress=not no_progress, split_binary=split_binary)
     counts = report["status"].value_counts()
     n_fail = int(counts.get("failed", 0))
     click.echo(

@@ -41,7 +41,7 @@ __all__ = ["CohortStore", "open_store", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 
 # record flags
-WRITTEN, RESAMPLED, SCALED, HAS_PROB, NAN_REPLACED = 1, 2, 4, 8, 16
+WRITTEN, RESAMPLED, SCALED, HAS_PROB, NAN_REPLACED, BINARY = 1, 2, 4, 8, 16, 32
 RECORD_LEN = 20
 HASH_LEN = 64
 
@@ -142,7 +142,9 @@ class CohortStore:
             self.path, read_only=read_only, storage_options=self.storage_options
         )
         if consolidated is None:
-            consolidated = False if not is_remote(self.path) else None
+            # listing members directly is always current (write_mask may add arrays after
+            # the last consolidation); pass consolidated=True for read-only speed on URLs
+            consolidated = False
         try:
             with quiet_zarr():
                 self._group = zarr.open_group(
@@ -172,13 +174,6 @@ class CohortStore:
             return zarr.open_array(store=self._zstore, path=name, mode=mode)
         except (FileNotFoundError, KeyError) as exc:
             raise KeyError(name) from exc
-
-    def _exists(self, name: str) -> bool:
-        try:
-            self._array(name)
-            return True
-        except (KeyError, Exception):
-            return False
 
     @cached_property
     def scans(self) -> pd.DataFrame:
@@ -274,7 +269,8 @@ class CohortStore:
 
     def records(self, name: str) -> pd.DataFrame:
         """Per-scan write record of one array (``images/T1w``, ``masks/gt/T1w``):
-        written, resampled, scaled, nan_replaced flags and the source grid."""
+        written, resampled, scaled, nan_replaced, has_prob and binary (a mask without sides:
+        1 = thalamus) flags and the source file's grid."""
         rec = self._record(name)
         flags = rec[:, 0].astype(np.int64)
         df = pd.DataFrame(
@@ -284,6 +280,7 @@ class CohortStore:
                 "scaled": (flags & SCALED) > 0,
                 "nan_replaced": (flags & NAN_REPLACED) > 0,
                 "has_prob": (flags & HAS_PROB) > 0,
+                "binary": (flags & BINARY) > 0,
                 "source_shape": [tuple(int(v) for v in r[1:4]) for r in rec],
                 "source_affine": [r[4:20].reshape(4, 4) for r in rec],
             }
@@ -312,7 +309,10 @@ class CohortStore:
         except KeyError:
             raise KeyError(f"{self.path}: no array {name!r} in the store") from None
         chunks = (1,) + tuple(z.shape[1:])
-        arr = da.from_zarr(z, chunks=chunks, name=f"thaldask-{name.replace('/', '-')}-{abs(hash(self.path))}")
+        from dask.base import tokenize
+
+        token = tokenize(self.path, name, self._attrs["thaldask"].get("created"))
+        arr = da.from_zarr(z, chunks=chunks, name=f"thaldask-{name.replace('/', '-')}-{token}")
         if arr.dtype != dtype:
             arr = arr.astype(dtype)
         s = self.scans
@@ -622,8 +622,8 @@ def open_store(
     ----------
     path : store location
     storage_options : passed to fsspec for URLs (credentials, endpoint)
-    consolidated : use consolidated metadata (default: only for URLs, where it saves
-        round trips; local stores list their members directly, which is always current)
+    consolidated : use consolidated metadata (default False: members are listed directly,
+        which is always current; True saves round trips when only reading from a URL)
     read_only : open without write access
 
     Raises

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from thaldask.cohort.labels import parse_labels, to_sides
+from thaldask.cohort.labels import parse_labels, split_binary_by_midline, to_sides
 from thaldask.cohort.manifest import scan_table, validate
 from thaldask.errors import (
     GridMismatchError,
@@ -21,6 +21,7 @@ from thaldask.errors import (
 )
 from thaldask.store import _io
 from thaldask.store.core import (
+    BINARY,
     NAN_REPLACED,
     RESAMPLED,
     SCALED,
@@ -142,7 +143,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def ingest_scan(store_path: str, spec: dict, *, overwrite: bool = False, storage_options=None) -> list[dict]:
+def ingest_scan(
+    store_path: str,
+    spec: dict,
+    *,
+    overwrite: bool = False,
+    split_binary: bool = False,
+    storage_options=None,
+) -> list[dict]:
     """Decode, reorient/resample and write every file of one scan. Never raises for bad
     input: each file's outcome is a report row (status written/skipped/failed)."""
     st = open_store(store_path, storage_options=storage_options)
@@ -166,7 +174,8 @@ def ingest_scan(store_path: str, spec: dict, *, overwrite: bool = False, storage
             continue
         try:
             res = _ingest_file(
-                st, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, overwrite=overwrite
+                st, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt,
+                overwrite=overwrite, split_binary=split_binary,
             )
             row.update(res)
         except (ThaldaskError, ValueError, OSError, EOFError, MemoryError) as exc:
@@ -176,7 +185,9 @@ def ingest_scan(store_path: str, spec: dict, *, overwrite: bool = False, storage
     return out
 
 
-def _ingest_file(st: CohortStore, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, *, overwrite):
+def _ingest_file(
+    st: CohortStore, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, *, overwrite, split_binary
+):
     name = e["array"]
     # fast path: the same source file is already stored
     old = st.stored_file_hash(name, i)
@@ -230,6 +241,12 @@ def _ingest_file(st: CohortStore, i, e, aff_ras, shape_ras, orig_aff, orig_shape
                 f"{_io.axcodes(vol.affine)} onto the image grid"
             )
         ras = np.ascontiguousarray(ras, dtype=np.uint8)
+        if conv.binary:
+            if split_binary:
+                ras = split_binary_by_midline(ras, aff_ras)
+                note = (note + "; " if note else "") + "binary mask split at world x = 0"
+            else:
+                flags |= BINARY
     digest = _io.content_hash(ras, aff_ras)
     status = st.write_scan_array(
         name, i, ras, flags=flags, source_shape=vol.data.shape, source_affine=vol.affine,
@@ -319,6 +336,7 @@ def ingest(
     progress: bool = True,
     storage_options: dict | None = None,
     layout: dict | None = None,
+    split_binary: bool = False,
 ) -> pd.DataFrame:
     """Ingest every file of a manifest into a cohort store, one Dask task per scan.
 
@@ -338,6 +356,8 @@ def ingest(
     progress : show a progress bar on stderr
     storage_options : fsspec options for URLs
     layout : chunking/compression override (see ``DEFAULT_LAYOUT``)
+    split_binary : split binary masks into left (1) / right (2) at world x = 0 (RAS); by
+        default they are stored as 1 = thalamus and flagged ``binary`` in the records
 
     Returns
     -------
@@ -389,15 +409,16 @@ def ingest(
         st.ensure_array(name, dtype="float32" if name.startswith("images/") else "uint8")
     if clin is not None:
         set_clinical(st, clin)
-    rows = _run(store, plan.specs, overwrite=overwrite, client=client, progress=progress,
-                storage_options=storage_options)
+    rows = _run(store, plan.specs, client=client, progress=progress,
+                kwargs={"overwrite": overwrite, "split_binary": split_binary,
+                        "storage_options": storage_options})
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("row").reset_index(drop=True)
     _write_report(store, report, storage_options)
     st.consolidate()
     return report
 
 
-def _run(store, specs, *, overwrite, client, progress, storage_options):
+def _run(store, specs, *, client, progress, kwargs):
     if client is None:
         try:
             from distributed import default_client
@@ -416,10 +437,7 @@ def _run(store, specs, *, overwrite, client, progress, storage_options):
         futs = {}
         for sp in specs:
             key = f"thaldask-ingest-{run}-{sp['scan']}"
-            f = client.submit(
-                ingest_scan, store, sp, overwrite=overwrite, storage_options=storage_options,
-                key=key, pure=False, retries=1,
-            )
+            f = client.submit(ingest_scan, store, sp, key=key, pure=False, retries=1, **kwargs)
             futs[f] = sp
         with bar:
             for fut in as_completed(list(futs)):
@@ -432,8 +450,7 @@ def _run(store, specs, *, overwrite, client, progress, storage_options):
         return rows
     import dask
 
-    tasks = [dask.delayed(ingest_scan, pure=False)(store, sp, overwrite=overwrite,
-                                                   storage_options=storage_options) for sp in specs]
+    tasks = [dask.delayed(ingest_scan, pure=False)(store, sp, **kwargs) for sp in specs]
     from dask.callbacks import Callback
 
     class _CB(Callback):

@@ -1,0 +1,226 @@
+"""Ingest throughput: NIfTI.gz -> cohort store, next to its bounds in the same run.
+
+Anchors, measured on the same files in the same process, one core:
+
+- ``gunzip``: ``gzip.decompress`` of every file (the decompression bound: ingest cannot beat
+  it without a faster inflater);
+- ``nibabel+np.save``: ``nibabel.load(...).get_fdata(float32)`` then ``np.save`` (the naive
+  converter).
+
+Each store layout (spatial chunking x compressor) is ingested into a fresh store with one
+worker thread; throughput is MB/s of uncompressed input voxels. Also reported: store size
+relative to the .nii.gz inputs and the speed of reading one whole scan back. Results print
+as a table and go to JSON (``--out``).
+
+Usage::
+
+    nice -n 10 python benchmarks/ingest.py --scans 4 [--label-maps DIR] --out ingest.json
+
+``--label-maps`` takes a folder of FreeSurfer label maps (e.g. the SynthSeg training maps);
+images are then synthesised from real anatomy (random intensity per label, smooth bias,
+noise), masks are the label maps themselves (256^3, resampled onto the image grid at ingest
+like a FreeSurfer aseg). Without it a phantom of ellipsoids is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+LAYOUTS = {
+    "scan-chunk zstd3 shuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "scan-chunk zstd1 shuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
+    "scan-chunk lz4-5 shuffle": {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
+    "scan-chunk zstd3 bitshuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
+    "64^3-chunks zstd3 shuffle": {"spatial_chunks": [64, 64, 64], "cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+}
+
+
+def _phantom(shape, rng):
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    head = (x**2 + y**2 + z**2) < 0.85
+    brain = (x**2 / 0.6 + y**2 / 0.7 + z**2 / 0.6) < 0.85
+    thal_l = ((x + 0.12) ** 2 + y**2 + z**2) < 0.01
+    thal_r = ((x - 0.12) ** 2 + y**2 + z**2) < 0.01
+    lab = np.zeros(shape, np.int16)
+    lab[head] = 24
+    lab[brain] = 2
+    lab[thal_l] = 10
+    lab[thal_r] = 49
+    return lab
+
+
+def _synth_image(labels, rng):
+    ids = np.unique(labels)
+    lut = np.zeros(int(ids.max()) + 1, np.float32)
+    lut[ids] = rng.uniform(200, 1000, ids.size)
+    lut[0] = 0
+    img = lut[labels]
+    from scipy import ndimage
+
+    img = ndimage.gaussian_filter(img, 0.7)
+    bias = np.linspace(0.9, 1.1, labels.shape[0], dtype=np.float32)[:, None, None]
+    img = img * bias + rng.normal(0, 15, labels.shape).astype(np.float32)  # noise everywhere
+    return np.clip(img, 0, 32000).astype(np.int16)
+
+
+def make_inputs(root, n, label_maps=None, rng=0):
+    import nibabel as nib
+
+    rng = np.random.default_rng(rng)
+    rows = ["subject,timepoint,site,kind,contrast,method,labels,path"]
+    maps = sorted(
+        os.path.join(label_maps, f) for f in os.listdir(label_maps) if f.endswith(".nii.gz")
+    ) if label_maps else []
+    for k in range(n):
+        if maps:
+            src = nib.load(maps[k % len(maps)])
+            lab = np.asarray(src.dataobj).astype(np.int16)
+            aff = src.affine
+        else:
+            lab = _phantom((182, 218, 182), rng)
+            aff = np.diag([1.0, 1.0, 1.0, 1.0])
+            aff[:3, 3] = [-90, -126, -72]
+        img = _synth_image(lab, rng)
+        fi, fm = f"sub-{k:03d}_T1w.nii.gz", f"sub-{k:03d}_aseg.nii.gz"
+        nib.save(nib.Nifti1Image(img, aff), os.path.join(root, fi))
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8 if lab.max() < 256 else np.int16), aff),
+                 os.path.join(root, fm))
+        rows.append(f"sub-{k:03d},baseline,A,image,T1w,,,{fi}")
+        rows.append(f"sub-{k:03d},baseline,A,mask,T1w,freesurfer,freesurfer,{fm}")
+    p = os.path.join(root, "manifest.csv")
+    with open(p, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return p
+
+
+def _dir_size(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def run(args):
+    import dask
+    import nibabel as nib
+
+    from thaldask.store import ingest, open_store
+
+    work = tempfile.mkdtemp(prefix="thaldask-bench-", dir=args.tmp)
+    try:
+        inp = os.path.join(work, "in")
+        os.makedirs(inp)
+        t = time.perf_counter()
+        man = make_inputs(inp, args.scans, args.label_maps)
+        print(f"inputs: {args.scans} scans written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        files = sorted(os.path.join(inp, f) for f in os.listdir(inp) if f.endswith(".nii.gz"))
+        gz_bytes = sum(os.path.getsize(f) for f in files)
+        # voxel bytes of the inputs (decompressed payload)
+        raw_bytes = 0
+        t = time.perf_counter()
+        for f in files:
+            with open(f, "rb") as fh:
+                raw_bytes += len(gzip.decompress(fh.read()))
+        t_gunzip = time.perf_counter() - t
+        mb = raw_bytes / 1e6
+        results = [{"name": "gunzip (bound)", "seconds": t_gunzip, "mb_s": mb / t_gunzip,
+                    "size_ratio": None, "read_mb_s": None}]
+        out_np = os.path.join(work, "npy")
+        os.makedirs(out_np)
+        t = time.perf_counter()
+        for f in files:
+            img = nib.load(f)
+            arr = img.get_fdata(dtype=np.float32) if "T1w" in f else np.asarray(img.dataobj)
+            np.save(os.path.join(out_np, os.path.basename(f) + ".npy"), arr)
+        t_naive = time.perf_counter() - t
+        results.append({"name": "nibabel+np.save (naive)", "seconds": t_naive, "mb_s": mb / t_naive,
+                        "size_ratio": _dir_size(out_np) / gz_bytes, "read_mb_s": None})
+        shutil.rmtree(out_np)
+        for name, layout in LAYOUTS.items():
+            store = os.path.join(work, "s.zarr")
+            with dask.config.set(num_workers=1):
+                t = time.perf_counter()
+                rep = ingest(man, store, progress=False, layout=layout)
+                t_ing = time.perf_counter() - t
+            assert (rep.status == "written").all(), rep.reason.tolist()
+            st = open_store(store)
+            t = time.perf_counter()
+            nbytes = 0
+            for i in range(st.n_scans):
+                nbytes += st.load_image("T1w", i).nbytes + st.load_mask("freesurfer", "T1w", i).nbytes
+            t_read = time.perf_counter() - t
+            results.append({"name": f"ingest {name}", "seconds": t_ing, "mb_s": mb / t_ing,
+                            "size_ratio": _dir_size(store) / gz_bytes, "read_mb_s": nbytes / 1e6 / t_read,
+                            "layout": layout})
+            shutil.rmtree(store)
+        for r in results:
+            r["ratio_to_gunzip"] = r["mb_s"] / results[0]["mb_s"]
+            r["ratio_to_naive"] = r["mb_s"] / results[1]["mb_s"]
+        import zarr
+
+        info = {
+            "benchmark": "ingest",
+            "scans": args.scans,
+            "inputs": "label maps" if args.label_maps else "phantom",
+            "input_voxel_mb": mb,
+            "input_gz_mb": gz_bytes / 1e6,
+            "results": results,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                         "zarr": zarr.__version__, "nibabel": nib.__version__, "dask": dask.__version__},
+            "hardware": {"machine": platform.machine(), "processor": _cpu(), "cpus": os.cpu_count(),
+                         "load_avg_start": args._load},
+            "threads": 1,
+        }
+        return info
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def print_table(info):
+    print(f"inputs: {info['scans']} scans ({info['inputs']}), {info['input_voxel_mb']:.0f} MB voxels, "
+          f"{info['input_gz_mb']:.0f} MB .nii.gz; 1 thread; peak RSS {info['peak_rss_mb']:.0f} MB")
+    print(f"{'run':38s} {'s':>7s} {'MB/s':>8s} {'x gunzip':>9s} {'x naive':>8s} {'size/gz':>8s} {'read MB/s':>10s}")
+    for r in info["results"]:
+        sr = f"{r['size_ratio']:.2f}" if r["size_ratio"] is not None else "-"
+        rd = f"{r['read_mb_s']:.0f}" if r["read_mb_s"] is not None else "-"
+        print(f"{r['name']:38s} {r['seconds']:7.2f} {r['mb_s']:8.1f} {r['ratio_to_gunzip']:9.2f} "
+              f"{r['ratio_to_naive']:8.2f} {sr:>8s} {rd:>10s}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scans", type=int, default=4)
+    ap.add_argument("--label-maps", default=None, help="folder of FreeSurfer label maps (.nii.gz)")
+    ap.add_argument("--out", default="ingest-benchmark.json")
+    ap.add_argument("--tmp", default=None, help="scratch folder (default: system temp)")
+    args = ap.parse_args(argv)
+    args._load = os.getloadavg()[0]
+    info = run(args)
+    print_table(info)
+    with open(args.out, "w") as f:
+        json.dump(info, f, indent=2, default=float)
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
