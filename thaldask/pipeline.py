@@ -249,6 +249,7 @@ def run_demo(
     scheduler: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    gt_fraction: float | None = None,
 ) -> Context:
     """Synthetic cohort → store → (segment) → evaluate → (stats, report), on a local cluster.
 
@@ -261,6 +262,7 @@ def run_demo(
         processes (or the scheduler at ``scheduler``)
     progress : progress bars and stage messages on stderr
     seed : synthetic cohort seed
+    gt_fraction : share of patients with manual ground truth (default: the synth default)
 
     Returns
     -------
@@ -272,7 +274,8 @@ def run_demo(
     ctx = Context(
         out=out,
         store=os.path.join(out, "cohort.zarr"),
-        config={"synth": {"n_subjects": int(subjects), "shape": "full" if full else "small", "seed": seed}},
+        config={"synth": {"n_subjects": int(subjects), "shape": "full" if full else "small", "seed": seed}
+                | ({"gt_fraction": gt_fraction} if gt_fraction is not None else {})},
         progress=progress,
         synthetic=True,
     )
@@ -354,8 +357,9 @@ def run_config(config_path: str | os.PathLike, *, client=None, scheduler: str | 
         synthetic=bool(cfg.get("synthetic", False)),
         progress=progress,
     )
-    cluster = cfg.get("cluster")
-    with _client(client, scheduler, cluster_config=cluster if cluster else None, progress=progress) as c:
+    # the file itself, so that the cluster section's relative paths resolve against it
+    cluster = cfg["_path"] if cfg.get("cluster") else None
+    with _client(client, scheduler, cluster_config=cluster, progress=progress) as c:
         ctx.client = c
         run_stages(ctx)
         ctx.client = None
