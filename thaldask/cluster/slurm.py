@@ -29,11 +29,11 @@ def slurm_kwargs(spec: ClusterSpec) -> dict:
     for key in ("queue", "account", "interface", "death_timeout"):
         if key in o:
             kw[key] = o[key]
-    if "name" in o:
-        kw["job_name"] = o["name"]
+    kw["job_name"] = o.get("name") or "thaldask"
     for key in ("local_directory", "log_directory"):
         if key in o:
-            kw[key] = str(spec.path(key))
+            # "$TMPDIR"-style values are expanded by the job's shell on the compute node
+            kw[key] = str(o[key]) if "$" in str(o[key]) else str(spec.path(key))
     directives = [str(d) for d in o.get("job_extra_directives", [])]
     worker_args = [str(a) for a in o.get("worker_extra_args", [])]
     gpus = o.get("gpus_per_job") or 0
@@ -72,8 +72,19 @@ def job_script(spec: ClusterSpec, scheduler_address: str = "tcp://SCHEDULER:8786
         kw["security"] = security
         if scheduler_address.startswith("tcp://"):
             scheduler_address = "tls://" + scheduler_address[len("tcp://") :]
-    job = jobqueue.SLURMJob(scheduler=scheduler_address, name="thaldask-worker", **kw)
-    return job.job_script()
+    # dask-jobqueue creates the log directory when a job object is made; a preview must not
+    # touch the file system, so render with a scratch folder and put the real path back
+    import tempfile
+
+    log_dir = kw.pop("log_directory", None)
+    with tempfile.TemporaryDirectory() as scratch:
+        if log_dir is not None:
+            kw["log_directory"] = scratch
+        job = jobqueue.SLURMJob(scheduler=scheduler_address, name="thaldask-worker", **kw)
+        script = job.job_script()
+    if log_dir is not None:
+        script = script.replace(scratch, log_dir)
+    return script
 
 
 def plan_slurm(spec: ClusterSpec) -> dict:
