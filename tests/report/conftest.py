@@ -119,3 +119,151 @@ def results():
 @pytest.fixture
 def stats():
     return make_stats()
+
+
+# ------------------------------------------------------------------ a real cohort store
+GRID = (28, 30, 22)
+
+
+def _ellipsoids(shape, centre_shift=(0, 0, 0), scale=1.0):
+    """0/1/2 labels: left thalamus (1) at negative x (RAS), right (2) at positive x."""
+    x, y, z = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
+    x, y, z = x - centre_shift[0], y - centre_shift[1], z - centre_shift[2]
+    lab = np.zeros(shape, np.uint8)
+    r = np.array([3.0, 5.0, 3.5]) * scale
+    lab[((x + 4) / r[0]) ** 2 + (y / r[1]) ** 2 + (z / r[2]) ** 2 < 1] = 1
+    lab[((x - 4) / r[0]) ** 2 + (y / r[1]) ** 2 + (z / r[2]) ** 2 < 1] = 2
+    return lab
+
+
+def make_store(path, *, n_subjects=8, seed=0):
+    """Cohort store through the store API: subjects × (baseline, m12), two sites, T1w and
+    FLAIR images, GT on T1w at baseline for 6 subjects, 'atlas-sim' (too large) on T1w and
+    'dl-sim' (shifted) on T1w and FLAIR, clinical table. Returns the store."""
+    import hashlib
+
+    from thaldask.store.core import create_store, set_clinical
+
+    rng = np.random.default_rng(seed)
+    rows = [(f"sub-{s:02d}", t, "siteA" if s % 3 else "siteB")
+            for s in range(n_subjects) for t in ("baseline", "m12")]
+    scans = pd.DataFrame(rows, columns=["subject", "timepoint", "site"])
+    n = len(scans)
+    shapes = np.array([GRID] * n)
+    spacing = np.array([[1.0, 1.0, 1.0] if i % 4 else [1.0, 1.0, 1.4] for i in range(n)])
+    affines = np.stack([np.diag([*sp, 1.0]) for sp in spacing])
+    st = create_store(str(path), scans=scans, grid_shape=GRID,
+                      scan_meta={"affine": affines, "shape": shapes, "spacing": spacing},
+                      reference=["T1w"] * n, orig_axcodes=["RAS"] * n)
+    for c in ("T1w", "FLAIR"):
+        st.ensure_array(f"images/{c}", dtype="float32")
+    x, y, z = np.meshgrid(*[np.arange(k) - (k - 1) / 2 for k in GRID], indexing="ij")
+    head = ((x / 12) ** 2 + (y / 13) ** 2 + (z / 10) ** 2 < 1).astype(np.float32)
+    for i in range(n):
+        s = i // 2
+        scale = rng.normal(1.0, 0.08) * (0.97 if i % 2 else 1.0)
+        gt = _ellipsoids(GRID, scale=scale)
+        for c, contrast in ((0, "T1w"), (1, "FLAIR")):
+            img = head * (100 - 40 * c) + 30 * (gt > 0) * (1 if c == 0 else -0.5)
+            img = (img + rng.normal(0, 4, GRID)).astype(np.float32)
+            st.write_scan_array(f"images/{contrast}", i, img,
+                                content_sha256=hashlib.sha256(img.tobytes()).digest())
+        if i % 2 == 0 and s < 6:
+            st.write_mask("gt", "T1w", i, gt)
+        st.write_mask("atlas-sim", "T1w", i, _ellipsoids(GRID, scale=scale * 1.12))
+        shift = tuple(int(v) for v in rng.integers(-1, 2, 3))
+        st.write_mask("dl-sim", "T1w", i, _ellipsoids(GRID, centre_shift=shift, scale=scale))
+        st.write_mask("dl-sim", "FLAIR", i, _ellipsoids(GRID, centre_shift=(0, 1, 0), scale=scale))
+    clin = scans.copy()
+    clin["group"] = np.array(["MS", "HC", "NMOSD", "MS", "MOGAD"])[np.arange(n) // 2 % 5]
+    clin["age"] = np.repeat(rng.uniform(25, 60, n_subjects), 2) + np.tile([0.0, 1.0], n_subjects)
+    clin["sex"] = np.repeat(np.array(["F", "M"])[(np.arange(n_subjects) // 2) % 2], 2)
+    clin["edss"] = rng.uniform(0, 6, n).round(1)
+    clin["sdmt"] = rng.normal(50, 10, n)
+    clin["years_since_baseline"] = np.tile([0.0, 1.0], n_subjects)
+    clin["icv_mm3"] = np.repeat(rng.normal(1.5e6, 1e5, n_subjects), 2)
+    set_clinical(st, clin)
+    st.consolidate()
+    return st
+
+
+@pytest.fixture(scope="session")
+def evaluated_store(tmp_path_factory):
+    """A store with results (thaldask evaluate) and statistics (thaldask stats) on disk."""
+    import warnings
+
+    from thaldask.metrics import evaluate
+    from thaldask.stats import write_stats
+
+    root = tmp_path_factory.mktemp("cohort")
+    st = make_store(root / "cohort.zarr")
+    evaluate(st.path, progress=False, synthetic=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = write_stats(st.path, config={"mixed": False})
+    return st.path, paths
+
+
+# ------------------------------------------------------------------ reading the page back
+class PageParser:
+    """Collects <img src>, <a href> and every <table id> (header and cell texts)."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.images, self.links, self.tables = [], [], {}
+        outer = self
+
+        class _P(HTMLParser):
+            def __init__(self):
+                super().__init__()
+                self.table = None
+                self.row = None
+                self.cell = None
+
+            def handle_starttag(self, tag, attrs):
+                a = dict(attrs)
+                if tag == "img":
+                    outer.images.append(a.get("src", ""))
+                elif tag == "a" and "href" in a:
+                    outer.links.append(a["href"])
+                elif tag == "table" and "id" in a:
+                    self.table = a["id"]
+                    outer.tables[self.table] = []
+                elif tag == "tr" and self.table:
+                    self.row = []
+                elif tag in ("td", "th") and self.row is not None:
+                    self.cell = ""
+
+            def handle_endtag(self, tag):
+                if tag in ("td", "th") and self.cell is not None:
+                    self.row.append(self.cell)
+                    self.cell = None
+                elif tag == "tr" and self.row is not None:
+                    outer.tables[self.table].append(self.row)
+                    self.row = None
+                elif tag == "table":
+                    self.table = None
+
+            def handle_data(self, data):
+                if self.cell is not None:
+                    self.cell += data
+
+        _P().feed(text)
+
+
+def cell_matches(shown: str, value) -> bool:
+    """Whether a displayed cell is the given table value (4 significant digits)."""
+    missing = value is None or (isinstance(value, float) and np.isnan(value)) or (
+        isinstance(value, str) and value == "")
+    if missing:
+        return shown == "–"
+    if isinstance(value, (bool, np.bool_)):
+        return shown == str(bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        if np.isinf(value):
+            return shown in ("∞", "−∞")
+        if shown == "–":
+            return False
+        return bool(np.isclose(float(shown), float(value), rtol=6e-4, atol=0))
+    return shown == str(value)

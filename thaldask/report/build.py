@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +26,7 @@ from thaldask.report import figures as F
 from thaldask.report.html import PAGE, absent_html, esc, figure_html, table_html
 from thaldask.report.style import save
 
-__all__ = ["write_report", "build_report", "load_stats", "STATS_TABLES"]
+__all__ = ["write_report", "build_report", "load_stats", "stats_from_dataset", "STATS_TABLES"]
 
 #: statistics tables the report shows, in page order (file name = key + ".csv")
 STATS_TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation")
@@ -72,6 +73,24 @@ def load_stats(folder) -> dict[str, pd.DataFrame]:
         p = folder / f"{name}.csv"
         if p.is_file():
             out[name] = pd.read_csv(p)
+    return out
+
+
+def stats_from_dataset(sds: xr.Dataset) -> dict[str, pd.DataFrame]:
+    """Tables of the store's ``stats`` dataset (variables ``<table>__<column>`` along
+    ``<table>_row``) as DataFrames; empty strings back to missing. The dataset does not keep
+    the column order: identifying columns (method, contrast, side, ...) come first."""
+    out = {}
+    for name in dict.fromkeys(str(v).split("__", 1)[0] for v in sds.data_vars if "__" in str(v)):
+        cols = {str(v).split("__", 1)[1]: sds[v].values for v in sds.data_vars
+                if str(v).startswith(f"{name}__")}
+        first = [c for c in ("analysis", "outcome", "metric", "method", "contrast", "side",
+                             "site", "term", "n") if c in cols]
+        df = pd.DataFrame({c: cols[c] for c in [*first, *[k for k in cols if k not in first]]})
+        for c in df.columns:
+            if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
+                df[c] = df[c].map(lambda x: np.nan if _is_missing(x) else x).astype(object)
+        out[name] = df
     return out
 
 
@@ -145,6 +164,14 @@ def _save_figure(page: _Page, fig, name: str, caption: str, progress: _Progress,
     return figure_html(rel, caption)
 
 
+def _note(df: pd.DataFrame | None) -> str | None:
+    """The reason given by a table the statistics stage could not compute (a one-row table
+    with a ``note`` column and no estimates), else None."""
+    if df is None or "note" not in df or len(df) != 1 or "method" in df:
+        return None
+    return str(df["note"].iloc[0])
+
+
 def _table_block(page: _Page, name: str, df: pd.DataFrame | None, *, caption: str,
                  columns=None) -> str:
     """HTML table (optionally only ``columns``) with a link to the full CSV."""
@@ -152,6 +179,11 @@ def _table_block(page: _Page, name: str, df: pd.DataFrame | None, *, caption: st
         return absent_html(f"No {name}.csv: the statistics stage did not produce this table.")
     if df.empty:
         return absent_html(f"{name}.csv is empty (nothing could be estimated on these data).")
+    note = _note(df)
+    if note is not None:
+        return absent_html(f"{name}: {note}") + (
+            f'<p class="download"><a href="tables/{esc(name)}.csv" download>download '
+            f"{esc(name)}.csv</a></p>")
     shown = df if columns is None else df[[c for c in columns if c in df.columns]]
     link = (f'<p class="download"><a href="tables/{esc(name)}.csv" download>download '
             f"{esc(name)}.csv</a> ({len(df)} rows × {len(df.columns)} columns)</p>")
@@ -211,6 +243,16 @@ def _overview(page, ds, scans, store_info, stats, run_info, config) -> str:
         parts.append(absent_html("No results dataset in the store: run `thaldask evaluate STORE` "
                                  "to compute volumes and agreement metrics."))
 
+    if stats:
+        try:
+            from thaldask.stats import headline_findings
+
+            lines = headline_findings(stats)
+        except Exception:  # noqa: BLE001 - tables of another shape: no headline list
+            lines = []
+        if lines:
+            parts.insert(0, "<h3>Headline findings</h3><ul>"
+                         + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul>")
     prov = {}
     if ds is not None:
         for k in ("created", "thaldask_version", "store"):
@@ -223,8 +265,9 @@ def _overview(page, ds, scans, store_info, stats, run_info, config) -> str:
         prov.update({str(k): v for k, v in run_info.items()})
     parts.append("<h3>Provenance and run time</h3>" + _kv_table(prov))
     parts.append("<h3>Software</h3>" + _kv_table(_versions()))
-    parts.append("<h3>Configuration</h3><pre>" + esc(json.dumps(config, indent=2, default=str))
-                 + "</pre>")
+    parts.append("<h3>Configuration</h3><details><summary>thaldask settings (dask.config "
+                 "namespace <code>thaldask</code>)</summary><pre>"
+                 + esc(json.dumps(config, indent=2, default=str)) + "</pre></details>")
     return "\n".join(parts)
 
 
@@ -288,7 +331,7 @@ def _clinical(page, ds, stats, progress, side, rng) -> str:
             page, F.plot_forest(cc, estimate=est, side=side, colours=page.colours), "forest_clinical",
             "Standardised β of thalamic volume (adjusted for head size and covariates) for each "
             "clinical outcome, per method × contrast; lines: 95 % CIs; dashed: no association.",
-            progress, absent="clinical_cross.csv holds no finite standardised beta."))
+            progress, absent=_note(cc) or "clinical_cross.csv holds no finite standardised beta."))
         parts.append(_table_block(page, "clinical_cross", cc,
                                   caption="Cross-sectional clinical associations"))
     parts.append("<h3>Longitudinal</h3>")
@@ -303,7 +346,8 @@ def _clinical(page, ds, stats, progress, side, rng) -> str:
             "Odds ratio of EDSS worsening per 1 %/year of annualised thalamic volume change "
             "(logistic regression with covariates), per method × contrast; lines: 95 % CIs; "
             "dashed: OR = 1.", progress,
-            absent="longitudinal.csv holds no finite odds ratio (too few worsening events?)."))
+            absent=_note(lg) or "longitudinal.csv holds no finite odds ratio (too few EDSS "
+            "worsening events to fit the logistic model)."))
         parts.append(_table_block(page, "longitudinal", lg, caption="Longitudinal models"))
     parts.append("<h3>Annualised change by group</h3>")
     parts.append(_save_figure(
@@ -348,8 +392,9 @@ def _harmonisation(page, ds, stats, progress, harmonised) -> str:
         parts.append(_save_figure(
             page, F.plot_site_distributions(before, after), "site_distributions",
             "Thalamic volume (total, mm³) per acquisition site, per method × contrast"
-            + (", before (hatched, pale) and after (solid) ComBat harmonisation."
-               if after is not None else " (raw volumes)."),
+            + (", before (hatched, pale) and after (solid) ComBat harmonisation"
+               + (f" ({harmonised.attrs['harmonised_by']})" if "harmonised_by" in harmonised.attrs else "")
+               + "." if after is not None else " (raw volumes)."),
             progress, absent="No volumes to compare across sites."))
     parts.append(_table_block(page, "harmonisation", stats.get("harmonisation"),
                               caption="Harmonisation (ComBat): per-site location/scale estimates "
@@ -562,21 +607,48 @@ def write_report(
         ds = st.open_results()
     except StoreNotFoundError:
         ds = None
-    folder = Path(stats_dir) if stats_dir is not None else Path(str(st.path)).parent
-    stats = load_stats(folder)
-    harmonised = _harmonised_from_store(st)
+    stats, source = {}, None
+    local = "://" not in str(st.path)
+    if stats_dir is not None:
+        stats, source = load_stats(stats_dir), f"CSV files in {stats_dir}"
+    elif local and load_stats(Path(str(st.path)).resolve().parent):
+        folder = Path(str(st.path)).resolve().parent
+        stats, source = load_stats(folder), f"CSV files in {folder} (also in the store's stats dataset)"
+    else:  # e.g. an object-store URL: the tables stored in the store itself
+        try:
+            stats, source = stats_from_dataset(st.open_results("stats")), "the store's stats dataset"
+        except Exception:  # noqa: BLE001 - no statistics yet: the sections say so
+            stats = {}
+    harmonised = _harmonised(st, ds, stats)
+    run_info = {**({"statistics from": source} if stats else {}), **(run_info or {})}
     return build_report(out, results=ds, stats=stats, store=st, harmonised=harmonised, rng=rng,
                         qc_random=qc_random, run_info=run_info, progress=progress)
 
 
-def _harmonised_from_store(st) -> xr.Dataset | None:
-    """The harmonised results (``volume_mm3`` with ``volume_mm3_raw``) stored by the
-    statistics stage, if any."""
-    for name in ("stats", "harmonised"):
+def _harmonised(st, ds, stats) -> xr.Dataset | None:
+    """Harmonised volumes (``volume_mm3``, original in ``volume_mm3_raw``): from the store
+    when the statistics stage stored them, else recomputed with ``thaldask.stats.harmonise``
+    and its default ComBat settings when the harmonisation table shows that ComBat ran."""
+    for name in ("harmonised", "stats"):
         try:
             sds = st.open_results(name)
-        except Exception:  # noqa: BLE001 - absent or unreadable: the section says so
+        except Exception:  # noqa: BLE001 - absent: try the next source
             continue
         if "volume_mm3_raw" in sds and "volume_mm3" in sds:
             return sds
-    return None
+    h = stats.get("harmonisation")
+    if ds is None or h is None or "harmonised" not in h or not h["harmonised"].map(_truthy).any():
+        return None
+    try:
+        from thaldask.stats import harmonise
+        from thaldask.stats.run import DEFAULTS
+
+        cb = DEFAULTS["combat"]
+        with warnings.catch_warnings():  # the stats stage already reported small sites
+            warnings.simplefilter("ignore")
+            out, _ = harmonise(ds, protect=cb["protect"], eb=cb["eb"], mean_only=cb["mean_only"],
+                               min_site_size=cb["min_site_size"])
+        out.attrs["harmonised_by"] = "recomputed for the report with the default ComBat settings"
+        return out
+    except Exception:  # noqa: BLE001 - cannot recompute: the section shows raw volumes only
+        return None

@@ -200,8 +200,8 @@ def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total", colours=N
                    edgecolors="black", linewidths=0.9, zorder=4, label=_label(m, c))
     ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--", zorder=1)
     lo = min(0.5, np.nanmin([d["sensitivity"].min(), d["precision"].min()]) - 0.05)
-    ax.set_xlim(max(lo, 0), 1.0)
-    ax.set_ylim(max(lo, 0), 1.0)
+    ax.set_xlim(max(lo, 0), 1.02)
+    ax.set_ylim(max(lo, 0), 1.02)
     ax.set_aspect("equal")
     ax.set_xlabel("Sensitivity (unitless)")
     ax.set_ylabel("Precision (unitless)")
@@ -351,6 +351,9 @@ def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, 
             ax.plot(xs, centre - spread, color=OKABE_ITO["vermillion"], lw=0.9, ls=":",
                     label="regression-based 95% LoA")
             ax.plot(xs, centre + spread, color=OKABE_ITO["vermillion"], lw=0.9, ls=":")
+        y0, y1 = ax.get_ylim()
+        if y1 - y0 < 2.0:  # identical volumes: keep a readable mm³ scale around zero
+            ax.set_ylim(min(y0, -1.0), max(y1, 1.0))
         ax.set_title(f"{_label(m, c)} (n = {g.size})")
         ax.set_xlabel("Mean of method and GT volume (mm³)")
         ax.set_ylabel("Method − GT volume (mm³)")

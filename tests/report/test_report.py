@@ -1,0 +1,193 @@
+"""The HTML report: files it references, tables against the statistics outputs, absent
+inputs, and the end-to-end path from a real store (evaluate -> stats -> report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import PageParser, cell_matches, make_results, make_stats
+from PIL import Image
+
+from thaldask.report import build_report, write_report
+from thaldask.report.build import AGREEMENT_KEY_COLUMNS
+from thaldask.report.html import fmt_value
+
+
+@pytest.fixture(scope="module")
+def fixture_report(tmp_path_factory):
+    from thaldask.stats import fit_agreement
+
+    out = tmp_path_factory.mktemp("report")
+    ds = make_results()
+    stats = make_stats()
+    stats["agreement"] = fit_agreement(ds)
+    index = build_report(out, results=ds, stats=stats, progress=False)
+    return index, stats
+
+
+def assert_references_valid(index: Path) -> PageParser:
+    page = PageParser(index.read_text(encoding="utf-8"))
+    assert page.images, "the report has no figure"
+    for src in page.images:
+        assert "://" not in src and not src.startswith("/"), f"non-relative image {src}"
+        f = index.parent / src
+        assert f.is_file(), src
+        with Image.open(f) as im:
+            im.verify()
+        with Image.open(f) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+            px = np.asarray(im.convert("L"), float)
+            assert px.std() > 5, f"{src} is blank"
+    for href in page.links:
+        if href.startswith("#"):
+            continue
+        assert "://" not in href, f"network link {href}"
+        assert (index.parent / href).is_file(), href
+    return page
+
+
+def assert_tables_match(page: PageParser, stats: dict[str, pd.DataFrame]) -> int:
+    """Every statistics table on the page equals its source; returns tables checked."""
+    checked = 0
+    for tid, rows in page.tables.items():
+        if not tid.startswith("table-"):
+            continue
+        name = tid.removeprefix("table-").removesuffix("-key")
+        df = stats[name]
+        header, body = rows[0], rows[1:]
+        if tid.endswith("-key"):
+            assert header == [c for c in AGREEMENT_KEY_COLUMNS if c in df.columns]
+        else:
+            assert header == list(df.columns)
+        assert len(body) == len(df), tid
+        for r, cells in enumerate(body):
+            for c, shown in zip(header, cells, strict=True):
+                v = df[c].iloc[r]
+                assert cell_matches(shown, v), f"{tid} row {r} column {c}: {shown!r} vs {v!r}"
+        checked += 1
+    return checked
+
+
+def test_build_report_fixture_figures_exist_and_are_images(fixture_report):
+    index, _ = fixture_report
+    page = assert_references_valid(index)
+    names = {Path(s).stem for s in page.images}
+    assert {"agreement_distributions", "precision_sensitivity", "volume_vs_gt", "bland_altman",
+            "forest_clinical", "odds_ratios", "annualised_change", "site_distributions"} <= names
+
+
+def test_build_report_fixture_tables_equal_stats(fixture_report):
+    index, stats = fixture_report
+    page = PageParser(index.read_text(encoding="utf-8"))
+    # a full copy in the Tables section of each non-empty table + the agreement key table;
+    # the empty method_comparison is stated, not drawn
+    assert assert_tables_match(page, stats) == sum(not df.empty for df in stats.values()) + 1
+    assert "method_comparison.csv is empty" in index.read_text(encoding="utf-8")
+    for name, df in stats.items():
+        csv = pd.read_csv(index.parent / "tables" / f"{name}.csv")
+        assert list(csv.columns) == list(df.columns)
+        assert len(csv) == len(df)
+        assert f"tables/{name}.csv" in page.links
+
+
+def test_build_report_synthetic_flag_banner_at_top(fixture_report, tmp_path):
+    index, _ = fixture_report
+    text = index.read_text(encoding="utf-8")
+    assert text.index('id="synthetic-banner"') < text.index("<header>")
+    ds = make_results(n_subjects=4)
+    ds.attrs["synthetic"] = "False"  # attrs stored as strings by some writers
+    real = build_report(tmp_path, results=ds, stats={}, progress=False)
+    assert "synthetic-banner" not in real.read_text(encoding="utf-8")
+
+
+def test_build_report_overview_counts_cohort(fixture_report):
+    index, _ = fixture_report
+    page = PageParser(index.read_text(encoding="utf-8"))
+    grid = page.tables["methods-contrasts"]
+    assert grid[0] == ["method \\ contrast", "T1w", "FLAIR", "R1"]
+    rows = {r[0]: r[1:] for r in grid[1:]}
+    # 12 subjects × 2 timepoints minus subject 3's missing follow-up; GT: 8 baseline scans;
+    # one mindglide-sim FLAIR Dice is NaN
+    assert rows["freesurfer-sim"] == ["23 / 8", "–", "–"]
+    assert rows["mindglide-sim"] == ["23 / 8", "23 / 7", "23 / 8"]
+    text = index.read_text(encoding="utf-8")
+    assert "8 subjects, 8 scans have manual ground truth (baseline: 8, m12: 0)." in text
+    for pkg in ("numpy", "xarray", "zarr", "matplotlib"):
+        assert f"<th>{pkg}</th>" in text
+
+
+def test_build_report_absent_inputs_stated_no_figures(tmp_path):
+    index = build_report(tmp_path, results=None, stats={}, progress=False)
+    text = index.read_text(encoding="utf-8")
+    page = PageParser(text)
+    assert page.images == []
+    assert text.count('class="absent"') >= 6
+    assert "No results dataset in the store" in text
+    assert "No statistics tables found" in text
+    assert "No cohort store given" in text
+
+
+def test_build_report_no_ground_truth_agreement_absent(tmp_path):
+    ds = make_results()
+    for v in ("dice", "sensitivity", "precision", "gt_volume_mm3"):
+        ds[v] = ds[v] * np.nan
+    index = build_report(tmp_path, results=ds, stats={}, progress=False)
+    text = index.read_text(encoding="utf-8")
+    assert "No scan has both a ground-truth mask and a method mask" in text
+    names = {Path(s).stem for s in PageParser(text).images}
+    assert "bland_altman" not in names and "annualised_change" in names
+
+
+def test_build_report_note_table_shown_as_reason(tmp_path):
+    stats = {"agreement": pd.DataFrame([{"note": "no ground-truth volumes"}])}
+    text = build_report(tmp_path, results=None, stats=stats, progress=False).read_text("utf-8")
+    assert "agreement: no ground-truth volumes" in text
+
+
+@pytest.mark.slow
+def test_write_report_store_tables_match_stats_csvs(evaluated_store, tmp_path):
+    store, csvs = evaluated_store
+    index = write_report(store, tmp_path / "rep", progress=False, rng=1, qc_random=1)
+    assert index == tmp_path / "rep" / "index.html"
+    page = assert_references_valid(index)
+    stats = {name: pd.read_csv(p) for name, p in csvs.items()}
+    assert assert_tables_match(page, stats) >= len(stats)
+    qc = [s for s in page.images if s.startswith("qc/")]
+    assert sorted(Path(s).stem for s in qc) == ["qc_atlas-sim_T1w", "qc_dl-sim_FLAIR", "qc_dl-sim_T1w"]
+    text = index.read_text(encoding="utf-8")
+    assert "CSV files in" in text
+    assert 'id="synthetic-banner"' in text
+
+
+def test_stats_from_dataset_same_tables_as_csvs(evaluated_store):
+    from thaldask.report.build import stats_from_dataset
+    from thaldask.store import open_store
+
+    store, csvs = evaluated_store
+    tables = stats_from_dataset(open_store(store).open_results("stats"))
+    assert set(tables) == set(csvs)
+    for name, p in csvs.items():
+        csv = pd.read_csv(p)
+        got = tables[name][list(csv.columns)]
+        assert len(got) == len(csv)
+        for c in csv.columns:
+            for a, b in zip(got[c], csv[c], strict=True):
+                assert cell_matches(fmt_value(a), b), (name, c, a, b)
+
+
+@pytest.mark.slow
+def test_cli_report_prints_index_path(evaluated_store, tmp_path):
+    from thaldask.cli import main
+
+    store, _ = evaluated_store
+    res = CliRunner().invoke(main, ["report", store, "--out", str(tmp_path / "r"), "--seed", "3",
+                                    "--qc-random", "0"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == f"report: {tmp_path / 'r' / 'index.html'}"
+    missing = CliRunner().invoke(main, ["report", str(tmp_path / "nope.zarr"), "--out", str(tmp_path)])
+    assert missing.exit_code == 2
+    assert "thaldask: error:" in missing.output
