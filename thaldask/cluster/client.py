@@ -117,7 +117,7 @@ def get_client(
     resources: dict | None = None,
     quiet: bool = False,
     cluster_config=None,
-) -> Iterator["distributed.Client"]:  # noqa: F821
+) -> Iterator[distributed.Client]:  # noqa: F821
     """Yield a ``distributed.Client``; close what was started on exit.
 
     Parameters
