@@ -94,9 +94,15 @@ def load_template(index: int) -> Template:
         icv = float(z["icv_mm3"])
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     thal = np.isin(labels, THALAMUS)
-    # fill the thalamus with the label of the nearest other structure (what atrophy exposes)
-    idx = ndi.distance_transform_edt(thal, return_distances=False, return_indices=True)
-    filled = labels[tuple(idx)]
+    # fill the thalamus with the label of the nearest other structure (what atrophy exposes),
+    # working in the thalamic bounding box only
+    tijk = np.argwhere(thal)
+    tlo = np.maximum(tijk.min(axis=0) - 4, 0)
+    thi = np.minimum(tijk.max(axis=0) + 5, labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(tlo, thi))
+    idx = ndi.distance_transform_edt(thal[box], return_distances=False, return_indices=True)
+    filled = labels.copy()
+    filled[box] = labels[box][tuple(idx)]
     centroids, box_lo, sdts, sorted_sdts, vols = [], [], [], [], []
     for lab in THALAMUS:
         m = labels == lab

@@ -41,6 +41,8 @@ MANIFEST_COLUMNS = ["subject", "timepoint", "site", "kind", "contrast", "method"
 #: conformed grid side (voxels, 1 mm) for freesurfer-sim
 SHAPES = {
     "small": {"fov_mm": (72.0, 80.0, 64.0), "centre_mm": (0.0, -4.0, 4.0), "conformed": 96},
+    # the two thalami and a margin only: for unit tests that need many subjects
+    "tiny": {"fov_mm": (64.0, 56.0, 44.0), "centre_mm": (0.0, -6.0, 2.0), "conformed": 72},
     "full": {"fov_mm": (192.0, 240.0, 208.0), "centre_mm": (0.0, 8.0, 2.0), "conformed": 256},
 }
 GT_LABELS = "L:1;R:2"
@@ -248,8 +250,9 @@ def make_cohort(out, *, n_subjects: int, n_timepoints: int = 2, n_sites: int = 2
     out : destination folder (created)
     n_subjects, n_timepoints, n_sites : cohort size (timepoints ``baseline``, ``m12``, ...)
     seed : same seed, same bytes
-    shape : ``"small"`` (72×80×64 mm field of view around the deep grey matter) or ``"full"``
-        (whole 1 mm head, 192×240×208 mm)
+    shape : ``"small"`` (72×80×64 mm field of view around the deep grey matter), ``"full"``
+        (whole 1 mm head, 192×240×208 mm) or ``"tiny"`` (64×56×44 mm: the thalami and a
+        margin, for tests)
     client : a ``distributed.Client``; subjects are rendered in parallel on it (one task per
         subject). ``None`` renders in this process.
     params : partial dict of planted parameters (see :mod:`thaldask.synth.params`)

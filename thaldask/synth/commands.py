@@ -18,8 +18,10 @@ from thaldask.cli import handle_errors, scheduler_option
               help="Acquisition sites (each with its own voxel size, scale, bias, noise).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
               help="Random seed; the same seed writes the same bytes.")
-@click.option("--shape", type=click.Choice(["small", "full"]), default="small", show_default=True,
-              help="small: 72x80x64 mm around the deep grey matter; full: whole 1 mm heads.")
+@click.option("--shape", type=click.Choice(["small", "full", "tiny"]), default="small",
+              show_default=True,
+              help="small: 72x80x64 mm around the deep grey matter; full: whole 1 mm heads; "
+                   "tiny: the thalami only (tests).")
 @click.option("--gt-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Share of patients with manual ground truth at baseline.")
 @click.option("--local", is_flag=True, help="Render in this process instead of on a Dask cluster.")

@@ -92,7 +92,10 @@ _DEFAULTS: dict = {
         "disease_duration_mean": 8.0,
         "missing_rate": 0.05,  # edss and sdmt, each, missing completely at random
     },
-    "ground_truth": {"fraction_of_patients": 0.5, "timepoints": ["baseline"]},
+    # manual ground truth: a share of patients (controls too if asked) at the listed
+    # timepoints ("all" for every visit)
+    "ground_truth": {"fraction_of_patients": 0.5, "include_controls": False,
+                     "timepoints": ["baseline"]},
     "contrasts": {
         # signal equations; see thaldask.synth.images
         "t1w": {"ti_s": 1.2, "tr_s": 2.3, "pv_fwhm_vox": 1.0, "reference": 1000.0},
@@ -107,22 +110,22 @@ _DEFAULTS: dict = {
         #                                           + prop_bias_mm * (V / V_ref - 1) + jitter
         # where sdt is the signed distance to the true boundary (mm, negative inside)
         "reference_volume_mm3": 6500.0,
-        "freesurfer-sim": {"contrasts": ["T1w"], "offset_mm": 0.35, "wm_offset_mm": 0.6,
-                           "roughness_mm": 0.55, "scale_mm": 2.5, "prop_bias_mm": 1.2,
+        "freesurfer-sim": {"contrasts": ["T1w"], "offset_mm": 0.3, "wm_offset_mm": 0.6,
+                           "roughness_mm": 1.1, "scale_mm": 2.5, "prop_bias_mm": 1.2,
                            "jitter_mm": 0.08, "labels": "freesurfer"},
-        "first-sim": {"contrasts": ["T1w"], "offset_mm": 0.35, "wm_offset_mm": 0.5,
-                      "roughness_mm": 0.6, "scale_mm": 3.0, "prop_bias_mm": 0.0,
+        "first-sim": {"contrasts": ["T1w"], "offset_mm": 0.3, "wm_offset_mm": 0.5,
+                      "roughness_mm": 1.2, "scale_mm": 3.0, "prop_bias_mm": 0.0,
                       "jitter_mm": 0.1, "labels": "first"},
-        "dbsegment-sim": {"contrasts": ["T1w"], "offset_mm": -0.12, "wm_offset_mm": 0.0,
-                          "roughness_mm": 0.3, "scale_mm": 2.0, "prop_bias_mm": -1.0,
+        "dbsegment-sim": {"contrasts": ["T1w"], "offset_mm": -0.15, "wm_offset_mm": 0.0,
+                          "roughness_mm": 0.7, "scale_mm": 2.0, "prop_bias_mm": -1.0,
                           "jitter_mm": 0.05, "labels": "dbsegment"},
         "mindglide-sim": {
-            "contrasts": ["T1w", "FLAIR", "R1"], "offset_mm": 0.0, "wm_offset_mm": 0.0,
-            "roughness_mm": 0.45, "scale_mm": 2.0, "prop_bias_mm": 0.0, "jitter_mm": 0.06,
+            "contrasts": ["T1w", "FLAIR", "R1"], "offset_mm": -0.14, "wm_offset_mm": 0.0,
+            "roughness_mm": 1.0, "scale_mm": 2.0, "prop_bias_mm": 0.0, "jitter_mm": 0.06,
             "labels": "mindglide:L:5;R:6",
-            # per contrast changes to the values above
-            "by_contrast": {"FLAIR": {"roughness_mm": 0.6, "offset_mm": -0.08},
-                            "R1": {"roughness_mm": 0.38}},
+            # per contrast changes to the values above (FLAIR rougher, R1 slightly sharper)
+            "by_contrast": {"FLAIR": {"roughness_mm": 1.2, "offset_mm": -0.19},
+                            "R1": {"roughness_mm": 0.9, "offset_mm": -0.12}},
         },
     },
 }

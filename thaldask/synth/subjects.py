@@ -150,9 +150,13 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
     pidx = np.flatnonzero(patient)
     n_gt = int(round(p["ground_truth"]["fraction_of_patients"] * pidx.size))
     has_gt[rng.permutation(pidx)[:n_gt]] = True
+    if p["ground_truth"].get("include_controls"):
+        has_gt[~patient] = True
+    gt_tps = p["ground_truth"]["timepoints"]
 
     rows = []
     tps = timepoint_names(n_timepoints)
+    width = max(3, len(str(n)))  # zero-padded ids sort like their numbers
     edss_prev = None
     u_worse = rng.random((n, n_timepoints))
     u_step = rng.random((n, n_timepoints))
@@ -193,7 +197,7 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
         for i in range(n):
             left = thal[i] * left_share[i]
             rows.append({
-                "subject": f"sub-{i + 1:03d}",
+                "subject": f"sub-{i + 1:0{width}d}",
                 "timepoint": tp,
                 "site": f"site-{site_idx[i] + 1}",
                 "group": group[i],
@@ -215,7 +219,7 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
                 "site_index": int(site_idx[i]),
                 "subject_index": i,
                 "timepoint_index": k,
-                "has_gt": bool(has_gt[i] and tp in p["ground_truth"]["timepoints"]),
+                "has_gt": bool(has_gt[i] and (gt_tps == "all" or tp in gt_tps)),
                 "edss_true": float(edss[i]),
                 "sdmt_true": float(sdmt[i]),
                 "worsened": bool(worsened[i]),
