@@ -19,7 +19,7 @@ EXAMPLE = Path(thaldask.__file__).parent / "data" / "example_config.yaml"
 
 
 def _make_store(path):
-    spec = importlib.util.spec_from_file_location("_metrics_store", Path(__file__).parent / "metrics" / "conftest.py")
+    spec = importlib.util.spec_from_file_location("_metrics_store", Path(__file__).parent / "metrics" / "metrics_store_helper.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.make_store(path)
@@ -72,6 +72,7 @@ def test_run_config_existing_store_evaluates_into_out(tmp_path):
     st, _ = _make_store(tmp_path / "cohort.zarr")
     (tmp_path / "run.yaml").write_text(
         "store: cohort.zarr\nout: tables\nstages:\n  evaluate:\n    surface: false\n"
+        "  segment: {enabled: false}\n  stats: {enabled: false}\n  report: {enabled: false}\n"
     )
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cl, Client(cl) as c:
         ctx = run_config(tmp_path / "run.yaml", client=c, progress=False)
