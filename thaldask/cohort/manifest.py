@@ -100,6 +100,19 @@ def read_header(file: str):
     return img
 
 
+def _stored_dtype(img) -> str:
+    """Data type of the voxel values as read: on-disk type when unscaled, else float32."""
+    import numpy as np
+
+    dt = np.dtype(img.header.get_data_dtype())
+    get = getattr(img.header, "get_slope_inter", None)
+    slope, inter = get() if get else (None, None)
+    scaled = slope is not None and np.isfinite(slope) and (
+        slope != 1 or (inter is not None and np.isfinite(inter) and inter != 0)
+    )
+    return "float32" if scaled or dt.kind == "f" else dt.str.lstrip("<>|=")
+
+
 def validate(
     manifest: pd.DataFrame | str | os.PathLike,
     *,
@@ -116,8 +129,9 @@ def validate(
     Returns
     -------
     pandas.DataFrame
-        the manifest (read if a path was given) with ``shape`` (tuple) and ``affine``
-        (4x4 float64 array) columns from the headers when ``read_headers``.
+        the manifest (read if a path was given) with ``shape`` (tuple), ``affine``
+        (4x4 float64 array) and ``dtype`` (voxel type as read) columns from the headers
+        when ``read_headers``.
 
     Raises
     ------
@@ -180,6 +194,7 @@ def validate(
             bad(int(grp["row"].iloc[0]), f"subject {s!r} timepoint {t!r} has several sites {sites}")
     shapes: list = [None] * len(df)
     affines: list = [None] * len(df)
+    dtypes: list = [None] * len(df)
     if check_files:
         for k, r in enumerate(df.itertuples(index=False)):
             if not r.file:
@@ -201,6 +216,7 @@ def validate(
                     continue
                 shapes[k] = tuple(int(n) for n in img.shape)
                 affines[k] = img.affine.astype("float64")
+                dtypes[k] = _stored_dtype(img)
     if problems:
         problems.sort(key=lambda p: p[0])
         lines = [p[1] for p in problems]
@@ -211,6 +227,7 @@ def validate(
     if check_files and read_headers:
         df["shape"] = shapes
         df["affine"] = affines
+        df["dtype"] = dtypes
         df.attrs["validated"] = True
     return df
 

@@ -105,10 +105,10 @@ def load_volume(path: str, *, kind: str = "image") -> Volume:
     if len(shape) != 3:
         raise ScanError(f"has {len(img.shape)} dimensions {tuple(img.shape)}; a 3D volume is required")
     try:
-        if kind == "image":
-            data = np.asarray(img.get_fdata(dtype=np.float32))
-        else:
-            data = np.asarray(img.dataobj)
+        # raw integers when the file is unscaled, else float (scaling applied)
+        data = np.asarray(img.dataobj)
+        if kind == "image" and data.dtype.kind == "f" and data.dtype != np.float32:
+            data = data.astype(np.float32)
     except (EOFError, OSError, ValueError, zlib.error) as exc:
         raise ScanError(f"truncated or unreadable voxel data ({str(exc).splitlines()[0]})") from None
     data = data.reshape(shape)
@@ -250,5 +250,38 @@ def content_hash(data: np.ndarray, affine: np.ndarray) -> bytes:
     h = hashlib.sha256()
     h.update(str((data.dtype.str, data.shape)).encode())
     h.update(np.ascontiguousarray(affine, dtype=np.float64).tobytes())
-    h.update(np.ascontiguousarray(data).tobytes())
+    h.update(memoryview(np.ascontiguousarray(data)).cast("B"))
     return h.digest()
+
+
+def fast_sides(data: np.ndarray, conv, *, allowed: set | None = None) -> np.ndarray:
+    """Integer mask -> uint8 0/1/2 (binary: 0/1) through a look-up table (one pass).
+
+    Same result as :func:`thaldask.cohort.labels.to_sides` for labels in 0..65535. With
+    ``allowed``, a label outside it raises LabelConventionError naming the labels found.
+    """
+    from thaldask.errors import LabelConventionError
+
+    hi = int(data.max()) if data.size else 0
+    n = max(hi + 1, 2)
+    lut = np.zeros(n, np.uint8)
+    if conv.binary:
+        if conv.ids:
+            lut[[i for i in conv.ids if i < n]] = 1
+        else:
+            lut[1:] = 1
+    else:
+        lut[[i for i in conv.left if i < n]] = 1
+        lut[[i for i in conv.right if i < n]] = 2
+    idx = data if data.dtype.kind == "u" else data.astype(np.intp, copy=False)
+    if allowed is not None:
+        bad = np.ones(n, bool)
+        bad[[a for a in allowed if a < n]] = False
+        if bad[idx].any():
+            found = np.unique(data)
+            unexpected = sorted(set(found.tolist()) - set(allowed))
+            raise LabelConventionError(
+                f"mask holds unexpected labels {unexpected[:8]} for convention {conv.spec!r} "
+                f"(allowed {sorted(allowed)})"
+            )
+    return lut[idx]

@@ -447,10 +447,12 @@ class CohortStore:
             # mark unwritten first so that an interrupted overwrite is redone on re-run
             rec_z[i, 0] = 0.0
         z = self._array(name, mode="r+")
-        full = np.zeros(z.shape[1:], dtype=z.dtype)
-        sl = tuple(slice(0, s) for s in data.shape)
-        full[sl] = data
-        z[i] = full
+        if tuple(data.shape) == tuple(z.shape[1:]) and data.dtype == z.dtype:
+            full = data
+        else:
+            full = np.zeros(z.shape[1:], dtype=z.dtype)
+            full[tuple(slice(0, s) for s in data.shape)] = data
+        z[i] = full  # the whole chunk-aligned region of scan i
         for key, arr in (extra or {}).items():
             ez = self._array(key, mode="r+")
             efull = np.zeros(ez.shape[1:], dtype=ez.dtype)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from thaldask.cohort.labels import parse_labels, split_binary_by_midline, to_sides
+from thaldask.cohort.labels import parse_labels, split_binary_by_midline
 from thaldask.cohort.manifest import scan_table, validate
 from thaldask.errors import (
     GridMismatchError,
@@ -50,6 +50,7 @@ class _Plan:
     scan_meta: dict
     orig_axcodes: list[str]
     specs: list[dict]
+    image_dtypes: dict
 
 
 def _array_name(kind: str, contrast: str, method: str) -> str:
@@ -116,7 +117,26 @@ def plan_ingest(df: pd.DataFrame) -> _Plan:
             )
         specs.append({"scan": i, "subject": s, "timepoint": t, "entries": entries})
     grid = tuple(int(v) for v in meta["shape"].max(0))
-    return _Plan(scans, ref_contrast, grid, meta, axc, specs)
+    return _Plan(scans, ref_contrast, grid, meta, axc, specs, _image_dtypes(df, specs, meta))
+
+
+def _image_dtypes(df: pd.DataFrame, specs, meta) -> dict[str, str]:
+    """Storage type per image contrast: int16 when every file of it is unscaled 8/16-bit
+    integer on its scan's reference grid (exact, half the bytes of float32), else float32."""
+    small = {"uint8", "int8", "int16"}
+    out: dict[str, str] = {}
+    by_row = df.set_index("row")
+    for sp in specs:
+        i = sp["scan"]
+        for e in sp["entries"]:
+            if e["kind"] != "image":
+                continue
+            r = by_row.loc[e["row"]]
+            ok = str(r.get("dtype", "float32")) in small and _io.same_grid(
+                r["affine"], r["shape"][:3], meta["orig_affine"][i], meta["orig_shape"][i]
+            )
+            out[e["array"]] = "int16" if out.get(e["array"], "int16") == "int16" and ok else "float32"
+    return out
 
 
 def _header_bytes(file: str) -> tuple[int, bytes]:
@@ -202,14 +222,16 @@ def _ingest_file(
     data = vol.data
     same = _io.same_grid(vol.affine, data.shape, orig_aff, orig_shape)
     if e["kind"] == "image":
-        finite = np.isfinite(data)
-        nbad = int(data.size - np.count_nonzero(finite))
-        if nbad:
-            if nbad > MAX_NAN_FRACTION * data.size:
-                raise ScanError(f"image is NaN-filled ({nbad} of {data.size} voxels not finite)")
-            data = np.where(finite, data, np.float32(0))
-            flags |= NAN_REPLACED
-            note = f"{nbad} non-finite voxels set to 0"
+        target = np.dtype(e.get("dtype", "float32"))
+        if data.dtype.kind == "f":
+            finite = np.isfinite(data)
+            nbad = int(data.size - np.count_nonzero(finite))
+            if nbad:
+                if nbad > MAX_NAN_FRACTION * data.size:
+                    raise ScanError(f"image is NaN-filled ({nbad} of {data.size} voxels not finite)")
+                data = np.where(finite, data, np.float32(0))
+                flags |= NAN_REPLACED
+                note = f"{nbad} non-finite voxels set to 0"
         if vol.scaled:
             flags |= SCALED
         if same:
@@ -221,11 +243,10 @@ def _ingest_file(
                 )
             ras = _io.resample_to(data, vol.affine, aff_ras, shape_ras, order=1)
             flags |= RESAMPLED
-        ras = np.ascontiguousarray(ras, dtype=np.float32)
+        ras = _cast_image(ras, target, name)
     else:
         conv = parse_labels(e["labels"])
-        _check_mask_values(data, conv)
-        sides = to_sides(data, conv, strict=True)
+        sides = _mask_sides(data, conv)
         if same:
             ras, _, _ = _io.to_ras(sides, vol.affine, ornt)
         else:
@@ -257,27 +278,40 @@ def _ingest_file(
     return {"status": status, "resampled": bool(flags & RESAMPLED), "reason": note}
 
 
-def _check_mask_values(data: np.ndarray, conv) -> None:
+def _cast_image(ras: np.ndarray, target: np.dtype, name: str) -> np.ndarray:
+    """Voxels in the array's storage type; integers only where exact."""
+    if target.kind in "iu" and not np.can_cast(ras.dtype, target, casting="safe"):
+        info = np.iinfo(target)
+        if ras.dtype.kind == "f" and not np.array_equal(ras, np.round(ras)):
+            raise ScanError(f"{name} is stored as {target} but this file holds non-integer values")
+        lo, hi = (ras.min(), ras.max()) if ras.size else (0, 0)
+        if lo < info.min or hi > info.max:
+            raise ScanError(f"{name} is stored as {target} but this file holds values {lo}..{hi}")
+    return np.ascontiguousarray(ras, dtype=target)
+
+
+def _mask_sides(data: np.ndarray, conv) -> np.ndarray:
+    """Validate a mask's values and map them to 0/1/2 (binary: 0/1)."""
     if data.dtype.kind == "f":
-        if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
             raise LabelConventionError("mask holds non-integer values")
-    elif data.dtype.kind not in "iub":
+        data = data.astype(np.int64)
+    elif data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    elif data.dtype.kind not in "iu":
         raise LabelConventionError(f"mask has data type {data.dtype}; integers required")
-    vals = np.unique(data)
-    if vals.size and (vals.min() < 0 or vals.max() > 65535):
-        raise LabelConventionError(f"mask holds labels outside 0..65535 ({vals.min()}..{vals.max()})")
+    if data.size:
+        lo = int(data.min()) if data.dtype.kind == "i" else 0
+        hi = int(data.max())
+        if lo < 0 or hi > 65535:
+            raise LabelConventionError(f"mask holds labels outside 0..65535 ({lo}..{hi})")
     if conv.binary:
         allowed = {0, *conv.ids} if conv.ids else {0, 1}
-    elif conv.name.startswith(("L:", "l:")) or conv.name[:1].isdigit() or ":" in conv.name:
-        allowed = {0, *conv.left, *conv.right}
+    elif conv.name.split(":")[0].lower() in ("freesurfer", "synthseg", "first", "aseg", "dbsegment"):
+        allowed = None  # atlas/DL outputs carry many other structures: dropped
     else:
-        return  # atlas/DL conventions carry many other structures: dropped
-    unexpected = sorted(set(int(v) for v in vals) - allowed)
-    if unexpected:
-        raise LabelConventionError(
-            f"mask holds unexpected labels {unexpected[:8]} for convention {conv.spec!r} "
-            f"(allowed {sorted(allowed)})"
-        )
+        allowed = {0, *conv.left, *conv.right}
+    return _io.fast_sides(data, conv, allowed=allowed)
 
 
 # ---------------------------------------------------------------- driver
@@ -405,8 +439,13 @@ def ingest(
             storage_options=storage_options,
         )
     # create every array before any task writes
+    stored = {}
     for name in sorted({e["array"] for sp in plan.specs for e in sp["entries"]}):
-        st.ensure_array(name, dtype="float32" if name.startswith("images/") else "uint8")
+        st.ensure_array(name, dtype=plan.image_dtypes.get(name, "uint8"))
+        stored[name] = st._array(name).dtype.str
+    for sp in plan.specs:
+        for e in sp["entries"]:
+            e["dtype"] = stored[e["array"]]
     if clin is not None:
         set_clinical(st, clin)
     rows = _run(store, plan.specs, client=client, progress=progress,
@@ -458,7 +497,7 @@ def _run(store, specs, *, client, progress, kwargs):
             bar.advance()
 
     with bar, _CB():
-        results = dask.compute(*tasks, scheduler="threads")
+        results = dask.compute(*tasks, scheduler=dask.config.get("scheduler", None) or "threads")
     for r in results:
         rows.extend(r)
     return rows
