@@ -267,3 +267,17 @@ def cell_matches(shown: str, value) -> bool:
             return False
         return bool(np.isclose(float(shown), float(value), rtol=6e-4, atol=0))
     return shown == str(value)
+
+
+@pytest.fixture(scope="session")
+def fixture_report(tmp_path_factory):
+    """A report built from the hand-made results and tables (agreement from the stats stage)."""
+    from thaldask.report import build_report
+    from thaldask.stats import fit_agreement
+
+    out = tmp_path_factory.mktemp("report")
+    ds = make_results()
+    stats = make_stats()
+    stats["agreement"] = fit_agreement(ds)
+    index = build_report(out, results=ds, stats=stats, progress=False)
+    return index, stats

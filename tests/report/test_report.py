@@ -9,24 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import PageParser, cell_matches, make_results, make_stats
+from conftest import PageParser, cell_matches, make_results
 from PIL import Image
 
-from thaldask.report import build_report, write_report
+from thaldask.report import build_report
 from thaldask.report.build import AGREEMENT_KEY_COLUMNS
 from thaldask.report.html import fmt_value
-
-
-@pytest.fixture(scope="module")
-def fixture_report(tmp_path_factory):
-    from thaldask.stats import fit_agreement
-
-    out = tmp_path_factory.mktemp("report")
-    ds = make_results()
-    stats = make_stats()
-    stats["agreement"] = fit_agreement(ds)
-    index = build_report(out, results=ds, stats=stats, progress=False)
-    return index, stats
 
 
 def assert_references_valid(index: Path) -> PageParser:
@@ -98,7 +86,7 @@ def test_build_report_synthetic_flag_banner_at_top(fixture_report, tmp_path):
     index, _ = fixture_report
     text = index.read_text(encoding="utf-8")
     assert text.index('id="synthetic-banner"') < text.index("<header>")
-    ds = make_results(n_subjects=4)
+    ds = make_results(n_subjects=4).isel(method=[0], contrast=[0])
     ds.attrs["synthetic"] = "False"  # attrs stored as strings by some writers
     real = build_report(tmp_path, results=ds, stats={}, progress=False)
     assert "synthetic-banner" not in real.read_text(encoding="utf-8")
@@ -148,21 +136,6 @@ def test_build_report_note_table_shown_as_reason(tmp_path):
     assert "agreement: no ground-truth volumes" in text
 
 
-@pytest.mark.slow
-def test_write_report_store_tables_match_stats_csvs(evaluated_store, tmp_path):
-    store, csvs = evaluated_store
-    index = write_report(store, tmp_path / "rep", progress=False, rng=1, qc_random=1)
-    assert index == tmp_path / "rep" / "index.html"
-    page = assert_references_valid(index)
-    stats = {name: pd.read_csv(p) for name, p in csvs.items()}
-    assert assert_tables_match(page, stats) >= len(stats)
-    qc = [s for s in page.images if s.startswith("qc/")]
-    assert sorted(Path(s).stem for s in qc) == ["qc_atlas-sim_T1w", "qc_dl-sim_FLAIR", "qc_dl-sim_T1w"]
-    text = index.read_text(encoding="utf-8")
-    assert "CSV files in" in text
-    assert 'id="synthetic-banner"' in text
-
-
 def test_stats_from_dataset_same_tables_as_csvs(evaluated_store):
     from thaldask.report.build import stats_from_dataset
     from thaldask.store import open_store
@@ -180,14 +153,30 @@ def test_stats_from_dataset_same_tables_as_csvs(evaluated_store):
 
 
 @pytest.mark.slow
-def test_cli_report_prints_index_path(evaluated_store, tmp_path):
+def test_cli_report_store_tables_match_stats_csvs(evaluated_store, tmp_path):
+    """``thaldask report`` (write_report) on a store that went through evaluate and stats."""
     from thaldask.cli import main
 
-    store, _ = evaluated_store
-    res = CliRunner().invoke(main, ["report", store, "--out", str(tmp_path / "r"), "--seed", "3",
-                                    "--qc-random", "0"])
+    store, csvs = evaluated_store
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(main, ["report", store, "--out", str(out), "--seed", "1",
+                                    "--qc-random", "1"])
     assert res.exit_code == 0, res.output
-    assert res.output.strip().splitlines()[-1] == f"report: {tmp_path / 'r' / 'index.html'}"
-    missing = CliRunner().invoke(main, ["report", str(tmp_path / "nope.zarr"), "--out", str(tmp_path)])
-    assert missing.exit_code == 2
-    assert "thaldask: error:" in missing.output
+    index = out / "index.html"
+    assert res.output.strip().splitlines()[-1] == f"report: {index}"
+    page = assert_references_valid(index)
+    stats = {name: pd.read_csv(p) for name, p in csvs.items()}
+    assert assert_tables_match(page, stats) >= len(stats)
+    qc = [s for s in page.images if s.startswith("qc/")]
+    assert sorted(Path(s).stem for s in qc) == ["qc_atlas-sim_T1w", "qc_dl-sim_FLAIR", "qc_dl-sim_T1w"]
+    text = index.read_text(encoding="utf-8")
+    assert "CSV files in" in text
+    assert 'id="synthetic-banner"' in text
+
+
+def test_cli_report_missing_store_one_line_error(tmp_path):
+    from thaldask.cli import main
+
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "nope.zarr"), "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.output.startswith("thaldask: error:") and res.output.count("\n") == 1
