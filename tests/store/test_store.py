@@ -103,3 +103,64 @@ def test_write_results_roundtrip_keeps_strings_and_nan(small_cohort, tmp_path):
     xr.testing.assert_equal(back.drop_vars("group"), ds.drop_vars("group"))
     assert back.group.values.tolist() == ["MS", "HC"]
     assert float(open_store(store).open_results("stats").dice[0, 0]) == 0.0
+
+
+def test_ingest_fsspec_url_store_roundtrip(tmp_path):
+    import dask
+    import fsspec
+
+    from store_helpers import make_cohort
+
+    man = make_cohort(tmp_path / "in", [{"subject": "s1", "timepoint": "baseline", "orient": "LIA"}])
+    url = f"memory://thaldask-test-{tmp_path.name}/c.zarr"
+    try:
+        with dask.config.set(scheduler="sync"):
+            rep = ingest(man, url, progress=False)
+        assert (rep.status == "written").all()
+        st = open_store(url)
+        assert st.methods == [("gt", "T1w")]
+        assert int(st.mask("gt", "T1w").sum().compute(scheduler="sync")) == 48 * 3
+        fs = fsspec.filesystem("memory")
+        assert fs.exists(f"/thaldask-test-{tmp_path.name}/c.zarr/ingest_report.csv")
+        (p,) = export_masks(url, "gt", "T1w", tmp_path / "out")
+        assert nib.load(p).shape == (20, 16, 12)
+    finally:
+        fsspec.filesystem("memory").rm(f"/thaldask-test-{tmp_path.name}", recursive=True)
+
+
+def test_ingest_int16_images_stored_exactly_as_int16_scaled_as_float32(tmp_path):
+    from store_helpers import HEADER, box_mask, make_affine
+
+    root = tmp_path / "in"
+    root.mkdir()
+    aff = make_affine("LAS", (10, 9, 8))
+    rng = np.random.default_rng(1)
+    t1 = rng.integers(-300, 3000, (10, 9, 8)).astype(np.int16)
+    nib.save(nib.Nifti1Image(t1, aff), root / "t1.nii.gz")
+    r1 = nib.Nifti1Image(rng.integers(0, 1000, (10, 9, 8)).astype(np.int16), aff)
+    r1.header.set_slope_inter(0.001, 0.0)
+    nib.save(r1, root / "r1.nii.gz")
+    nib.save(nib.Nifti1Image(box_mask((10, 9, 8)), aff), root / "m.nii.gz")
+    (root / "m.csv").write_text("\n".join([HEADER, "s,b,,image,T1w,,,t1.nii.gz", "s,b,,image,R1,,,r1.nii.gz",
+                                           "s,b,,mask,T1w,gt,freesurfer,m.nii.gz"]) + "\n")
+    store = str(tmp_path / "c.zarr")
+    ingest(root / "m.csv", store, progress=False)
+    st = open_store(store)
+    assert st._array("images/T1w").dtype == np.int16 and st._array("images/R1").dtype == np.float32
+    ras = nib.as_closest_canonical(nib.load(root / "t1.nii.gz"))
+    np.testing.assert_array_equal(st.load_image("T1w", 0), np.asarray(ras.dataobj).astype(np.float32))
+    assert st.load_image("T1w", 0).dtype == np.float32 and st.image("T1w").dtype == np.float32
+    r1ras = nib.as_closest_canonical(nib.load(root / "r1.nii.gz")).get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(st.load_image("R1", 0), r1ras)
+    assert st.records("images/R1").scaled.tolist() == [True]
+
+
+def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
+    import pickle
+
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    st = open_store(store)
+    blob = pickle.dumps(st)
+    assert len(blob) < 1000
+    assert pickle.loads(blob).n_scans == 3

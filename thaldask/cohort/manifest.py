@@ -105,12 +105,11 @@ def _stored_dtype(img) -> str:
     import numpy as np
 
     dt = np.dtype(img.header.get_data_dtype())
-    get = getattr(img.header, "get_slope_inter", None)
-    slope, inter = get() if get else (None, None)
-    scaled = slope is not None and np.isfinite(slope) and (
-        slope != 1 or (inter is not None and np.isfinite(inter) and inter != 0)
-    )
-    return "float32" if scaled or dt.kind == "f" else dt.str.lstrip("<>|=")
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy on load
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    scaled = slope != 1.0 or inter != 0.0
+    return "float32" if scaled or dt.kind == "f" else dt.name
 
 
 def validate(

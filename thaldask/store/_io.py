@@ -113,18 +113,16 @@ def load_volume(path: str, *, kind: str = "image") -> Volume:
         raise ScanError(f"truncated or unreadable voxel data ({str(exc).splitlines()[0]})") from None
     data = data.reshape(shape)
     hdr = img.header
-    slope, inter = (None, None)
     if fmt in (FORMAT_NIFTI1, FORMAT_NIFTI2):
-        slope, inter = hdr.get_slope_inter()
         hdr = hdr.copy()
         scrub_header(hdr)
         hbytes = hdr.binaryblock
     else:
         hbytes = hdr.binaryblock
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy on load
     scaled = bool(
-        slope is not None
-        and np.isfinite(slope)
-        and (slope != 1 or (inter is not None and np.isfinite(inter) and inter != 0))
+        float(getattr(img.dataobj, "slope", 1.0)) != 1.0
+        or float(getattr(img.dataobj, "inter", 0.0)) != 0.0
     )
     return Volume(
         data=data,
