@@ -105,3 +105,56 @@ def test_auc_batched_equals_mann_whitney_u():
         ok = np.isfinite(s[k])
         u = stats.mannwhitneyu(s[k][ok & lab[k]], s[k][ok & ~lab[k]]).statistic
         assert got[k] == pytest.approx(u / ((ok & lab[k]).sum() * (ok & ~lab[k]).sum()), abs=1e-12)
+
+
+def test_ols_shared_design_equals_statsmodels_full_and_reduced_models():
+    from thaldask.stats.kernels import ols_shared_design
+
+    rng = np.random.default_rng(6)
+    df, vols, y = _data(rng, n=120, k=5)
+    y = y.copy()
+    y[[1, 50]] = np.nan
+    Xc = np.c_[np.ones(len(df)), df.age, (df.sex == "M").astype(float)]
+    res = ols_shared_design(Xc, y, vols)
+    lo, hi = res.conf_int()
+    red = smf.ols("y ~ age + sex", df.assign(y=y), missing="drop").fit()
+    for k, v in enumerate(vols):
+        fit = smf.ols("y ~ v + age + sex", df.assign(y=y, v=v), missing="drop").fit()
+        assert res.beta[k] == pytest.approx(fit.params["v"], abs=TOL)
+        assert res.bse[k] == pytest.approx(fit.bse["v"], abs=TOL)
+        assert res.pvalues[k] == pytest.approx(fit.pvalues["v"], abs=TOL)
+        assert lo[k] == pytest.approx(fit.conf_int().loc["v", 0], abs=TOL)
+        assert res.aic[k] == pytest.approx(fit.aic, rel=TOL)
+        assert res.rsquared[k] == pytest.approx(fit.rsquared, abs=TOL)
+    assert res.nobs == red.nobs
+    assert res.aic_reduced == pytest.approx(red.aic, rel=TOL)
+    assert res.rsquared_reduced == pytest.approx(red.rsquared, abs=TOL)
+
+
+def test_ols_shared_design_batched_replicates_equal_one_by_one():
+    from thaldask.stats.kernels import ols_shared_design
+
+    rng = np.random.default_rng(7)
+    B, K, n = 4, 3, 50
+    Xc = np.concatenate([np.ones((B, n, 1)), rng.normal(size=(B, n, 2))], axis=-1)
+    y, V = rng.normal(size=(B, n)), rng.normal(size=(B, K, n))
+    res = ols_shared_design(Xc, y, V)
+    for b in range(B):
+        for k in range(K):
+            one = ols_batched(np.c_[Xc[b][:, :1], V[b, k], Xc[b][:, 1:]], y[b])
+            assert res.beta[b, k] == pytest.approx(one.params[1], abs=1e-12)
+            assert res.bse[b, k] == pytest.approx(one.bse[1], abs=1e-12)
+
+
+def test_stats_docstring_examples_run():
+    import doctest
+
+    import thaldask.stats.agreement as ag
+    import thaldask.stats.clinical as cl
+    import thaldask.stats.comparison as co
+    import thaldask.stats.kernels as ke
+    import thaldask.stats.longitudinal as lo
+    import thaldask.stats.multitest as mt
+
+    for mod in (ag, cl, co, ke, lo, mt):
+        assert doctest.testmod(mod).failed == 0, mod.__name__

@@ -16,10 +16,10 @@ import xarray as xr
 
 from thaldask.errors import ConvergenceWarning, StatsError
 from thaldask.stats import _data
-from thaldask.stats.kernels import ols_batched
+from thaldask.stats.kernels import ols_batched, ols_shared_design
 from thaldask.stats.multitest import p_adjust
 
-__all__ = ["fit_clinical", "adjust_head_size", "bootstrap_beta"]
+__all__ = ["fit_clinical", "adjust_head_size", "bootstrap_beta", "bootstrap_betas"]
 
 HEAD_SIZE = ("residual", "ratio", "none")
 
@@ -205,18 +205,14 @@ def _ols(y, z, Xc, alpha):
     K, n = z.shape
     if n < Xc.shape[1] + 3:
         return [_empty(n) for _ in range(K)]
-    one = np.ones((n, 1))
-    Xfull = np.concatenate([np.broadcast_to(one, (K, n, 1)), z[..., None],
-                            np.broadcast_to(Xc, (K, *Xc.shape))], axis=-1)
-    full = ols_batched(Xfull, y)
-    red = ols_batched(np.c_[one, Xc], y)
-    lo, hi = full.conf_int(alpha)
-    pr2 = full.partial_r2()
+    fit = ols_shared_design(np.c_[np.ones(n), Xc], y, z)
+    lo, hi = fit.conf_int(alpha)
     return [
-        {"n_subjects": n, "beta_std": full.params[k, 1], "beta_std_ci_lower": lo[k, 1],
-         "beta_std_ci_upper": hi[k, 1], "se": full.bse[k, 1], "p": full.pvalues[k, 1],
-         "partial_r2": pr2[k, 1], "r2": full.rsquared[k], "delta_r2": full.rsquared[k] - red.rsquared,
-         "aic": full.aic[k], "aic_covariates": float(red.aic), "converged": True}
+        {"n_subjects": n, "beta_std": fit.beta[k], "beta_std_ci_lower": lo[k],
+         "beta_std_ci_upper": hi[k], "se": fit.bse[k], "p": fit.pvalues[k],
+         "partial_r2": fit.partial_r2[k], "r2": fit.rsquared[k],
+         "delta_r2": fit.rsquared[k] - fit.rsquared_reduced, "aic": fit.aic[k],
+         "aic_covariates": float(fit.aic_reduced), "converged": bool(np.isfinite(fit.beta[k]))}
         for k in range(K)
     ]
 
@@ -270,17 +266,17 @@ def _mixed(y, z, Xc, subj, alpha):
     return out
 
 
-def bootstrap_beta(y, z, Xc, *, n_boot: int = 1000, alpha: float = 0.05, rng=0, chunk: int = 100):
-    """Percentile bootstrap CI of the standardised volume beta for K volume series at once.
+def bootstrap_betas(y, z, Xc, *, n_boot: int = 1000, rng=0, chunk: int = 100) -> np.ndarray:
+    """Standardised volume betas of ``n_boot`` bootstrap replicates, shape (n_boot, K).
+
+    Rows are resampled with replacement (``rng.integers(0, n, (chunk, n))`` per chunk of
+    replicates); outcome and volumes are re-standardised in each replicate; all replicates of
+    a chunk and all K volume series are solved in one batched OLS call.
 
     Parameters
     ----------
     y : ndarray (n,)
         Outcome; ``z`` (K, n) volumes; ``Xc`` (n, q) covariate columns.
-
-    Returns
-    -------
-    (lower, upper) : ndarrays (K,)
     """
     rng = np.random.default_rng(rng)
     K, n = z.shape
@@ -290,11 +286,15 @@ def bootstrap_beta(y, z, Xc, *, n_boot: int = 1000, alpha: float = 0.05, rng=0, 
         idx = rng.integers(0, n, size=(b, n))
         yb = _data.zscore(y[idx], axis=-1)  # (b, n)
         zb = _data.zscore(z[:, idx].transpose(1, 0, 2), axis=-1)  # (b, K, n)
-        X = np.concatenate([np.ones((b, K, n, 1)), zb[..., None],
-                            np.broadcast_to(Xc[idx][:, None], (b, K, n, Xc.shape[1]))], axis=-1)
-        r = ols_batched(X, yb[:, None, :])
-        betas.append(r.params[..., 1])
-    betas = np.concatenate(betas, axis=0)
+        Xb = np.concatenate([np.ones((b, n, 1)), Xc[idx]], axis=-1)  # (b, n, 1 + q)
+        betas.append(ols_shared_design(Xb, yb, zb).beta)
+    return np.concatenate(betas, axis=0)
+
+
+def bootstrap_beta(y, z, Xc, *, n_boot: int = 1000, alpha: float = 0.05, rng=0, chunk: int = 100):
+    """Percentile bootstrap CI of the standardised volume beta for K volume series at once
+    (see :func:`bootstrap_betas`). Returns ``(lower, upper)``, each of shape (K,)."""
+    betas = bootstrap_betas(y, z, Xc, n_boot=n_boot, rng=rng, chunk=chunk)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanpercentile(betas, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
