@@ -142,11 +142,46 @@ def summary_evaluate(ctx: Context, console) -> None:
     )
 
 
+def stage_stats(ctx: Context) -> None:
+    """Agreement, method comparison, clinical and longitudinal models, harmonisation:
+    the CSV tables beside the store (or in ``out``) and a ``stats`` dataset in the store."""
+    import warnings
+
+    import pandas as pd
+
+    from thaldask.errors import StoreNotFoundError, ThaldaskWarning
+    from thaldask.stats.run import write_stats
+
+    sec = ctx.section("stats")
+    sec.pop("enabled", None)
+    config = sec.pop("config", None) or (sec or None)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths = write_stats(ctx.store, out=ctx.out, config=config)
+    except StoreNotFoundError as exc:
+        raise SkipStage(f"no results dataset to analyse ({exc})") from None
+    for w in caught:
+        if issubclass(w.category, ThaldaskWarning):
+            ctx.outputs.setdefault("warnings", []).append(f"stats: {w.message}")
+    ctx.outputs["stats"] = {"paths": paths, "tables": {k: pd.read_csv(p) for k, p in paths.items()}}
+
+
+def summary_stats(ctx: Context, console) -> None:
+    from thaldask.stats.run import headline_findings
+
+    console.print("[bold]stats: headline findings[/bold] (tables: "
+                  + ", ".join(p.name for p in ctx.outputs["stats"]["paths"].values()) + ")")
+    for line in headline_findings(ctx.outputs["stats"]["tables"]):
+        console.print(f"  {line}")
+
+
 #: the pipeline, in order; later stages (segment, stats, report) are inserted at their place
 STAGES: list[Stage] = [
     Stage("synth", stage_synth),
     Stage("ingest", stage_ingest),
     Stage("evaluate", stage_evaluate, summary_evaluate),
+    Stage("stats", stage_stats, summary_stats),
 ]
 
 
@@ -233,6 +268,10 @@ metrics.csv           the tidy metrics table: one row per subject/timepoint/meth
                       side (left, right, total) with volume_mm3, gt_volume_mm3, dice,
                       jaccard, sensitivity, precision, hd95_mm, assd_mm, volume_diff_mm3,
                       volume_diff_pct, tp/fp/fn, pred_empty/gt_empty and clinical covariates
+agreement.csv, method_comparison.csv, clinical_cross.csv, longitudinal.csv,
+harmonisation.csv     statistical stage: agreement with ground truth, paired method
+                      comparison, clinical associations, longitudinal models, ComBat; each
+                      row names its model formula and n (also under cohort.zarr/results/stats)
 README.txt            this file
 
 Methods named *-sim are simulated segmentation methods with planted error profiles, not

@@ -32,8 +32,10 @@ def stats_command(store, config_file, out, quiet):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         paths = write_stats(store, out=out, config=config_file)
+    from thaldask.errors import ThaldaskWarning
+
     for w in caught:
-        if issubclass(w.category, UserWarning):
+        if issubclass(w.category, ThaldaskWarning):
             click.echo(f"thaldask: warning: {w.message}", err=True)
     for name, p in paths.items():
         click.echo(f"{name}: {p}")
