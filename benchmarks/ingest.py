@@ -39,10 +39,11 @@ import numpy as np
 
 LAYOUTS = {
     "scan-chunk zstd3 shuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
-    "scan-chunk zstd1 shuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
-    "scan-chunk lz4-5 shuffle": {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
     "scan-chunk zstd3 bitshuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
-    "64^3-chunks zstd3 shuffle": {"spatial_chunks": [64, 64, 64], "cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "scan-chunk zstd1 bitshuffle": {"spatial_chunks": "scan", "cname": "zstd", "clevel": 1, "shuffle": "bitshuffle"},
+    "scan-chunk lz4-5 shuffle": {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
+    "scan-chunk lz4-5 bitshuffle": {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "64^3-chunks zstd3 bitshuffle": {"spatial_chunks": [64, 64, 64], "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
 }
 
 

@@ -77,60 +77,81 @@ def scrub_header(hdr) -> None:
 def load_volume(path: str, *, kind: str = "image") -> Volume:
     """Decode one file fully.
 
-    Images become float32 (scaled values applied); masks keep their integer values
-    (float masks must hold integers). 4D files with one volume are squeezed.
+    Voxels come back as stored in the file (integers stay integers) unless the file is
+    scaled (``scl_slope``/``scl_inter``), then float32 with the scaling applied. NIfTI
+    voxels are a zero-copy view of the decompressed bytes. 4D files with one volume are
+    squeezed.
 
     Raises
     ------
     ScanError
         truncated data, wrong dimensionality, unreadable file.
     """
+    import io
+
     import nibabel as nib
 
     raw = read_bytes(path)
     sha = hashlib.sha256(raw).digest()
     data_bytes = decompress(raw)
     cls, fmt = _nifti_class(data_bytes)
+    if cls is None:
+        return _load_mgh(data_bytes, sha, kind)
     try:
-        if cls is not None:
-            img = cls.from_bytes(data_bytes)
-        else:
-            img = nib.MGHImage.from_bytes(data_bytes)
-            fmt = FORMAT_MGH
+        hdr = cls.header_class.from_fileobj(io.BytesIO(data_bytes[:1024]))
     except Exception as exc:
-        raise ScanError(f"cannot decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    shape = img.shape
+        raise ScanError(f"cannot decode header ({_first_line(exc)})") from None
+    full = tuple(int(n) for n in hdr.get_data_shape())
+    shape = full[:3] if len(full) == 4 and full[3] == 1 else full
+    if len(shape) != 3:
+        raise ScanError(f"has {len(full)} dimensions {full}; a 3D volume is required")
+    dtype = np.dtype(hdr.get_data_dtype())
+    offset = int(hdr.get_data_offset())
+    n = int(np.prod(shape))
+    if len(data_bytes) < offset + n * dtype.itemsize:
+        raise ScanError(
+            f"truncated voxel data ({len(data_bytes) - offset} bytes, {n * dtype.itemsize} expected)"
+        )
+    data = np.frombuffer(data_bytes, dtype=dtype, count=n, offset=offset).reshape(shape, order="F")
+    slope, inter = hdr.get_slope_inter()
+    slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    scaled = slope != 1.0 or inter != 0.0
+    if scaled:
+        data = data.astype(np.float32) * np.float32(slope) + np.float32(inter)
+    elif kind == "image" and data.dtype.kind == "f" and data.dtype != np.float32:
+        data = data.astype(np.float32)
+    affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
+    hdr = hdr.copy()
+    scrub_header(hdr)
+    return Volume(data, affine, bytes(hdr.binaryblock), fmt, sha, scaled)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _load_mgh(data_bytes: bytes, sha: bytes, kind: str) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.MGHImage.from_bytes(data_bytes)
+    except Exception as exc:
+        raise ScanError(f"cannot decode ({_first_line(exc)})") from None
+    shape = tuple(int(n) for n in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         raise ScanError(f"has {len(img.shape)} dimensions {tuple(img.shape)}; a 3D volume is required")
     try:
-        # raw integers when the file is unscaled, else float (scaling applied)
-        data = np.asarray(img.dataobj)
-        if kind == "image" and data.dtype.kind == "f" and data.dtype != np.float32:
-            data = data.astype(np.float32)
+        data = np.asarray(img.dataobj).reshape(shape)
     except (EOFError, OSError, ValueError, zlib.error) as exc:
-        raise ScanError(f"truncated or unreadable voxel data ({str(exc).splitlines()[0]})") from None
-    data = data.reshape(shape)
-    hdr = img.header
-    if fmt in (FORMAT_NIFTI1, FORMAT_NIFTI2):
-        hdr = hdr.copy()
-        scrub_header(hdr)
-        hbytes = hdr.binaryblock
-    else:
-        hbytes = hdr.binaryblock
-    # nibabel moves scl_slope/scl_inter from the header into the array proxy on load
-    scaled = bool(
-        float(getattr(img.dataobj, "slope", 1.0)) != 1.0
-        or float(getattr(img.dataobj, "inter", 0.0)) != 0.0
-    )
+        raise ScanError(f"truncated or unreadable voxel data ({_first_line(exc)})") from None
+    if kind == "image" and data.dtype.kind == "f" and data.dtype != np.float32:
+        data = data.astype(np.float32)
     return Volume(
-        data=data,
-        affine=np.asarray(img.affine, dtype=np.float64),
-        header=bytes(hbytes),
-        format=fmt,
-        file_sha256=sha,
-        scaled=bool(scaled),
+        data, np.asarray(img.affine, dtype=np.float64), bytes(img.header.binaryblock), FORMAT_MGH,
+        sha, False,
     )
 
 
