@@ -260,7 +260,7 @@ def table(res):
     lines.append("|---|---|---|---|---|---|")
     for name, r in res["pairs"].items():
         q = r["ratios"]
-        f = lambda k: f"{q[k]:.2f}" if k in q else "-"  # noqa: E731
+        f = lambda k, q=q: f"{q[k]:.2f}" if k in q else "-"  # noqa: E731
         lines.append(f"| {name} | {f('bound_fraction')} | {f('monai_over_thaldask_overlap')}× | "
                      f"{f('numpy_over_thaldask_overlap')}× | {f('monai_over_thaldask_surface')}× | {f('deepmind_over_thaldask_surface')}× |")
     s = res.get("store")

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 import zarr
-
 from metrics_store_helper import make_store
+
 from thaldask.metrics.evaluate import evaluate
 
 VARS = ("dice", "jaccard", "sensitivity", "precision", "hd95_mm", "assd_mm", "volume_mm3", "gt_volume_mm3")

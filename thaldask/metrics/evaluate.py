@@ -216,7 +216,6 @@ def _compute_arrays(st, entries, *, surface: bool, block: int):
     """Lazy raw arrays for every scan whose cached token is stale."""
     import dask.array as da
 
-    from thaldask.metrics.core import compute_raw
 
     todo = []  # (entry index, scan indices, dask array)
     for k, e in enumerate(entries):
