@@ -42,9 +42,9 @@ def assert_tables_match(page: PageParser, stats: dict[str, pd.DataFrame]) -> int
     """Every statistics table on the page equals its source; returns tables checked."""
     checked = 0
     for tid, rows in page.tables.items():
-        if not tid.startswith("table-"):
+        if not tid.startswith(("table-", "section-")):
             continue
-        name = tid.removeprefix("table-").removesuffix("-key")
+        name = tid.removeprefix("table-").removeprefix("section-").removesuffix("-key")
         df = stats[name]
         header, body = rows[0], rows[1:]
         if tid.endswith("-key"):
@@ -71,9 +71,12 @@ def test_build_report_fixture_figures_exist_and_are_images(fixture_report):
 def test_build_report_fixture_tables_equal_stats(fixture_report):
     index, stats = fixture_report
     page = PageParser(index.read_text(encoding="utf-8"))
-    # a full copy in the Tables section of each non-empty table + the agreement key table;
-    # the empty method_comparison is stated, not drawn
-    assert assert_tables_match(page, stats) == sum(not df.empty for df in stats.values()) + 1
+    # each non-empty table in its section (agreement: key columns) and in full in the Tables
+    # section; the empty method_comparison is stated, not drawn
+    assert assert_tables_match(page, stats) == 2 * sum(not df.empty for df in stats.values())
+    text = index.read_text(encoding="utf-8")
+    ids = [t.split('"')[0] for t in text.split(' id="')[1:]]
+    assert len(ids) == len(set(ids)), "duplicate element ids"
     assert "method_comparison.csv is empty" in index.read_text(encoding="utf-8")
     for name, df in stats.items():
         csv = pd.read_csv(index.parent / "tables" / f"{name}.csv")

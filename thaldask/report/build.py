@@ -187,7 +187,7 @@ def _table_block(page: _Page, name: str, df: pd.DataFrame | None, *, caption: st
     shown = df if columns is None else df[[c for c in columns if c in df.columns]]
     link = (f'<p class="download"><a href="tables/{esc(name)}.csv" download>download '
             f"{esc(name)}.csv</a> ({len(df)} rows × {len(df.columns)} columns)</p>")
-    return table_html(shown, table_id=f"table-{name}" + ("-key" if columns else ""),
+    return table_html(shown, table_id=f"section-{name}" + ("-key" if columns else ""),
                       caption=caption) + link
 
 
