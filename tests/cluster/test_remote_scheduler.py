@@ -74,14 +74,24 @@ def _run(args):
     return res.output
 
 
-def test_pipeline_remote_processes_ingest_and_evaluate(remote, cohort, tmp_path):
+def test_pipeline_remote_processes_thaldask_run(remote, cohort, tmp_path):
     assert remote.address.startswith("tls://" if remote.tls else "tcp://")
     assert remote.address.startswith(("tcp://127.0.0.1:", "tls://127.0.0.1:"))
     store = str(tmp_path / "store.zarr")
-    out = _run(["ingest", str(cohort.manifest), "--store", store, "--clinical", str(cohort.clinical),
-                "--no-progress", "--cluster", str(remote.config_file)])
-    assert "0 failed" in out
-    _run(["evaluate", store, "--no-progress", "--cluster", str(remote.config_file)])
+    # `thaldask run` with the cluster section of the scheduler's config file
+    cfg = {
+        "store": store,
+        "manifest": str(cohort.manifest),
+        "clinical": str(cohort.clinical),
+        "out": str(tmp_path / "out"),
+        "synthetic": True,
+        "cluster": yaml.safe_load(remote.config_file.read_text())["cluster"],
+    }
+    config = tmp_path / "cohort.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = _run(["run", str(config), "--no-progress"])
+    assert "ingest: skipped" not in out and "evaluate: skipped" not in out, out
+    assert (tmp_path / "out" / "metrics.csv").is_file()
 
     from thaldask.store import open_store
 
