@@ -135,9 +135,9 @@ def test_fit_agreement_proportional_bias_found_where_planted_absent_where_not():
 
 def test_bland_altman_null_proportional_bias_false_positive_rate_about_5pct():
     rng = np.random.default_rng(7)
-    n_rep = 2000
+    n_rep = 1200
     t = rng.normal(15000, 1500, (n_rep, 50))
     x = t + 200 + rng.normal(0, 300, t.shape)
     y = t + rng.normal(0, 300, t.shape)
     rate = np.mean([bland_altman(x[i], y[i])["prop_p"] < 0.05 for i in range(n_rep)])
-    assert 0.035 <= rate <= 0.065
+    assert 0.032 <= rate <= 0.068  # about 2.9 binomial SEs around 0.05

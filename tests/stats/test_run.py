@@ -67,6 +67,7 @@ def test_headline_findings_name_best_dice_bias_associations_and_r1_change():
     assert "EDSS worsening" in text
 
 
+@pytest.mark.slow
 def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
     from thaldask.store import open_store
 
@@ -88,6 +89,7 @@ def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
     assert st.sizes["clinical_cross_row"] == len(pd.read_csv(out / "clinical_cross.csv"))
 
 
+@pytest.mark.slow
 def test_stats_command_prints_headlines_and_bad_store_exits_2(tmp_path):
     from thaldask.cli import main
 
