@@ -176,12 +176,36 @@ def summary_stats(ctx: Context, console) -> None:
         console.print(f"  {line}")
 
 
+def stage_report(ctx: Context) -> None:
+    """The HTML report (figures, visual QC, every statistics table as CSV) in
+    ``out/report/index.html`` (config: ``report: {out: DIR, seed: 0, qc_random: 2}``)."""
+    from thaldask.errors import StoreNotFoundError
+    from thaldask.report import STATS_TABLES, write_report
+
+    sec = ctx.section("report")
+    out = sec.get("out") or os.path.join(ctx.out, "report")
+    has_csv = any(os.path.isfile(os.path.join(ctx.out, f"{t}.csv")) for t in STATS_TABLES)
+    run_info = {f"stage {k}": f"{v:.1f} s" for k, v in ctx.timings.items()}
+    try:
+        index = write_report(ctx.store, out, stats_dir=ctx.out if has_csv else None,
+                             rng=sec.get("seed", 0), qc_random=int(sec.get("qc_random", 2)),
+                             run_info=run_info, progress=ctx.progress)
+    except StoreNotFoundError as exc:
+        raise SkipStage(f"no cohort store ({exc})") from None
+    ctx.outputs["report"] = index
+
+
+def summary_report(ctx: Context, console) -> None:
+    console.print(f"[bold]report:[/bold] {ctx.outputs['report']}")
+
+
 #: the pipeline, in order; later stages (segment, stats, report) are inserted at their place
 STAGES: list[Stage] = [
     Stage("synth", stage_synth),
     Stage("ingest", stage_ingest),
     Stage("evaluate", stage_evaluate, summary_evaluate),
     Stage("stats", stage_stats, summary_stats),
+    Stage("report", stage_report, summary_report),
 ]
 
 
@@ -272,6 +296,9 @@ agreement.csv, method_comparison.csv, clinical_cross.csv, longitudinal.csv,
 harmonisation.csv     statistical stage: agreement with ground truth, paired method
                       comparison, clinical associations, longitudinal models, ComBat; each
                       row names its model formula and n (also under cohort.zarr/results/stats)
+report/index.html     the HTML report (open it in any browser, offline): overview, agreement,
+                      clinical, harmonisation and visual-QC figures (report/figures, report/qc)
+                      and every statistics table, downloadable from report/tables
 README.txt            this file
 
 Methods named *-sim are simulated segmentation methods with planted error profiles, not
