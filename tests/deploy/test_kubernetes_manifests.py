@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
@@ -170,8 +171,14 @@ def test_networkpolicy_scheduler_admits_only_pipeline_pods(overlay, rendered):
     sel = pol["spec"]["podSelector"]["matchLabels"]
     assert sel == {"dask.org/cluster-name": cluster["metadata"]["name"], "dask.org/component": "scheduler"}
     assert pol["spec"]["policyTypes"] == ["Ingress"]
-    (rule,) = pol["spec"]["ingress"]
-    assert rule["from"] == [{"podSelector": {"matchLabels": {"thaldask.io/pipeline": "true"}}}]
+    pipeline_rule, operator_rule = pol["spec"]["ingress"]
+    assert pipeline_rule["from"] == [{"podSelector": {"matchLabels": {"thaldask.io/pipeline": "true"}}}]
+    # besides pipeline pods only the operator's own pods (the autoscaler queries the scheduler)
+    (peer,) = operator_rule["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}}
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "dask-kubernetes-operator"}}
+    for rule in (pipeline_rule, operator_rule):
+        assert sorted(p["port"] for p in rule["ports"]) == [8786, 8787]
     # every pod that must reach the scheduler carries that label
     labelled = [
         cluster["spec"]["scheduler"]["metadata"]["labels"],
@@ -213,3 +220,30 @@ def test_tls_overlay_certificates_from_secret_encryption_required(rendered):
                     assert env["DASK_SCHEDULER_ADDRESS"].startswith("tls://")
                 mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
                 assert mounts["/etc/thaldask/tls"]["readOnly"] is True
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_configmap_cohort_config_valid_for_thaldask_run(overlay, rendered, tmp_path):
+    """The Job's `thaldask run` reads the ConfigMap's cohort.yaml: it must be a valid config."""
+    pipeline = pytest.importorskip("thaldask.pipeline")
+    objs = rendered(overlay)
+    cm = _one(objs, "ConfigMap", "thaldask-cohort")
+    job = _one(objs, "Job", "thaldask-run")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["cohort"]
+    (name,) = cm["data"]
+    assert c["args"][2] == f"{mount}/{name}"
+    data = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["store"]
+    raw = yaml.safe_load(cm["data"][name])
+    for key in ("manifest", "clinical", "store", "out"):
+        assert str(raw[key]).startswith(data + "/"), f"{key} is not on the store volume"
+    # the same file with the volume's paths moved under tmp_path, where the inputs exist
+    local = tmp_path / data.strip("/")
+    for key in ("manifest", "clinical"):
+        f = local / Path(raw[key]).relative_to(data)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("subject,timepoint\n")
+    p = tmp_path / name
+    p.write_text(cm["data"][name].replace(f"{data}/", f"{local}/"))
+    cfg = pipeline.load_config(p)
+    assert cfg["store"] == str(local / Path(raw["store"]).relative_to(data))
