@@ -167,7 +167,8 @@ def plot_metric_distributions(
             ax.scatter(v, row + rng.uniform(-0.18, 0.18, v.size), s=9, color=colours[m],
                        alpha=0.75, linewidths=0, zorder=3)
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
-        ax.set_xlim(-0.02, 1.02) if metric in ("dice", "sensitivity", "precision", "jaccard") else None
+        if metric in ("dice", "sensitivity", "precision", "jaccard"):
+            ax.set_xlim(-0.02, 1.02)
     axes[0, 0].set_yticks(range(len(combos)), [_label(m, c) for m, c in combos])
     axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
     fig.suptitle(f"Agreement with ground truth per scan ({side} thalamus)")
@@ -454,26 +455,38 @@ def annualised_change(ds: xr.Dataset, *, side: str = "total") -> pd.DataFrame:
     d = _side(ds, side)
     years = np.asarray(d["years_since_baseline"].transpose("subject", "timepoint"), float)
     vol = d["volume_mm3"].transpose("subject", "timepoint", "method", "contrast").values.astype(float)
-    group = (np.asarray(d["group"].transpose("subject", "timepoint")).astype(object)
-             if "group" in d else np.full(years.shape, "all", object))
-    rows = []
-    for i, subj in enumerate(d["subject"].values):
-        y = years[i]
-        base = np.flatnonzero(y == 0)
-        b = base[0] if base.size else 0
-        fu = [j for j in np.flatnonzero(np.isfinite(y) & (y > 0))]
-        if not fu:
-            continue
-        g = next((str(x) for x in group[i] if isinstance(x, str) and x), "unknown")
-        for mi, m in enumerate(d["method"].values):
-            for ci, c in enumerate(d["contrast"].values):
-                v0 = vol[i, b, mi, ci]
-                js = [j for j in fu if np.isfinite(vol[i, j, mi, ci])]
-                if not js or not np.isfinite(v0) or v0 <= 0:
-                    continue
-                j = max(js, key=lambda k: y[k])
-                rows.append((str(subj), g, str(m), str(c), 100 * (vol[i, j, mi, ci] / v0 - 1) / y[j]))
-    return pd.DataFrame(rows, columns=cols)
+    S = years.shape[0]
+    is_base = years == 0
+    base = np.where(is_base.any(1), is_base.argmax(1), 0)  # (S,)
+    v0 = vol[np.arange(S), base]  # (S, M, C)
+    # last follow-up (largest positive years) with a finite volume, per subject/method/contrast
+    ok = np.isfinite(vol) & (np.isfinite(years) & (years > 0))[:, :, None, None]
+    score = np.where(ok, np.nan_to_num(years, nan=-1.0)[:, :, None, None], -np.inf)
+    j = score.argmax(1)  # (S, M, C)
+    has = np.isfinite(np.take_along_axis(score, j[:, None], 1)[:, 0])
+    v1 = np.take_along_axis(vol, j[:, None], 1)[:, 0]
+    y1 = years[np.arange(S)[:, None, None], j]
+    with np.errstate(all="ignore"):
+        pct = 100 * (v1 / v0 - 1) / y1
+    keep = has & np.isfinite(v0) & (v0 > 0) & np.isfinite(pct)
+    if "group" in d:
+        g = np.asarray(d["group"].transpose("subject", "timepoint"), dtype=object)
+        group = np.array([next((str(x) for x in row if not _missing(x)), "unknown") for row in g],
+                         dtype=object)
+    else:
+        group = np.full(S, "all", dtype=object)
+    si, mi, ci = np.nonzero(keep)
+    subj = d["subject"].values.astype(str)
+    meth = d["method"].values.astype(str)
+    con = d["contrast"].values.astype(str)
+    return pd.DataFrame({"subject": subj[si], "group": group[si], "method": meth[mi],
+                         "contrast": con[ci], "pct_per_year": pct[si, mi, ci]}, columns=cols)
+
+
+def _missing(x) -> bool:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return True
+    return isinstance(x, str) and x.strip().lower() in ("", "nan", "none")
 
 
 @styled
