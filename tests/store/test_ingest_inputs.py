@@ -199,14 +199,32 @@ def test_ingest_second_contrast_on_other_grid_resampled_linear(tmp_path):
     np.testing.assert_allclose(fl[2:12, 2:10, 2:8], 7.0)
 
 
-def test_ingest_different_cohort_in_existing_store_conflicts(small_cohort, tmp_path):
+def test_ingest_new_scans_appended_old_ones_kept(small_cohort, tmp_path):
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    before = open_store(store).load_mask("gt", "T1w", 2)
+    other = make_cohort(tmp_path / "other", [{"subject": "x", "timepoint": "baseline", "orient": "LAS"}])
+    rep = ingest(other, store, progress=False)
+    assert (rep.status == "written").all()
+    st = open_store(store)
+    assert st.n_scans == 4 and st.scans.subject.tolist() == ["sub-01", "sub-01", "sub-02", "x"]
+    assert st.has_mask("gt", "T1w").tolist() == [True] * 4
+    assert st.image("T1w").shape[0] == 4 and st.shapes.shape == (4, 3)
+    np.testing.assert_array_equal(st.load_mask("gt", "T1w", 2), before)
+    assert (ingest(small_cohort, store, progress=False).status == "skipped").all()
+
+
+def test_ingest_changed_reference_grid_conflicts_unless_overwrite(small_cohort, tmp_path):
     from thaldask.errors import StoreConflictError
 
     store = str(tmp_path / "c.zarr")
     ingest(small_cohort, store, progress=False)
-    other = make_cohort(tmp_path / "other", [{"subject": "x", "timepoint": "baseline"}])
-    with pytest.raises(StoreConflictError):
+    other = make_cohort(tmp_path / "other", [{"subject": "sub-01", "timepoint": "baseline", "orient": "LIA"}])
+    with pytest.raises(StoreConflictError, match="reference grid of sub-01 baseline"):
         ingest(other, store, progress=False)
+    big = make_cohort(tmp_path / "big", [{"subject": "y", "timepoint": "baseline", "shape": (40, 16, 12)}])
+    with pytest.raises(StoreConflictError, match="padded grid"):
+        ingest(big, store, progress=False)
     rep = ingest(other, store, progress=False, overwrite=True)
     assert (rep.status == "written").all()
     assert open_store(store).n_scans == 1

@@ -164,3 +164,25 @@ def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
     blob = pickle.dumps(st)
     assert len(blob) < 1000
     assert pickle.loads(blob).n_scans == 3
+
+
+def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from store_helpers import make_cohort
+
+    man = make_cohort(tmp_path / "in", [{"subject": f"s{k}", "timepoint": "b", "shape": (12, 10, 8)} for k in range(6)])
+    store = str(tmp_path / "c.zarr")
+    ingest(man, store, progress=False)
+
+    def work(i):
+        st = open_store(store)  # as a worker would: from the path
+        lab = st.load_mask("gt", "T1w", i)
+        return st.write_mask("net", "T1w", i, lab, prob=np.stack([lab == 1, lab == 2]).astype(float))
+
+    with ThreadPoolExecutor(6) as ex:
+        assert list(ex.map(work, range(6))) == ["written"] * 6
+    st = open_store(store)
+    assert st.has_mask("net", "T1w").all()
+    for i in range(6):
+        np.testing.assert_array_equal(st.load_mask("net", "T1w", i), st.load_mask("gt", "T1w", i))

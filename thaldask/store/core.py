@@ -677,6 +677,34 @@ def create_store(
     return CohortStore(path, storage_options=storage_options)
 
 
+def append_scans(st: CohortStore, scans: pd.DataFrame, scan_meta: dict, reference, orig_axcodes):
+    """Grow every per-scan array to ``len(scans)`` and rewrite the scan-level metadata.
+
+    Called by the single process that plans an ingest, before any task writes.
+    """
+    import zarr
+
+    n_old, n = st.n_scans, len(scans)
+    with quiet_zarr():
+        members = list(st._group.members(max_depth=None))
+    for name, node in members:
+        if hasattr(node, "shape") and not name.startswith("scan/") and not name.startswith("results"):
+            if node.shape and node.shape[0] == n_old:
+                node.resize((n,) + tuple(node.shape[1:]))
+    for key, arr in scan_meta.items():
+        arr = np.ascontiguousarray(arr)
+        zarr.create_array(
+            store=st._zstore, name=f"scan/{key}", shape=arr.shape, chunks=arr.shape,
+            dtype=arr.dtype, fill_value=0, overwrite=True,
+        )[...] = arr
+    attrs = {
+        "scans": {k: [str(v) for v in scans[k]] for k in ("subject", "timepoint", "site")},
+        "reference": list(reference),
+        "orig_axcodes": list(orig_axcodes),
+    }
+    st._group.attrs.update(attrs)
+
+
 def set_clinical(st: CohortStore, df: pd.DataFrame | None) -> None:
     """Store a validated clinical table in the root attributes (JSON, NaN as null)."""
     if df is None:

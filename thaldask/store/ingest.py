@@ -26,6 +26,7 @@ from thaldask.store.core import (
     RESAMPLED,
     SCALED,
     CohortStore,
+    append_scans,
     create_store,
     is_remote,
     open_store,
@@ -323,20 +324,67 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _same_scans(st: CohortStore, plan: _Plan) -> str | None:
-    if st.n_scans != len(plan.scans):
-        return f"{st.n_scans} scans stored, manifest has {len(plan.scans)}"
-    a = st.scans[["subject", "timepoint"]].astype(str).to_numpy()
-    b = plan.scans[["subject", "timepoint"]].astype(str).to_numpy()
-    if not (a == b).all():
-        return "stored scans differ from the manifest's (subject, timepoint) list"
-    if st.grid_shape != plan.grid_shape:
-        return f"grid {st.grid_shape} stored, manifest needs {plan.grid_shape}"
-    if not np.allclose(st.affines, plan.scan_meta["affine"], atol=1e-6) or not np.array_equal(
-        st.shapes, plan.scan_meta["shape"]
-    ):
-        return "a scan's reference grid differs from the stored one"
-    return None
+def _merge_plan(st: CohortStore, plan: _Plan) -> tuple[_Plan | None, str, int]:
+    """Fit a manifest's plan onto an existing store.
+
+    Scans already stored keep their index and must keep their reference grid; new scans
+    are appended (their grids must fit the stored padded grid). Returns (plan re-indexed
+    to the store, reason if impossible, number of appended scans).
+    """
+    old = list(zip(st.scans["subject"], st.scans["timepoint"]))
+    pos = {k: i for i, k in enumerate(old)}
+    keys = list(zip(plan.scans["subject"], plan.scans["timepoint"]))
+    for j, k in enumerate(keys):
+        i = pos.get(k)
+        if i is None:
+            continue
+        if not (
+            np.allclose(st.orig_affines[i], plan.scan_meta["orig_affine"][j], atol=1e-6)
+            and np.array_equal(st.orig_shapes[i], plan.scan_meta["orig_shape"][j])
+        ):
+            return None, f"the reference grid of {k[0]} {k[1]} differs from the stored one", 0
+    added = [j for j, k in enumerate(keys) if k not in pos]
+    if added:
+        need = plan.scan_meta["shape"][added].max(0)
+        if np.any(need > np.asarray(st.grid_shape)):
+            return None, (
+                f"new scans need grid {tuple(int(v) for v in need)} but the store's padded grid "
+                f"is {st.grid_shape}"
+            ), 0
+    index = {k: pos[k] for k in keys if k in pos}
+    for n, j in enumerate(added):
+        index[keys[j]] = len(old) + n
+    for sp in plan.specs:
+        sp["scan"] = index[(sp["subject"], sp["timepoint"])]
+    if not added:
+        return plan, "", 0
+    meta = {}
+    for key, arr in plan.scan_meta.items():
+        meta[key] = np.concatenate([np.asarray(st._array(f"scan/{key}")[...]), arr[added]])
+    scans = pd.concat([st.scans, plan.scans.iloc[added]], ignore_index=True)
+    scans.index.name = "scan"
+    merged = _Plan(
+        scans=scans,
+        reference=st.reference + [plan.reference[j] for j in added],
+        grid_shape=st.grid_shape,
+        scan_meta=meta,
+        orig_axcodes=list(st._attrs.get("orig_axcodes", [])) + [plan.orig_axcodes[j] for j in added],
+        specs=plan.specs,
+        image_dtypes=plan.image_dtypes,
+    )
+    return merged, "", len(added)
+
+
+def _fill_sites(scans: pd.DataFrame, clin: pd.DataFrame) -> None:
+    """Sites missing from the manifest are taken from the clinical table (in place)."""
+    site = {
+        (str(s), str(t)): str(v)
+        for s, t, v in zip(clin["subject"], clin["timepoint"], clin["site"])
+        if v is not None and str(v) not in ("", "nan", "None")
+    }
+    for k in scans.index:
+        if not scans.at[k, "site"]:
+            scans.at[k, "site"] = site.get((scans.at[k, "subject"], scans.at[k, "timepoint"]), "")
 
 
 def _remove_store(path: str, storage_options=None):
@@ -404,7 +452,8 @@ def ingest(
     ManifestError, ClinicalTableError
         the inputs are invalid (every problem listed).
     StoreConflictError
-        the store holds a different cohort and ``overwrite`` is False.
+        a stored scan's reference grid changed, or new scans do not fit the stored grid,
+        and ``overwrite`` is False (which rebuilds the store). New scans are appended.
     """
     from thaldask.cohort.clinical import validate_clinical
 
@@ -412,21 +461,27 @@ def ingest(
     df = validate(manifest)
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
     plan = plan_ingest(df)
+    if clin is not None and "site" in clin.columns:
+        _fill_sites(plan.scans, clin)
     st = None
     try:
         st = open_store(store, storage_options=storage_options)
     except StoreNotFoundError:
         st = None
     if st is not None:
-        why = _same_scans(st, plan)
-        if why:
+        merged, why, n_added = _merge_plan(st, plan)
+        if merged is None:
             if not overwrite:
                 raise StoreConflictError(
-                    f"{store}: already holds a different cohort ({why}); pass --overwrite "
-                    "to replace it, or use a new store"
+                    f"{store}: cannot take this manifest ({why}); pass --overwrite to rebuild "
+                    "the store from it, or use a new store"
                 )
             _remove_store(store, storage_options)
             st = None
+        elif n_added:
+            plan = merged
+            append_scans(st, plan.scans, plan.scan_meta, plan.reference, plan.orig_axcodes)
+            st = open_store(store, storage_options=storage_options)
     if st is None:
         st = create_store(
             store,
