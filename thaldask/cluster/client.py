@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 from thaldask import config
-from thaldask.cluster.spec import ALL_ROLES, ClusterSpec, load_cluster_spec
+from thaldask.cluster.spec import ClusterSpec, load_cluster_spec
 from thaldask.errors import ConfigError
 
 __all__ = ["get_client", "describe_cluster"]
@@ -176,9 +176,6 @@ def get_client(
         return
 
     n, tpw, mem, res = _local_sizing(spec, n_workers, threads_per_worker, memory_limit, resources)
-    kwargs = {}
-    if spec.tls is not None:
-        kwargs = {"security": spec.tls.security(roles=ALL_ROLES), "protocol": "tls://"}
     cluster = LocalCluster(
         n_workers=n,
         threads_per_worker=tpw,
@@ -188,9 +185,8 @@ def get_client(
         dashboard_address=spec.get("dashboard_address") or config.get("cluster.dashboard-address", ":0"),
         resources=res,
         silence_logs=40 if quiet else 30,
-        **kwargs,
     )
-    client = Client(cluster, security=kwargs["security"]) if kwargs else Client(cluster)
+    client = Client(cluster)
     try:
         yield client
     finally:

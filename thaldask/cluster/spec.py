@@ -48,7 +48,6 @@ _KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "resources": (dict,),
         "dashboard_address": (str,),
         "host": (str,),
-        "tls": (dict,),
     },
     "address": {
         "address": (str,),
