@@ -189,7 +189,8 @@ def stage_report(ctx: Context) -> None:
     try:
         index = write_report(ctx.store, out, stats_dir=ctx.out if has_csv else None,
                              rng=sec.get("seed", 0), qc_random=int(sec.get("qc_random", 2)),
-                             run_info=run_info, progress=ctx.progress)
+                             run_info=run_info, pipeline_config=ctx.config or None,
+                             progress=ctx.progress)
     except StoreNotFoundError as exc:
         raise SkipStage(f"no cohort store ({exc})") from None
     ctx.outputs["report"] = index

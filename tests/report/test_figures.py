@@ -174,3 +174,21 @@ def test_site_distributions_before_after_boxes():
     assert ax.get_ylabel() == "Thalamic volume (mm³)"
     assert len(ax.patches) == 4  # two sites × before/after
     assert F.plot_site_distributions(before[before.site == "A"]) is None
+
+
+def test_annualised_change_group_means_equal_longitudinal_table(ds):
+    """The figure's per-subject values and the stats stage's group means use one definition."""
+    from thaldask.stats import fit_longitudinal
+
+    lg = fit_longitudinal(ds, mixed=False)
+    per_subject = F.annualised_change(ds)
+    fig = F.plot_annualised_change(ds, longitudinal=lg)
+    ax = next(a for a in fig.axes if a.get_title() == "mindglide-sim · R1")
+    diamonds = [line for line in ax.get_lines() if line.get_marker() == "D"]
+    groups = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(diamonds) == len(groups)
+    for line in diamonds:
+        g = groups[round(line.get_xdata()[0] - 0.38)]
+        sel = (per_subject.method == "mindglide-sim") & (per_subject.contrast == "R1") & (
+            per_subject.group == g)
+        assert line.get_ydata()[0] == pytest.approx(per_subject.loc[sel, "pct_per_year"].mean())

@@ -255,9 +255,10 @@ def _overview(page, ds, scans, store_info, stats, run_info, config) -> str:
                          + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul>")
     prov = {}
     if ds is not None:
-        for k in ("created", "thaldask_version", "store"):
+        for k in ("created", "thaldask_version", "store", "gt_contrasts", "gt_rule", "empty_rule"):
             if k in ds.attrs:
-                prov[f"results {k}"] = ds.attrs[k]
+                v = ds.attrs[k]
+                prov[f"results {k}"] = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
     prov.update({k: v for k, v in (store_info or {}).items()})
     prov["statistics tables"] = ", ".join(stats) if stats else "none found"
     prov["report generated"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -266,7 +267,8 @@ def _overview(page, ds, scans, store_info, stats, run_info, config) -> str:
     parts.append("<h3>Provenance and run time</h3>" + _kv_table(prov))
     parts.append("<h3>Software</h3>" + _kv_table(_versions()))
     parts.append("<h3>Configuration</h3><details><summary>thaldask settings (dask.config "
-                 "namespace <code>thaldask</code>)</summary><pre>"
+                 "namespace <code>thaldask</code>)" + (" and the run's configuration"
+                 if "pipeline" in config else "") + "</summary><pre>"
                  + esc(json.dumps(config, indent=2, default=str)) + "</pre></details>")
     return "\n".join(parts)
 
@@ -318,7 +320,7 @@ def _agreement(page, ds, stats, progress, side) -> str:
     return "\n".join(parts)
 
 
-def _clinical(page, ds, stats, progress, side, rng) -> str:
+def _clinical(page, ds, stats, progress, side, rng, harmonised=None) -> str:
     parts = ["<h3>Cross-sectional associations</h3>"]
     cc = stats.get("clinical_cross")
     est = "beta_std"
@@ -350,11 +352,20 @@ def _clinical(page, ds, stats, progress, side, rng) -> str:
             "worsening events to fit the logistic model)."))
         parts.append(_table_block(page, "longitudinal", lg, caption="Longitudinal models"))
     parts.append("<h3>Annualised change by group</h3>")
+    # the statistics stage models harmonised volumes when ComBat ran: draw the same ones
+    used_harm = (lg is not None and "harmonised" in lg and len(lg)
+                 and lg["harmonised"].map(_truthy).all() and harmonised is not None
+                 and "volume_mm3_raw" in harmonised)
+    vols = harmonised if used_harm else ds
     parts.append(_save_figure(
-        page, F.plot_annualised_change(ds, side=side, rng=rng) if ds is not None else None,
+        page, F.plot_annualised_change(vols, side=side, rng=rng, longitudinal=lg)
+        if vols is not None else None,
         "annualised_change",
         "Annualised thalamic volume change (% per year, baseline to last follow-up) per "
-        "subject, by clinical group, per method × contrast.", progress,
+        "subject, by clinical group, per method × contrast"
+        + (", from ComBat-harmonised volumes as in the longitudinal models" if used_harm else "")
+        + "; black diamonds and lines: group means with 95 % CIs from longitudinal.csv "
+        "(where present).", progress,
         absent="No subject has a follow-up scan with years_since_baseline > 0: no annualised change."))
     return "\n".join(parts)
 
@@ -484,6 +495,7 @@ def build_report(
     rng=0,
     qc_random: int = 2,
     run_info: dict | None = None,
+    pipeline_config: dict | None = None,
     progress: bool = True,
     title: str = "thaldask report",
 ) -> Path:
@@ -499,6 +511,8 @@ def build_report(
         Statistics tables by name (:data:`STATS_TABLES`); missing names are absent sections.
     store : opened cohort store, optional
         Source of images and masks for visual QC (QC is absent without it).
+    pipeline_config : dict, optional
+        The run's configuration, shown in the overview.
     harmonised : xarray.Dataset, optional
         Output of ``thaldask.stats.harmonise``: harmonised ``volume_mm3`` and the original
         ``volume_mm3_raw`` (with ``site``).
@@ -527,7 +541,9 @@ def build_report(
 
     config = {"thaldask": dask.config.get("thaldask", {})}
     if results is not None and "config" in results.attrs:
-        config["run"] = results.attrs["config"]
+        config["results"] = results.attrs["config"]
+    if pipeline_config:
+        config["pipeline"] = pipeline_config
     scans = store.scans if store is not None else None
     store_info = {"store": str(store.path)} if store is not None else {}
     prog = _Progress(total=4 + 3 + 1 + 1, enabled=progress)
@@ -535,7 +551,8 @@ def build_report(
     try:
         sections = [
             ("agreement", "Agreement with ground truth", _agreement(page, results, stats, prog, side)),
-            ("clinical", "Clinical associations", _clinical(page, results, stats, prog, side, rng)),
+            ("clinical", "Clinical associations",
+             _clinical(page, results, stats, prog, side, rng, harmonised)),
             ("harmonisation", "Harmonisation", _harmonisation(page, results, stats, prog, harmonised)),
             ("qc", "Visual QC", _qc(page, store, results, prog, rng, qc_random, side)),
             ("tables", "Tables", _tables(page, stats)),
@@ -572,6 +589,7 @@ def write_report(
     rng=0,
     qc_random: int = 2,
     run_info: dict | None = None,
+    pipeline_config: dict | None = None,
     progress: bool = True,
 ) -> Path:
     """Write the HTML report of a cohort store to ``out/index.html``.
@@ -591,6 +609,9 @@ def write_report(
         Random scans shown per method × contrast besides best, median and worst.
     run_info : dict, optional
         Extra provenance shown in the overview (e.g. pipeline stage timings).
+    pipeline_config : dict, optional
+        The configuration of the run (e.g. ``thaldask run``'s stage sections), shown in the
+        overview's configuration.
     progress : bool
         Show a progress bar on stderr while figures render.
 
@@ -622,7 +643,8 @@ def write_report(
     harmonised = _harmonised(st, ds, stats)
     run_info = {**({"statistics from": source} if stats else {}), **(run_info or {})}
     return build_report(out, results=ds, stats=stats, store=st, harmonised=harmonised, rng=rng,
-                        qc_random=qc_random, run_info=run_info, progress=progress)
+                        qc_random=qc_random, run_info=run_info,
+                        pipeline_config=pipeline_config, progress=progress)
 
 
 def _harmonised(st, ds, stats) -> xr.Dataset | None:

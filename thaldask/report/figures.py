@@ -490,9 +490,12 @@ def _missing(x) -> bool:
 
 
 @styled
-def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0):
+def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0,
+                           longitudinal: pd.DataFrame | None = None):
     """Annualised % thalamic volume change by clinical group, one panel per method × contrast
-    (see :func:`annualised_change`). ``None`` without follow-up scans."""
+    (see :func:`annualised_change`). With the ``longitudinal`` table, its
+    ``annualised_change`` rows (group mean, ``ci_lower``, ``ci_upper``) are drawn beside each
+    box. ``None`` without follow-up scans."""
     rng = np.random.default_rng(rng)
     df = annualised_change(ds, side=side)
     if df.empty:
@@ -501,6 +504,11 @@ def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0):
     groups = [g for g in GROUP_ORDER if g in set(df["group"])] + sorted(
         set(df["group"]) - set(GROUP_ORDER))
     gcol = method_colours(groups)
+    means = None
+    if longitudinal is not None and {"analysis", "term", "estimate"} <= set(longitudinal.columns):
+        means = longitudinal[longitudinal["analysis"].astype(str) == "annualised_change"]
+        if "side" in means:
+            means = means[means["side"].astype(str) == side]
     nrows, ncols = _grid(len(combos), 4)
     fig, axes = new_figure(max(2.9 * ncols, 4), 2.7 * nrows, nrows, ncols, sharey=True)
     for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
@@ -514,6 +522,12 @@ def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0):
                        medianprops={"color": "black"})
             ax.scatter(k + rng.uniform(-0.15, 0.15, v.size), v, s=8, color=gcol[g], linewidths=0,
                        zorder=3)
+            r = _row(means, method=m, contrast=c, term=g) if means is not None else None
+            est, lo, hi = _num(r, "estimate"), _num(r, "ci_lower"), _num(r, "ci_upper")
+            if est is not None:
+                if lo is not None and hi is not None:
+                    ax.plot([k + 0.38] * 2, [lo, hi], color="black", lw=1.1, zorder=4)
+                ax.plot(k + 0.38, est, "D", color="black", ms=4, zorder=5)
         ax.axhline(0, color="0.5", lw=0.7)
         ax.set_xticks(range(len(groups)), groups)
         ax.set_title(_label(m, c))
