@@ -183,3 +183,25 @@ def test_cli_report_missing_store_one_line_error(tmp_path):
     res = CliRunner().invoke(main, ["report", str(tmp_path / "nope.zarr"), "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert res.output.startswith("thaldask: error:") and res.output.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_pipeline_report_stage_writes_and_prints_path(evaluated_store, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from thaldask.pipeline import Context, print_summary, run_stages
+
+    store, _ = evaluated_store
+    ctx = Context(out=str(Path(store).parent), store=store, progress=False,
+                  config={"report": {"out": str(tmp_path / "rep"), "qc_random": 0}})
+    ctx.timings["evaluate"] = 1.5
+    run_stages(ctx, only=["report"])
+    index = tmp_path / "rep" / "index.html"
+    assert ctx.outputs["report"] == index and index.is_file()
+    text = index.read_text(encoding="utf-8")
+    assert "<th>stage evaluate</th><td>1.5 s</td>" in text
+    buf = io.StringIO()
+    print_summary(ctx, Console(file=buf, width=200))
+    assert f"report: {index}" in buf.getvalue()
