@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import DaskProcesses, make_certificates
+from dask_helpers import DaskProcesses, make_certificates
 
 from thaldask.cli import main
 from thaldask.cluster import get_client

@@ -1,4 +1,4 @@
-"""Fixtures for the cluster tests: test certificates and Dask processes on 127.0.0.1."""
+"""Helpers for the cluster tests: test certificates and Dask processes on 127.0.0.1."""
 
 from __future__ import annotations
 
