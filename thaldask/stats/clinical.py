@@ -284,10 +284,14 @@ def bootstrap_betas(y, z, Xc, *, n_boot: int = 1000, rng=0, chunk: int = 100) ->
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
-        yb = _data.zscore(y[idx], axis=-1)  # (b, n)
-        zb = _data.zscore(z[:, idx].transpose(1, 0, 2), axis=-1)  # (b, K, n)
+        yb = y[idx]  # (b, n)
+        vb = z[:, idx].transpose(1, 0, 2)  # (b, K, n)
         Xb = np.concatenate([np.ones((b, n, 1)), Xc[idx]], axis=-1)  # (b, n, 1 + q)
-        betas.append(ols_shared_design(Xb, yb, zb).beta)
+        # OLS is scale-equivariant and the intercept absorbs centring, so the beta of the
+        # re-standardised replicate is the raw beta times sd(v) / sd(y) of that replicate
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = vb.std(axis=-1, ddof=1) / yb.std(axis=-1, ddof=1)[:, None]
+        betas.append(ols_shared_design(Xb, yb, vb).beta * scale)
     return np.concatenate(betas, axis=0)
 
 

@@ -216,12 +216,13 @@ def ols_shared_design(Xc, y, V, *, weights=None) -> SharedDesignResult:
     p = q + 1
     df = nobs - p
     Q, R = np.linalg.qr(Xw)
-    ry = (yw - np.einsum("...nq,...q->...n", Q, np.einsum("...nq,...n->...q", Q, yw))) * w
-    QtV = np.einsum("...kn,...nq->...kq", Vw, Q)
-    rv = (Vw - np.einsum("...kq,...nq->...kn", QtV, Q)) * w[..., None, :]
-    svv = (rv**2).sum(axis=-1)
-    svy = np.einsum("...kn,...n->...k", rv, ry)
-    syy = (ry**2).sum(axis=-1)
+    Qt = np.swapaxes(Q, -1, -2)
+    # projections as BLAS matmuls: (..., K, n) @ (..., n, q) @ (..., q, n)
+    ry = (yw - ((yw[..., None, :] @ Q) @ Qt)[..., 0, :]) * w
+    rv = (Vw - (Vw @ Q) @ Qt) * w[..., None, :]
+    svv = (rv * rv).sum(axis=-1)
+    svy = (rv @ ry[..., :, None])[..., 0]
+    syy = (ry * ry).sum(axis=-1)
     ybar = (yw * w).sum(axis=-1) / np.maximum(nobs, 1)
     tss = (((yw - ybar[..., None]) * w) ** 2).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
