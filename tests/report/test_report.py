@@ -14,7 +14,7 @@ from PIL import Image
 
 from thaldask.report import build_report
 from thaldask.report.build import AGREEMENT_KEY_COLUMNS
-from thaldask.report.html import fmt_value
+from thaldask.report.page import fmt_value
 
 
 def assert_references_valid(index: Path) -> PageParser:

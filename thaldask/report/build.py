@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from thaldask.report import figures as F
-from thaldask.report.html import PAGE, absent_html, esc, figure_html, table_html
+from thaldask.report.page import PAGE, absent_html, esc, figure_html, table_html
 from thaldask.report.style import save
 
 __all__ = ["write_report", "build_report", "load_stats", "stats_from_dataset", "STATS_TABLES"]

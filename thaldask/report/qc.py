@@ -224,7 +224,8 @@ def _scan_index(st, subject: str, timepoint: str) -> int | None:
 
 
 def qc_rows_for_scan(st, i: int, methods=None):
-    """Rows (label, labels, image) for every stored (method, contrast) mask of scan ``i``."""
+    """Rows (label, labels, image contrast, mask contrast) for every stored (method,
+    contrast) mask of scan ``i``."""
     rows = []
     for m, c in st.methods:
         if m == "gt" or (methods is not None and (m, c) not in methods):
@@ -234,7 +235,7 @@ def qc_rows_for_scan(st, i: int, methods=None):
         ic = _image_contrast(st, c)
         if ic is None:
             continue
-        rows.append((f"{m} · {c}", st.load_mask(m, c, i), ic))
+        rows.append((f"{m} · {c}", st.load_mask(m, c, i), ic, c))
     return rows
 
 
@@ -280,15 +281,18 @@ def write_qc(store, subject: str, out, *, timepoint: str | None = None, fmt: str
         if not images:
             continue
         base = images.get(ref) if ref in images else next(iter(images.values()))
-        gt = _gt_for(st, rows[0][2] if rows else (ref or ""), i)
-        fig = plot_scan_qc(
-            base,
-            [(label, lab) for label, lab, _ in rows] or [("ground truth" if gt is not None else "image", None)],
-            images=[images.get(c) for _, _, c in rows] or None,
-            spacing=st.spacing[i],
-            gt=gt,
-            title=f"{subject} · {tp} · site {sc['site'].iloc[i]}",
-        )
+        if rows:  # each method over the image it ran on, with the GT of that contrast
+            fig = plot_scan_qc(
+                base, [(label, lab) for label, lab, _, _ in rows],
+                images=[images.get(c) for _, _, c, _ in rows],
+                gts=[_gt_for(st, mc, i) for _, _, _, mc in rows],
+                spacing=st.spacing[i], title=f"{subject} · {tp} · site {sc['site'].iloc[i]}",
+            )
+        else:  # no method mask: the image with its ground truth, if any
+            gt = _gt_for(st, ref or "", i)
+            fig = plot_scan_qc(base, [("ground truth" if gt is not None else "image", None)],
+                               gt=gt, spacing=st.spacing[i],
+                               title=f"{subject} · {tp} · site {sc['site'].iloc[i]}")
         path = out / f"qc_{_safe(subject)}_{_safe(tp)}.{fmt}"
         save(fig, path)
         written.append(path)
