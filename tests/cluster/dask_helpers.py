@@ -38,13 +38,21 @@ def make_certificates(folder: Path, *, name: str = "thaldask-test") -> dict[str,
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -63,7 +71,9 @@ def make_certificates(folder: Path, *, name: str = "thaldask-test") -> dict[str,
             critical=False,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -108,18 +118,27 @@ class DaskProcesses:
         if tls:
             env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"
             tls_args = [
-                "--tls-ca-file", str(tls["ca_file"]),
-                "--tls-cert", str(tls["cert"]),
-                "--tls-key", str(tls["key"]),
+                "--tls-ca-file",
+                str(tls["ca_file"]),
+                "--tls-cert",
+                str(tls["cert"]),
+                "--tls-key",
+                str(tls["key"]),
             ]
         self.env = env
         dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
         self._start(
             "scheduler",
-            dask + [
-                "--host", "127.0.0.1", "--port", "0",
-                "--dashboard-address", f"127.0.0.1:{self.dashboard_port}",
-                "--scheduler-file", str(self.scheduler_file),
+            dask
+            + [
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                f"127.0.0.1:{self.dashboard_port}",
+                "--scheduler-file",
+                str(self.scheduler_file),
                 *(["--protocol", "tls"] if tls else []),
                 *tls_args,
             ],
@@ -131,11 +150,26 @@ class DaskProcesses:
         for i in range(n_workers):
             self._start(
                 f"worker{i}",
-                [sys.executable, "-m", "distributed.cli.dask_worker",
-                 "--scheduler-file", str(self.scheduler_file),
-                 "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
-                 "--memory-limit", "3GiB", "--no-dashboard", "--name", f"w{i}",
-                 "--local-directory", str(folder / f"w{i}"), *tls_args],
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    "--scheduler-file",
+                    str(self.scheduler_file),
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--memory-limit",
+                    "3GiB",
+                    "--no-dashboard",
+                    "--name",
+                    f"w{i}",
+                    "--local-directory",
+                    str(folder / f"w{i}"),
+                    *tls_args,
+                ],
             )
         self.n_workers = n_workers
 
@@ -143,8 +177,9 @@ class DaskProcesses:
         log = open(self.folder / f"{name}.log", "w")
         self.logs.append(log)
         self.procs.append(
-            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                             start_new_session=True)
+            subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         )
 
     def _wait(self, cond, timeout=60.0):

@@ -46,16 +46,27 @@ def test_load_cluster_spec_hyphen_keys_and_bare_section(tmp_path):
 
 def test_load_cluster_spec_relative_paths_from_file_folder(tmp_path):
     (tmp_path / "certs").mkdir()
-    p = _write(tmp_path, {"kind": "address", "address": "tls://127.0.0.1:8786",
-                          "tls": {"ca_file": "certs/ca.crt", "cert": "certs/c.crt", "key": "certs/c.key"}})
+    p = _write(
+        tmp_path,
+        {
+            "kind": "address",
+            "address": "tls://127.0.0.1:8786",
+            "tls": {"ca_file": "certs/ca.crt", "cert": "certs/c.crt", "key": "certs/c.key"},
+        },
+    )
     tls = load_cluster_spec(p).tls
     assert tls.ca_file == tmp_path / "certs" / "ca.crt"
 
 
 def test_load_cluster_spec_secret_dir_kubernetes_tls_names(tmp_path):
-    spec = load_cluster_spec({"kind": "address", "address": "tls://h:8786",
-                              "tls": {"secret_dir": str(tmp_path)}})
-    assert (spec.tls.ca_file.name, spec.tls.cert.name, spec.tls.key.name) == ("ca.crt", "tls.crt", "tls.key")
+    spec = load_cluster_spec(
+        {"kind": "address", "address": "tls://h:8786", "tls": {"secret_dir": str(tmp_path)}}
+    )
+    assert (spec.tls.ca_file.name, spec.tls.cert.name, spec.tls.key.name) == (
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+    )
 
 
 @pytest.mark.parametrize(
@@ -69,7 +80,10 @@ def test_load_cluster_spec_secret_dir_kubernetes_tls_names(tmp_path):
         ({"kind": "address"}, "needs an 'address'"),
         ({"kind": "address", "address": "http://h:8786"}, "tcp:// or tls://"),
         ({"kind": "address", "address": "tls://h:8786"}, "no 'tls' certificates"),
-        ({"kind": "address", "address": "tls://h:8786", "tls": {"ca_file": "a"}}, "needs ca_file, cert and key"),
+        (
+            {"kind": "address", "address": "tls://h:8786", "tls": {"ca_file": "a"}},
+            "needs ca_file, cert and key",
+        ),
         ({"kind": "kubernetes"}, "needs 'manifests'"),
         ({"kind": "slurm", "gpus_per_job": 3, "processes": 2}, "multiple of processes"),
     ],
@@ -101,7 +115,9 @@ def test_describe_local_sized_to_machine():
 
 
 def test_cluster_check_cli_local_json(tmp_path):
-    p = _write(tmp_path, {"kind": "local", "n_workers": 2, "memory_limit": "1GiB", "resources": {"gpu": 1}})
+    p = _write(
+        tmp_path, {"kind": "local", "n_workers": 2, "memory_limit": "1GiB", "resources": {"gpu": 1}}
+    )
     res = CliRunner().invoke(main, ["cluster", "check", str(p), "--json"])
     assert res.exit_code == 0, res.output
     plan = json.loads(res.output)
@@ -129,7 +145,15 @@ def test_cluster_check_cli_address_starts_nothing(tmp_path):
 def test_cluster_check_cli_kubernetes_gpu_overlay_counts(tmp_path):
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
-    p = _write(tmp_path, {"kind": "kubernetes", "manifests": str(OVERLAYS / "gpu"), "n_workers": 5, "gpu_workers": 3})
+    p = _write(
+        tmp_path,
+        {
+            "kind": "kubernetes",
+            "manifests": str(OVERLAYS / "gpu"),
+            "n_workers": 5,
+            "gpu_workers": 3,
+        },
+    )
     res = CliRunner().invoke(main, ["cluster", "check", str(p), "--json"])
     assert res.exit_code == 0, res.output
     plan = json.loads(res.output)
@@ -140,7 +164,12 @@ def test_cluster_check_cli_kubernetes_gpu_overlay_counts(tmp_path):
     assert plan["n_workers"] == groups["default"]["replicas"] + 5 + 3
     assert plan["scheduler_address"] == "tcp://thaldask-scheduler.thaldask:8786"
     docs = list(yaml.safe_load_all(plan["manifests"]))
-    assert [d["kind"] for d in docs] == ["DaskCluster", "DaskWorkerGroup", "DaskWorkerGroup", "DaskAutoscaler"]
+    assert [d["kind"] for d in docs] == [
+        "DaskCluster",
+        "DaskWorkerGroup",
+        "DaskWorkerGroup",
+        "DaskAutoscaler",
+    ]
     text = CliRunner().invoke(main, ["cluster", "check", str(p)]).output
     assert "kind: DaskWorkerGroup" in text and "3 GPU(s)" in text
 
@@ -150,7 +179,9 @@ def test_describe_kubernetes_cpu_overlay_gpu_workers_config_error(tmp_path):
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed")
     with pytest.raises(ConfigError, match="no DaskWorkerGroup requesting nvidia.com/gpu"):
-        describe_cluster({"kind": "kubernetes", "manifests": str(OVERLAYS / "cpu"), "gpu_workers": 1})
+        describe_cluster(
+            {"kind": "kubernetes", "manifests": str(OVERLAYS / "cpu"), "gpu_workers": 1}
+        )
 
 
 @pytest.mark.requires_kubectl
@@ -164,10 +195,20 @@ def test_describe_kubernetes_tls_overlay_tls_address():
 def test_describe_kubernetes_rendered_yaml_file(tmp_path):
     """A rendered YAML file works without kubectl."""
     docs = [
-        {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster", "metadata": {"name": "c"},
-         "spec": {"scheduler": {"service": {"ports": [{"name": "tcp-comm", "port": 8786}]},
-                                "spec": {"containers": [{"name": "s", "image": "i:1", "args": ["dask", "scheduler"]}]}},
-                  "worker": {"replicas": 2, "spec": {"containers": [{"name": "w", "image": "i:1"}]}}}},
+        {
+            "apiVersion": "kubernetes.dask.org/v1",
+            "kind": "DaskCluster",
+            "metadata": {"name": "c"},
+            "spec": {
+                "scheduler": {
+                    "service": {"ports": [{"name": "tcp-comm", "port": 8786}]},
+                    "spec": {
+                        "containers": [{"name": "s", "image": "i:1", "args": ["dask", "scheduler"]}]
+                    },
+                },
+                "worker": {"replicas": 2, "spec": {"containers": [{"name": "w", "image": "i:1"}]}},
+            },
+        },
     ]
     p = tmp_path / "rendered.yaml"
     p.write_text(yaml.safe_dump_all(docs))
@@ -176,9 +217,20 @@ def test_describe_kubernetes_rendered_yaml_file(tmp_path):
 
 
 def test_get_client_kubernetes_without_package_missing_dependency(monkeypatch, tmp_path):
-    docs = [{"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster", "metadata": {"name": "c"},
-             "spec": {"scheduler": {"service": {}, "spec": {"containers": [{"name": "s", "image": "i:1"}]}},
-                      "worker": {"spec": {"containers": [{"name": "w", "image": "i:1"}]}}}}]
+    docs = [
+        {
+            "apiVersion": "kubernetes.dask.org/v1",
+            "kind": "DaskCluster",
+            "metadata": {"name": "c"},
+            "spec": {
+                "scheduler": {
+                    "service": {},
+                    "spec": {"containers": [{"name": "s", "image": "i:1"}]},
+                },
+                "worker": {"spec": {"containers": [{"name": "w", "image": "i:1"}]}},
+            },
+        }
+    ]
     p = tmp_path / "rendered.yaml"
     p.write_text(yaml.safe_dump_all(docs))
     for mod in [m for m in sys.modules if m.startswith("dask_kubernetes")]:
@@ -204,14 +256,25 @@ def test_get_client_slurm_without_package_missing_dependency(monkeypatch, tmp_pa
 
 
 def test_get_client_address_unreachable_config_error():
-    with pytest.raises(ConfigError, match="cannot connect to the Dask scheduler at tcp://127.0.0.1:9"):
-        with get_client(cluster_config={"kind": "address", "address": "tcp://127.0.0.1:9", "timeout": "1s"}):
+    with pytest.raises(
+        ConfigError, match="cannot connect to the Dask scheduler at tcp://127.0.0.1:9"
+    ):
+        with get_client(
+            cluster_config={"kind": "address", "address": "tcp://127.0.0.1:9", "timeout": "1s"}
+        ):
             pass
 
 
 def test_get_client_address_tls_missing_certificate_file(tmp_path):
-    cfg = {"kind": "address", "address": "tls://127.0.0.1:9",
-           "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert": str(tmp_path / "c"), "key": str(tmp_path / "k")}}
+    cfg = {
+        "kind": "address",
+        "address": "tls://127.0.0.1:9",
+        "tls": {
+            "ca_file": str(tmp_path / "ca.crt"),
+            "cert": str(tmp_path / "c"),
+            "key": str(tmp_path / "k"),
+        },
+    }
     with pytest.raises(ConfigError, match="ca_file .* does not exist"):
         with get_client(cluster_config=cfg):
             pass
@@ -219,8 +282,16 @@ def test_get_client_address_tls_missing_certificate_file(tmp_path):
 
 @pytest.mark.slow
 def test_get_client_local_section_processes_and_resources(tmp_path):
-    p = _write(tmp_path, {"kind": "local", "n_workers": 1, "threads_per_worker": 1,
-                          "memory_limit": "1GiB", "resources": {"gpu": 1}})
+    p = _write(
+        tmp_path,
+        {
+            "kind": "local",
+            "n_workers": 1,
+            "threads_per_worker": 1,
+            "memory_limit": "1GiB",
+            "resources": {"gpu": 1},
+        },
+    )
     with get_client(cluster_config=p, quiet=True) as client:
         info = client.scheduler_info()["workers"]
         (w,) = info.values()

@@ -90,6 +90,7 @@ def test_pipeline_remote_processes_thaldask_run(remote, cohort, tmp_path):
     config = tmp_path / "cohort.yaml"
     config.write_text(yaml.safe_dump(cfg))
     out = _run(["run", str(config), "--no-progress"])
+    print(out)
     assert "ingest: skipped" not in out and "evaluate: skipped" not in out, out
     assert (tmp_path / "out" / "metrics.csv").is_file()
 
@@ -106,7 +107,9 @@ def test_pipeline_remote_processes_thaldask_run(remote, cohort, tmp_path):
     # the work ran on the separate worker processes
     with get_client(cluster_config=remote.config_file) as client:
         prefixes = client.run_on_scheduler(
-            lambda dask_scheduler: {k: sum(v.state_counts.values()) for k, v in dask_scheduler.task_prefixes.items()}
+            lambda dask_scheduler: {
+                k: sum(v.state_counts.values()) for k, v in dask_scheduler.task_prefixes.items()
+            }
         )
         workers = client.scheduler_info()["workers"]
     assert len(workers) == remote.n_workers
@@ -116,8 +119,13 @@ def test_pipeline_remote_processes_thaldask_run(remote, cohort, tmp_path):
 
 def test_healthcheck_remote_scheduler_dashboard_healthy(remote):
     script = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "healthcheck.py"
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
-                         env={"THALDASK_HEALTH_PORTS": str(remote.dashboard_port), "PATH": "/usr/bin:/bin"})
+    res = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"THALDASK_HEALTH_PORTS": str(remote.dashboard_port), "PATH": "/usr/bin:/bin"},
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -159,8 +167,12 @@ def test_tls_scheduler_plain_tcp_client_refused(remote_tls):
 def test_tls_scheduler_certificate_other_ca_refused(remote_tls, tmp_path):
     remote = remote_tls
     other = make_certificates(tmp_path / "other", name="intruder")
-    cfg = {"kind": "address", "address": remote.address,
-           "tls": {k: str(v) for k, v in other.items()}, "timeout": "5s"}
+    cfg = {
+        "kind": "address",
+        "address": remote.address,
+        "tls": {k: str(v) for k, v in other.items()},
+        "timeout": "5s",
+    }
     with pytest.raises(ConfigError, match="cannot connect"):
         with get_client(cluster_config=cfg):
             pass

@@ -75,7 +75,10 @@ def test_slurm_cluster_generated_job_starts_gpu_worker(slurm_stand_in, tmp_path)
         assert w["host"] == "127.0.0.1"
         assert w["memory_limit"] == 2 * 2**30
         # a task that asks for the GPU resource runs on it
-        assert client.submit(lambda: os.getpid(), resources={"gpu": 1}, pure=False).result() != os.getpid()
+        assert (
+            client.submit(lambda: os.getpid(), resources={"gpu": 1}, pure=False).result()
+            != os.getpid()
+        )
     (script,) = slurm_stand_in.glob("job-*.sh")
     text = script.read_text()
     assert "#SBATCH --gres=gpu:1" in text and "#SBATCH -t 00:10:00" in text

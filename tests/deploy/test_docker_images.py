@@ -17,8 +17,23 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "deploy" / "docker"
 DOCKERFILES = sorted(p for p in DOCKER.glob("Dockerfile.*") if p.suffix != ".dockerignore")
 KNOWN = {
-    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
-    "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
 }
 
 
@@ -51,7 +66,9 @@ def stages(instrs):
             args[k] = v
         elif instr == "FROM":
             image = a.split()[0]
-            image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), ""), image)
+            image = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), ""), image
+            )
             result.append((image, []))
         elif result:
             result[-1][1].append((instr, a))
@@ -89,7 +106,7 @@ def test_dockerfile_final_stage_non_root_with_healthcheck(path):
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), f"{path.name}: runs as {user}"
     # nothing after the USER switch needs root
-    after = [i for i, _ in final[[i for i, _ in final].index("USER"):]]
+    after = [i for i, _ in final[[i for i, _ in final].index("USER") :]]
     assert "RUN" not in after
     (hc,) = [a for i, a in final if i == "HEALTHCHECK"]
     assert "CMD" in hc.split()
@@ -107,7 +124,9 @@ def test_dockerfile_package_installed_from_repository(path):
         assert (REPO / s).exists(), f"{path.name}: COPY source {s} missing in the repository"
     assert "pyproject.toml" in sources and "thaldask" in sources
     runs = " ".join(a for i, a in instrs if i == "RUN")
-    assert re.search(r"pip install \"?/src(\[[\w,]+\])?\"?", runs), "the repository is not pip-installed"
+    assert re.search(r"pip install \"?/src(\[[\w,]+\])?\"?", runs), (
+        "the repository is not pip-installed"
+    )
     assert re.search(r"torch==", runs), "torch is not pinned"
     ignore = (DOCKER / f"{path.name}.dockerignore").read_text().split()
     for s in sources:

@@ -24,7 +24,10 @@ def _pod_specs(obj: dict) -> list[dict]:
     if kind == "DaskWorkerGroup":
         return [spec["worker"]["spec"]]
     if kind == "DaskJob":
-        return [spec["job"]["spec"], *_pod_specs({"kind": "DaskCluster", "spec": spec["cluster"]["spec"]})]
+        return [
+            spec["job"]["spec"],
+            *_pod_specs({"kind": "DaskCluster", "spec": spec["cluster"]["spec"]}),
+        ]
     if kind in ("Job", "Deployment", "StatefulSet", "DaemonSet"):
         return [spec["template"]["spec"]]
     if kind == "Pod":
@@ -33,11 +36,15 @@ def _pod_specs(obj: dict) -> list[dict]:
 
 
 def _containers(obj: dict) -> list[dict]:
-    return [c for ps in _pod_specs(obj) for c in ps.get("containers", []) + ps.get("initContainers", [])]
+    return [
+        c for ps in _pod_specs(obj) for c in ps.get("containers", []) + ps.get("initContainers", [])
+    ]
 
 
 def _one(objs, kind, name=None):
-    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    found = [
+        o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -51,7 +58,9 @@ def test_overlay_builtin_kinds_strict_schema_validate(overlay, rendered):
     kv = pytest.importorskip("kubernetes_validate")
     objs = rendered(overlay)
     builtin = [o for o in objs if o["kind"] not in DASK_KINDS]
-    assert {"Job", "ConfigMap", "PersistentVolumeClaim", "NetworkPolicy"} <= {o["kind"] for o in builtin}
+    assert {"Job", "ConfigMap", "PersistentVolumeClaim", "NetworkPolicy"} <= {
+        o["kind"] for o in builtin
+    }
     for obj in builtin:
         kv.validate(obj, K8S_VERSION, strict=True)
 
@@ -63,7 +72,10 @@ def test_overlay_dask_resources_match_crd_schemas(overlay, rendered, crd_schemas
     assert {"DaskCluster", "DaskWorkerGroup", "DaskAutoscaler"} <= {o["kind"] for o in objs}
     for obj in objs:
         validator = jsonschema.Draft7Validator(crd_schemas[obj["kind"]])
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator.iter_errors(obj)
+        ]
         assert not errors, f"{overlay} {obj['kind']}/{obj['metadata']['name']}: {errors[:3]}"
 
 
@@ -76,7 +88,9 @@ def test_crd_schema_typo_in_resources_rejected(rendered, crd_schemas):
     with pytest.raises(jsonschema.ValidationError, match="limit"):
         jsonschema.validate(group, crd_schemas["DaskWorkerGroup"])
     bad_quantity = _one(rendered("gpu"), "DaskWorkerGroup", "thaldask-gpu")
-    bad_quantity["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = 1
+    bad_quantity["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"
+    ] = 1
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad_quantity, crd_schemas["DaskWorkerGroup"])
 
@@ -91,7 +105,9 @@ def test_gpu_group_gpu_overlay_requests_gpu_and_declares_resource(overlay, rende
     args = c["args"]
     assert args[args.index("--resources") + 1] == "gpu=1"
     assert pod["nodeSelector"]
-    assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"])
+    assert any(
+        t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in pod["tolerations"]
+    )
 
 
 def test_cpu_overlay_no_gpu_requested(rendered):
@@ -111,7 +127,9 @@ def test_job_address_overlay_points_at_scheduler_service(overlay, rendered):
     env = {e["name"]: e.get("value") for e in c["env"]}
     address = env["DASK_SCHEDULER_ADDRESS"]
     assert "$(DASK_SCHEDULER_ADDRESS)" in c["args"]
-    m = re.fullmatch(r"(tcp|tls)://([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:(\d+)", address)
+    m = re.fullmatch(
+        r"(tcp|tls)://([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:(\d+)", address
+    )
     assert m, address
     scheme, host, namespace, port = m.groups()
     # the operator names the scheduler Service "<cluster>-scheduler"
@@ -169,21 +187,34 @@ def test_networkpolicy_scheduler_admits_only_pipeline_pods(overlay, rendered):
     pol = _one(objs, "NetworkPolicy", "thaldask-scheduler")
     cluster = _one(objs, "DaskCluster")
     sel = pol["spec"]["podSelector"]["matchLabels"]
-    assert sel == {"dask.org/cluster-name": cluster["metadata"]["name"], "dask.org/component": "scheduler"}
+    assert sel == {
+        "dask.org/cluster-name": cluster["metadata"]["name"],
+        "dask.org/component": "scheduler",
+    }
     assert pol["spec"]["policyTypes"] == ["Ingress"]
     pipeline_rule, operator_rule = pol["spec"]["ingress"]
-    assert pipeline_rule["from"] == [{"podSelector": {"matchLabels": {"thaldask.io/pipeline": "true"}}}]
+    assert pipeline_rule["from"] == [
+        {"podSelector": {"matchLabels": {"thaldask.io/pipeline": "true"}}}
+    ]
     # besides pipeline pods only the operator's own pods (the autoscaler queries the scheduler)
     (peer,) = operator_rule["from"]
-    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}}
-    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "dask-kubernetes-operator"}}
+    assert peer["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "dask-operator"}
+    }
+    assert peer["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "dask-kubernetes-operator"}
+    }
     for rule in (pipeline_rule, operator_rule):
         assert sorted(p["port"] for p in rule["ports"]) == [8786, 8787]
     # every pod that must reach the scheduler carries that label
     labelled = [
         cluster["spec"]["scheduler"]["metadata"]["labels"],
         cluster["spec"]["worker"]["metadata"]["labels"],
-        *[g["spec"]["worker"]["metadata"]["labels"] for g in objs if g["kind"] == "DaskWorkerGroup"],
+        *[
+            g["spec"]["worker"]["metadata"]["labels"]
+            for g in objs
+            if g["kind"] == "DaskWorkerGroup"
+        ],
         _one(objs, "Job")["spec"]["template"]["metadata"]["labels"],
     ]
     assert all(lbl.get("thaldask.io/pipeline") == "true" for lbl in labelled)

@@ -70,7 +70,14 @@ def test_job_script_preview_creates_no_log_directory(tmp_path):
 @pytest.mark.parametrize("gpus,procs,per_worker", [(2, 2, 1), (4, 2, 2), (2, 1, 2)])
 def test_job_script_gpus_split_between_worker_processes(gpus, procs, per_worker):
     spec = load_cluster_spec(
-        {"kind": "slurm", "cores": 8, "processes": procs, "memory": "32GiB", "gpus_per_job": gpus, "jobs": 3}
+        {
+            "kind": "slurm",
+            "cores": 8,
+            "processes": procs,
+            "memory": "32GiB",
+            "gpus_per_job": gpus,
+            "jobs": 3,
+        }
     )
     plan = describe_cluster(spec)
     assert plan["n_workers"] == 3 * procs and plan["gpus"] == 3 * gpus
@@ -87,7 +94,9 @@ def test_job_script_gpus_split_between_worker_processes(gpus, procs, per_worker)
 
 
 def test_job_script_cpu_only_no_gres_no_gpu_resource():
-    script = describe_cluster({"kind": "slurm", "cores": 4, "memory": "8GiB", "walltime": "00:30:00"})["job_script"]
+    script = describe_cluster(
+        {"kind": "slurm", "cores": 4, "memory": "8GiB", "walltime": "00:30:00"}
+    )["job_script"]
     assert "--gres" not in script
     assert "--resources" not in script
     assert _directives(script)["-t"] == "00:30:00"

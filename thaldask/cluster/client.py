@@ -182,7 +182,8 @@ def get_client(
         processes=True,
         memory_limit=mem,
         host=spec.get("host"),
-        dashboard_address=spec.get("dashboard_address") or config.get("cluster.dashboard-address", ":0"),
+        dashboard_address=spec.get("dashboard_address")
+        or config.get("cluster.dashboard-address", ":0"),
         resources=res,
         silence_logs=40 if quiet else 30,
     )

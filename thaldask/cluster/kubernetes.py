@@ -35,7 +35,9 @@ def render_manifests(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: Kubernetes manifests not found")
-    if p.is_dir() and any((p / n).is_file() for n in ("kustomization.yaml", "kustomization.yml", "Kustomization")):
+    if p.is_dir() and any(
+        (p / n).is_file() for n in ("kustomization.yaml", "kustomization.yml", "Kustomization")
+    ):
         if shutil.which("kubectl"):
             cmd = ["kubectl", "kustomize", str(p)]
         elif shutil.which("kustomize"):
@@ -79,7 +81,9 @@ def _requests_gpu(group: dict) -> bool:
     return False
 
 
-def dask_objects(objs: list[dict], *, source: str = "manifests") -> tuple[dict, list[dict], dict | None]:
+def dask_objects(
+    objs: list[dict], *, source: str = "manifests"
+) -> tuple[dict, list[dict], dict | None]:
     """Split rendered objects into (DaskCluster, [DaskWorkerGroup], DaskAutoscaler or None)."""
     clusters = [o for o in objs if _is_dask(o, "DaskCluster")]
     if len(clusters) != 1:
@@ -171,7 +175,9 @@ def plan_kubernetes(spec: ClusterSpec) -> dict:
             if scaler
             else None
         ),
-        "other_objects": [f"{o['kind']}/{o['metadata']['name']}" for o in objs if o not in dask_objs],
+        "other_objects": [
+            f"{o['kind']}/{o['metadata']['name']}" for o in objs if o not in dask_objs
+        ],
         "manifests": yaml.safe_dump_all(dask_objs, sort_keys=False),
     }
 

@@ -187,9 +187,7 @@ def _validate(kind: str, options: dict, source: str) -> None:
             or (isinstance(value, bool) and bool not in allowed[key])
         ):
             names = " or ".join(t.__name__ for t in allowed[key])
-            problems.append(
-                f"{source}: cluster option {key!r} must be {names}, got {value!r}"
-            )
+            problems.append(f"{source}: cluster option {key!r} must be {names}, got {value!r}")
     for key in ("n_workers", "gpu_workers", "jobs", "cores", "processes", "gpus_per_job"):
         v = options.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v < 0:
@@ -294,9 +292,7 @@ def load_cluster_spec(source=None) -> ClusterSpec:
     raw = _norm(raw)
     kind = raw.pop("kind", "local")
     if kind not in KINDS:
-        raise ConfigError(
-            f"{name}: unknown cluster kind {kind!r} (allowed: {', '.join(KINDS)})"
-        )
+        raise ConfigError(f"{name}: unknown cluster kind {kind!r} (allowed: {', '.join(KINDS)})")
     if isinstance(raw.get("tls"), dict):
         raw["tls"] = _norm(raw["tls"])
     _validate(kind, raw, name)
