@@ -155,6 +155,7 @@ def test_stats_docstring_examples_run():
     import thaldask.stats.kernels as ke
     import thaldask.stats.longitudinal as lo
     import thaldask.stats.multitest as mt
+    import thaldask.stats.run as ru
 
-    for mod in (ag, cl, co, ke, lo, mt):
+    for mod in (ag, cl, co, ke, lo, mt, ru):
         assert doctest.testmod(mod).failed == 0, mod.__name__

@@ -150,3 +150,18 @@ def test_run_stats_on_synth_subject_table_recovers_planted_directions():
     flag = tab["worsened"].to_numpy().reshape(S, 2)[:, 1].astype(float)
     ok = np.isfinite(w) & (tab["edss_true"].to_numpy().reshape(S, 2) == e).all(axis=1)
     assert (w[ok] == flag[ok]).mean() > 0.99
+
+
+def test_table_to_xarray_every_table_has_unique_keys():
+    from thaldask.stats import table_to_xarray
+
+    ds, _ = build_results(5, n_subjects=60, specs=SPECS, sites=SITES)
+    tables = run_stats(ds, {"mixed": False, "side": "all"})
+    for name, t in tables.items():
+        x = table_to_xarray(name, t)
+        assert isinstance(x, xr.Dataset) and x.sizes, name
+    cc = table_to_xarray("clinical_cross", tables["clinical_cross"])
+    assert set(cc.dims) == {"outcome", "method", "contrast", "side"}
+    r = tables["clinical_cross"].iloc[0]
+    assert float(cc["beta_std"].sel({"outcome": r.outcome, "method": r.method, "contrast": r.contrast,
+                                     "side": r.side})) == r.beta_std

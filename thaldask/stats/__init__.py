@@ -14,6 +14,7 @@ from thaldask.stats.run import (
     headline_findings,
     load_stats_config,
     run_stats,
+    table_to_xarray,
     tables_to_dataset,
     write_stats,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "headline_findings",
     "load_stats_config",
     "tables_to_dataset",
+    "table_to_xarray",
     "bland_altman",
     "icc_a1",
     "lin_ccc",

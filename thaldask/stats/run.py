@@ -18,7 +18,14 @@ from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
 from thaldask.stats.longitudinal import fit_longitudinal
 
-__all__ = ["run_stats", "write_stats", "headline_findings", "load_stats_config", "tables_to_dataset"]
+__all__ = [
+    "run_stats",
+    "write_stats",
+    "headline_findings",
+    "load_stats_config",
+    "tables_to_dataset",
+    "table_to_xarray",
+]
 
 TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation")
 
@@ -188,6 +195,32 @@ def tables_to_dataset(tables: dict[str, pd.DataFrame], attrs: dict | None = None
     out = xr.merge(parts) if parts else xr.Dataset()
     out.attrs.update(attrs or {})
     return out
+
+
+#: the columns that identify a row of each table (its dims as an xarray Dataset)
+TABLE_KEYS = {
+    "agreement": ["method", "contrast", "side"],
+    "method_comparison": ["metric", "side", "test", "method_a", "contrast_a", "method_b", "contrast_b"],
+    "clinical_cross": ["outcome", "method", "contrast", "side"],
+    "longitudinal": ["analysis", "method", "contrast", "side", "term"],
+    "harmonisation": ["method", "contrast", "side", "site"],
+}
+
+
+def table_to_xarray(name: str, table: pd.DataFrame) -> xr.Dataset:
+    """One of the stage's tables as an xarray Dataset whose dims are the columns that
+    identify its rows (e.g. ``clinical_cross`` -> outcome, method, contrast, side); cells
+    without a row are NaN.
+
+    >>> t = pd.DataFrame({"method": ["a", "b"], "contrast": ["T1w", "T1w"], "side": ["total"] * 2,
+    ...                   "bias_mm3": [1.0, 2.0]})
+    >>> table_to_xarray("agreement", t)["bias_mm3"].sel(side="total", contrast="T1w").values.tolist()
+    [1.0, 2.0]
+    """
+    keys = [k for k in TABLE_KEYS.get(name, []) if k in table]
+    if not keys or table[keys].duplicated().any():
+        raise StatsError(f"table {name!r} has no unique row keys {TABLE_KEYS.get(name)}; columns {list(table)}")
+    return table.set_index(keys).to_xarray()
 
 
 def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
