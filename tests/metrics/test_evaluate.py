@@ -104,3 +104,25 @@ def test_evaluate_interrupted_cache_resumes_missing_rows_only(small_store):
     assert resumed.attrs["n_computed"] == 2
     for v in ("dice", "hd95_mm", "volume_mm3"):
         np.testing.assert_array_equal(resumed[v].values, full[v].values)
+
+
+def test_evaluate_corrupt_chunk_one_row_nan_rest_complete(small_store):
+    import glob
+    import os
+
+    st, _ = small_store
+    clean = evaluate(st.path, progress=False, csv_path="")
+    # corrupt scan 3's chunk of masks/b/T1w and invalidate its cached row
+    chunk = [p for p in glob.glob(os.path.join(st.path, "masks", "b", "T1w", "c", "3", "**"), recursive=True) if os.path.isfile(p)]
+    assert chunk
+    with open(chunk[0], "wb") as fh:
+        fh.write(b"not zstd")
+    tok = zarr.open_array(st.path + "/_metrics/b/T1w/token", mode="r+")
+    tok[3] = np.zeros(tok.shape[1], np.uint8)
+    ds = evaluate(st.path, progress=False, csv_path="")
+    assert ds.attrs["n_computed"] == 1 and ds.attrs["n_failed"] == 1
+    sel = {"subject": "sub-01", "timepoint": "m12", "method": "b", "contrast": "T1w"}
+    assert np.isnan(ds.volume_mm3.sel(sel)).all()
+    other = {"method": "a"}
+    np.testing.assert_array_equal(ds.dice.sel(other).values, clean.dice.sel(other).values)
+    assert (tok[3] == 0).all()  # no completion token: retried next time

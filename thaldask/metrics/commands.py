@@ -86,6 +86,10 @@ def evaluate_command(store, no_surface, name, csv_path, no_progress, scheduler, 
         f"{store}: results '{name}' written ({ds.attrs['n_computed']} rows computed, "
         f"{ds.attrs['n_reused']} reused); table: {ds.attrs.get('metrics_csv', '-')}"
     )
+    if ds.attrs.get("n_failed"):
+        click.echo(f"thaldask: {ds.attrs['n_failed']} rows failed (unreadable masks; see the log); "
+                   "a re-run retries them", err=True)
+        sys.exit(1)
 
 
 @click.command("compare")

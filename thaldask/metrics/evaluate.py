@@ -212,6 +212,51 @@ def _plan(st, *, surface: bool):
 
 
 # --------------------------------------------------------------------------- evaluate
+#: label written into a scan that cannot be read: the kernel rejects it, the row stays NaN
+UNREADABLE = 255
+
+
+def _load_scans(idx, *, store_path, array_name, grid, storage_options=None):
+    """Masks of the scans ``idx`` (a block) as (k, x, y, z) uint8, read in the task.
+
+    A scan whose chunk cannot be read is filled with :data:`UNREADABLE` and logged, so one
+    bad scan never fails the task (and the graph) of the others.
+    """
+    import zarr
+
+    name = array_name
+    z = zarr.open_array(store=_zarr_store(store_path, storage_options), path=name, mode="r")
+    out = np.empty((len(idx),) + tuple(grid), np.uint8)
+    for j, s in enumerate(np.asarray(idx).ravel()):  # the scans of one block
+        try:
+            out[j] = z[int(s)]
+        except Exception as exc:
+            log.warning("evaluate: %s of scan %d unreadable: %s", name, int(s), exc)
+            out[j] = UNREADABLE
+    return out
+
+
+def _scan_loader(st, name: str, idx: np.ndarray, chunks: tuple[int, ...]):
+    """Lazy (len(idx), x, y, z) array of one stored mask, one task per block of scans."""
+    import dask.array as da
+
+    ix = da.from_array(idx.astype(np.int64), chunks=(chunks,))
+    g = tuple(int(v) for v in st.grid_shape)
+    return da.blockwise(
+        _load_scans,
+        "sxyz",
+        ix,
+        "s",
+        new_axes={"x": g[0], "y": g[1], "z": g[2]},
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0, 0), np.uint8),
+        store_path=st.path,
+        array_name=name,
+        grid=g,
+        storage_options=st.storage_options or None,
+    )
+
+
 def _compute_arrays(st, entries, *, surface: bool, block: int):
     """Lazy raw arrays for every scan whose cached token is stale."""
     import dask.array as da
@@ -225,12 +270,11 @@ def _compute_arrays(st, entries, *, surface: bool, block: int):
         e["n_stale"] = int(stale.sum())
         if not stale.any():
             continue
-        pred = st.mask(e["method"], e["contrast"]).data
         for g in sorted(set(e["gt"][stale])):
             idx = np.flatnonzero(stale & (e["gt"] == g))
-            p = pred[idx].rechunk({0: block})
-            gt = st.mask("gt", g).data[idx].rechunk({0: block}) if g else p
-            chunks = p.chunks[0]
+            chunks = tuple(min(block, len(idx) - s) for s in range(0, len(idx), block))
+            p = _scan_loader(st, f"masks/{e['method']}/{e['contrast']}", idx, chunks)
+            gt = _scan_loader(st, f"masks/gt/{g}", idx, chunks) if g else p
             sp = da.from_array(st.spacing[idx], chunks=(chunks, 3))
             sc = da.from_array(idx.astype(np.int64)[:, None, None], chunks=(chunks, 1, 1))
             tk = da.from_array(e["tokens"][idx][:, None, None, :], chunks=(chunks, 1, 1, TOKEN_LEN))
@@ -505,7 +549,8 @@ def evaluate(
     -------
     xarray.Dataset (in memory) with dims subject, timepoint, method, contrast, side; see
     the Results dataset contract. ``attrs["n_computed"]``/``attrs["n_reused"]`` count the
-    (scan, method, contrast) rows computed in this call and read back from earlier runs.
+    (scan, method, contrast) rows computed in this call and read back from earlier runs;
+    ``attrs["n_failed"]`` the rows whose masks could not be read (NaN, retried next time).
 
     Notes
     -----
@@ -521,16 +566,18 @@ def evaluate(
     entries, gt_main = _plan(st, surface=surface)
     todo = _compute_arrays(st, entries, surface=surface, block=block)
     results = _run(todo, client, progress)
-    n_computed = 0
+    n_computed = n_failed = 0
     for (k, idx, _), res in zip(todo, results, strict=True):
         entries[k]["raw"][idx] = res
         n_computed += len(idx)
+        n_failed += int(np.isnan(res[:, 2, RAW_FIELDS.index("pred_voxels")]).sum())
     n_rows = int(sum(e["has"].sum() for e in entries))
     ds = _assemble(
         st, entries, gt_main, synthetic=_is_synthetic(st) if synthetic is None else synthetic
     )
     ds.attrs["n_computed"] = n_computed
     ds.attrs["n_reused"] = n_rows - n_computed
+    ds.attrs["n_failed"] = n_failed  # rows left NaN (unreadable data); retried on re-run
     ds.attrs["tokens"] = json.dumps(
         {
             f"{e['method']}/{e['contrast']}": hashlib.sha256(e["tokens"][e["has"]].tobytes()).hexdigest()[:16]
