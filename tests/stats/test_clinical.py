@@ -145,3 +145,9 @@ def test_fit_clinical_bootstrap_ci_close_to_analytic_ci():
     w_b = t.beta_std_boot_ci_upper - t.beta_std_boot_ci_lower
     assert ((w_b / w_a) > 0.7).all() and ((w_b / w_a) < 1.3).all()
     assert (t.beta_std_boot_ci_lower < t.beta_std).all() and (t.beta_std < t.beta_std_boot_ci_upper).all()
+
+
+def test_fit_clinical_unknown_timepoint_raises_stats_error():
+    ds, _ = build_results(7, n_subjects=20, followup=False)
+    with pytest.raises(StatsError, match="timepoint 'm36' not in the results dataset"):
+        fit_clinical(ds, timepoint="m36")

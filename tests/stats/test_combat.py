@@ -105,3 +105,14 @@ def test_fit_combat_location_scale_only_with_one_feature_warns_and_works():
     means = [h[site == s].mean() for s in "abc"]
     raw = [X[site == s].mean() for s in "abc"]
     assert np.ptp(means) < np.ptp(raw)
+
+
+def test_harmonise_site_only_at_follow_up_warns_and_keeps_raw_values():
+    ds, _ = build_results(1, n_subjects=90, specs=SPECS, sites=SITES)
+    site = ds["site"].values.copy()
+    site[0, 1] = "site-new"
+    ds = ds.assign(site=(ds["site"].dims, site))
+    with pytest.warns(SmallSiteWarning, match="site-new"):
+        out, _ = harmonise(ds)
+    np.testing.assert_array_equal(out.volume_mm3.isel(subject=0, timepoint=1).values,
+                                  ds.volume_mm3.isel(subject=0, timepoint=1).values)

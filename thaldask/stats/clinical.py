@@ -141,6 +141,11 @@ def fit_clinical(
     keys = methods or _data.method_contrasts(ds, "volume_mm3")
     mixed = timepoint == "all"
     tp = None if mixed else (timepoint or _data.first_timepoint(ds))
+    if tp is not None and tp not in [str(t) for t in ds["timepoint"].values]:
+        raise StatsError(
+            f"timepoint {tp!r} not in the results dataset; has {[str(t) for t in ds['timepoint'].values]} "
+            "(or use 'all')"
+        )
     clin = _data.clinical_frame(ds)
     rows = []
     meths = [str(m) for m in ds["method"].values]

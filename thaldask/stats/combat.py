@@ -353,6 +353,12 @@ def harmonise(
     model = fit_combat(ref[:, feats], ref_site, cov_ref, eb=eb, mean_only=mean_only, min_site_size=min_site_size)
     harm = flat.copy()
     known = np.isin(site, model.sites)
+    unseen = sorted(set(site[~known]) - {"nan", "None", ""})
+    if unseen:
+        warnings.warn(
+            f"ComBat: site(s) {unseen} have no {tp} scans to fit on; their scans are left "
+            "unharmonised", SmallSiteWarning, stacklevel=2,
+        )
     harm_feats = apply_combat(model, flat[known][:, feats], site[known], clin.loc[known, covs])
     sub = harm[known]
     sub[:, feats] = harm_feats
