@@ -55,8 +55,9 @@ def table_html(df: pd.DataFrame, *, table_id: str, caption: str = "", collapse_o
         cells = []
         for v in row:
             num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            cells.append(f'<td class="num">{esc(fmt_value(v))}</td>' if num
-                         else f"<td>{esc(fmt_value(v))}</td>")
+            text = fmt_value(v)
+            cls = "num" if num else ("long" if len(text) > 60 else "")
+            cells.append(f'<td class="{cls}">{esc(text)}</td>' if cls else f"<td>{esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     cap = f"<caption>{esc(caption)}</caption>" if caption else ""
     table = (f'<div class="tablewrap"><table id="{esc(table_id)}" class="data">{cap}'
@@ -104,7 +105,9 @@ figure img { max-width: 100%; height: auto; border: 1px solid #e4e7eb; }
 figcaption { font-size: 0.9em; color: #444; max-width: 1100px; }
 .tablewrap { overflow-x: auto; max-width: 100%; }
 table.data { border-collapse: collapse; font-size: 0.85em; margin: 8px 0 4px; }
-table.data th, table.data td { border: 1px solid #d0d7de; padding: 3px 7px; }
+table.data th, table.data td { border: 1px solid #d0d7de; padding: 3px 7px;
+                               white-space: nowrap; }
+table.data td.long { white-space: normal; min-width: 28em; font-size: 0.9em; color: #333; }
 table.data th { background: #f3f5f7; position: sticky; top: 0; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.data caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0; }

@@ -19,6 +19,7 @@ from thaldask.report.style import GT_COLOUR, PRED_COLOUR, new_figure, save, styl
 __all__ = ["slice_centre", "plot_scan_qc", "select_qc_cases", "write_qc", "qc_rows_for_scan"]
 
 PLANES = ("axial", "coronal", "sagittal")
+_TAG = {"facecolor": "black", "alpha": 0.55, "pad": 1.0, "linewidth": 0}  # orientation letters
 
 
 def slice_centre(*masks, shape=None) -> tuple[int, int, int]:
@@ -154,12 +155,12 @@ def plot_scan_qc(
             else:
                 ax.set_title(f"{idx[0]} = {idx[1]}", fontsize=7)
             if plane != "sagittal":
-                ax.text(0.01, 0.02, "L", color="white", fontsize=7, transform=ax.transAxes)
-                ax.text(0.99, 0.02, "R", color="white", fontsize=7, ha="right",
+                ax.text(0.01, 0.02, "L", color="white", fontsize=7, bbox=_TAG, transform=ax.transAxes)
+                ax.text(0.99, 0.02, "R", color="white", fontsize=7, bbox=_TAG, ha="right",
                         transform=ax.transAxes)
             else:
-                ax.text(0.01, 0.02, "P", color="white", fontsize=7, transform=ax.transAxes)
-                ax.text(0.99, 0.02, "A", color="white", fontsize=7, ha="right",
+                ax.text(0.01, 0.02, "P", color="white", fontsize=7, bbox=_TAG, transform=ax.transAxes)
+                ax.text(0.99, 0.02, "A", color="white", fontsize=7, bbox=_TAG, ha="right",
                         transform=ax.transAxes)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
