@@ -59,6 +59,7 @@ def test_plot_scan_qc_rows_by_planes_contours_drawn():
     assert axes[0].get_ylabel() == "a · T1w"
 
 
+@pytest.mark.slow
 def test_write_qc_store_one_montage_per_scan(evaluated_store, tmp_path):
     from thaldask.report import write_qc
 
@@ -75,6 +76,7 @@ def test_write_qc_store_one_montage_per_scan(evaluated_store, tmp_path):
         assert im.size[1] > im.size[0]
 
 
+@pytest.mark.slow
 def test_write_qc_unknown_subject_scan_error(evaluated_store, tmp_path):
     from thaldask.report import write_qc
 
@@ -83,6 +85,7 @@ def test_write_qc_unknown_subject_scan_error(evaluated_store, tmp_path):
         write_qc(store, "sub-99", tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_qc_prints_paths_and_fails_cleanly(evaluated_store, tmp_path):
     from thaldask.cli import main
 

@@ -139,6 +139,7 @@ def test_build_report_note_table_shown_as_reason(tmp_path):
     assert "agreement: no ground-truth volumes" in text
 
 
+@pytest.mark.slow
 def test_stats_from_dataset_same_tables_as_csvs(evaluated_store):
     from thaldask.report.build import stats_from_dataset
     from thaldask.store import open_store
