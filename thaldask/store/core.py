@@ -539,7 +539,13 @@ class CohortStore:
             extra[pname] = q
             flags |= HAS_PROB
             h_parts.append(q)
-        digest = content_hash(np.concatenate([a.ravel() for a in h_parts]), self.affines[i])
+        full = np.zeros(self.grid_shape, np.uint8)
+        full[: shp[0], : shp[1], : shp[2]] = lab
+        if len(h_parts) == 1:  # same digest as ingest gives the same mask
+            digest = content_hash(full, self.affines[i])
+        else:
+            parts = [full] + [np.ascontiguousarray(a) for a in h_parts[1:]]
+            digest = content_hash(np.concatenate([a.ravel() for a in parts]), self.affines[i])
         return self.write_scan_array(
             name,
             i,

@@ -218,6 +218,7 @@ def _ingest_file(
         if hashlib.sha256(_io.read_bytes(e["file"])).digest() == old:
             return {"status": "skipped", "reason": "same file already stored"}
     vol = _io.load_volume(e["file"], kind=e["kind"])
+    grid = st.grid_shape
     flags = 0
     note = ""
     data = vol.data
@@ -236,7 +237,8 @@ def _ingest_file(
         if vol.scaled:
             flags |= SCALED
         if same:
-            ras, _, _ = _io.to_ras(data, vol.affine, ornt)
+            _check_cast(data, target, name)
+            full = _io.c_copy(_io.to_ras(data, vol.affine, ornt)[0], grid, target)
         else:
             if np.allclose(vol.affine, orig_aff, atol=1e-4):
                 raise GridMismatchError(
@@ -244,12 +246,13 @@ def _ingest_file(
                 )
             ras = _io.resample_to(data, vol.affine, aff_ras, shape_ras, order=1)
             flags |= RESAMPLED
-        ras = _cast_image(ras, target, name)
+            _check_cast(ras, target, name)
+            full = _io.c_copy(ras, grid, target)
     else:
         conv = parse_labels(e["labels"])
         sides = _mask_sides(data, conv)
         if same:
-            ras, _, _ = _io.to_ras(sides, vol.affine, ornt)
+            ras = _io.to_ras(sides, vol.affine, ornt)[0]
         else:
             if np.allclose(vol.affine, orig_aff, atol=1e-4):
                 raise GridMismatchError(
@@ -262,16 +265,16 @@ def _ingest_file(
                 f"resampled (nearest) from grid {tuple(data.shape)} "
                 f"{_io.axcodes(vol.affine)} onto the image grid"
             )
-        ras = np.ascontiguousarray(ras, dtype=np.uint8)
         if conv.binary:
             if split_binary:
                 ras = split_binary_by_midline(ras, aff_ras)
                 note = (note + "; " if note else "") + "binary mask split at world x = 0"
             else:
                 flags |= BINARY
-    digest = _io.content_hash(ras, aff_ras)
+        full = _io.c_copy(ras, grid, np.uint8)
+    digest = _io.content_hash(full, aff_ras)  # of the padded grid, as stored
     status = st.write_scan_array(
-        name, i, ras, flags=flags, source_shape=vol.data.shape, source_affine=vol.affine,
+        name, i, full, flags=flags, source_shape=vol.data.shape, source_affine=vol.affine,
         file_sha256=vol.file_sha256, content_sha256=digest, overwrite=overwrite,
     )
     if status == "skipped":
@@ -279,16 +282,16 @@ def _ingest_file(
     return {"status": status, "resampled": bool(flags & RESAMPLED), "reason": note}
 
 
-def _cast_image(ras: np.ndarray, target: np.dtype, name: str) -> np.ndarray:
-    """Voxels in the array's storage type; integers only where exact."""
-    if target.kind in "iu" and not np.can_cast(ras.dtype, target, casting="safe"):
-        info = np.iinfo(target)
-        if ras.dtype.kind == "f" and not np.array_equal(ras, np.round(ras)):
-            raise ScanError(f"{name} is stored as {target} but this file holds non-integer values")
-        lo, hi = (ras.min(), ras.max()) if ras.size else (0, 0)
-        if lo < info.min or hi > info.max:
-            raise ScanError(f"{name} is stored as {target} but this file holds values {lo}..{hi}")
-    return np.ascontiguousarray(ras, dtype=target)
+def _check_cast(data: np.ndarray, target: np.dtype, name: str) -> None:
+    """Refuse values the array's storage type cannot hold exactly."""
+    if target.kind not in "iu" or np.can_cast(data.dtype, target, casting="safe"):
+        return
+    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+        raise ScanError(f"{name} is stored as {target} but this file holds non-integer values")
+    info = np.iinfo(target)
+    lo, hi = (data.min(), data.max()) if data.size else (0, 0)
+    if lo < info.min or hi > info.max:
+        raise ScanError(f"{name} is stored as {target} but this file holds values {lo}..{hi}")
 
 
 def _mask_sides(data: np.ndarray, conv) -> np.ndarray:

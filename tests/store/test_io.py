@@ -1,0 +1,48 @@
+"""Kernels of ingest checked against their plain numpy/nibabel equivalents."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from thaldask.cohort.labels import parse_labels, to_sides
+from thaldask.errors import LabelConventionError
+from thaldask.store import _io
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=hs.integers(0, 2**31 - 1),
+    spec=hs.sampled_from(["freesurfer", "dbsegment", "L:3;R:7", "binary", "5", "L:24,26;R:25"]),
+    fortran=hs.booleans(),
+)
+def test_fast_sides_matches_to_sides(seed, spec, fortran):
+    rng = np.random.default_rng(seed)
+    data = rng.choice(np.array([0, 1, 3, 5, 7, 10, 24, 25, 26, 27, 30, 31, 49, 300]), size=(7, 6, 5)).astype(np.int16)
+    if fortran:
+        data = np.asfortranarray(data)
+    conv = parse_labels(spec)
+    np.testing.assert_array_equal(_io.fast_sides(data, conv), to_sides(data, conv))
+
+
+def test_fast_sides_unexpected_label_names_it():
+    with pytest.raises(LabelConventionError, match=r"unexpected labels \[4\]"):
+        _io.fast_sides(np.array([0, 1, 2, 4]), parse_labels("L:1;R:2"), allowed={0, 1, 2})
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LIA", "PSR", "ILA"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_c_copy_reoriented_view_equals_numpy_copy(axcodes, dtype):
+    rng = np.random.default_rng(0)
+    data = np.asfortranarray(rng.integers(0, 100, (40, 36, 33)).astype(dtype))
+    ornt = nib.orientations.axcodes2ornt(axcodes)
+    aff = nib.orientations.inv_ornt_aff(ornt, data.shape)
+    view, ras_aff, _ = _io.to_ras(data, aff)
+    assert "".join(nib.aff2axcodes(ras_aff)) == "RAS"
+    out = _io.c_copy(view, (41, 40, 40), np.float32)
+    assert out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_array_equal(out[: view.shape[0], : view.shape[1], : view.shape[2]], view)
+    assert out.sum() == view.sum()
+    back = _io.from_ras(np.ascontiguousarray(view), _io.ras_orientation(aff))
+    np.testing.assert_array_equal(back, data)
