@@ -74,3 +74,15 @@ def test_compute_metrics_keeps_scan_coords_and_flags_empty_prediction():
     assert ds.dice.sel(side="total").values[-1] == 0.0
     assert np.isnan(ds.hd95_mm.sel(side="total").values[-1])
     assert (ds.dice.sel(side="total").values[:-1] > 0.3).all()
+
+
+def test_metrics_import_never_pulls_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, thaldask.metrics, thaldask.metrics.evaluate, thaldask.metrics.compare, "
+        "thaldask.metrics.commands; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
