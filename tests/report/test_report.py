@@ -120,6 +120,8 @@ def test_build_report_absent_inputs_stated_no_figures(tmp_path):
     assert "No results dataset in the store" in text
     assert "No statistics tables found" in text
     assert "No cohort store given" in text
+    assert "No results dataset: no volumes to compare across sites." in text
+    assert "No results dataset: no volumes to compare over time." in text
 
 
 def test_build_report_no_ground_truth_agreement_absent(tmp_path):

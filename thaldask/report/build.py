@@ -366,7 +366,8 @@ def _clinical(page, ds, stats, progress, side, rng, harmonised=None) -> str:
         + (", from ComBat-harmonised volumes as in the longitudinal models" if used_harm else "")
         + "; black diamonds and lines: group means with 95 % CIs from longitudinal.csv "
         "(where present).", progress,
-        absent="No subject has a follow-up scan with years_since_baseline > 0: no annualised change."))
+        absent="No results dataset: no volumes to compare over time." if vols is None else
+        "No subject has a follow-up scan with years_since_baseline > 0: no annualised change."))
     return "\n".join(parts)
 
 
@@ -392,13 +393,17 @@ def _harmonisation(page, ds, stats, progress, harmonised) -> str:
         after = _site_frame(harmonised, "volume_mm3")
     else:
         before = _site_frame(ds, "volume_mm3")
-    if before is None or before["site"].nunique() < 2:
+    if ds is None:
+        parts.append(absent_html("No results dataset: no volumes to compare across sites."))
+        progress.step("harmonisation (absent)")
+    elif before is None or before["site"].nunique() < 2:
         parts.append(absent_html("Single-site cohort (or no site recorded): no harmonisation "
                                  "needed, nothing to compare across sites."))
         progress.step("harmonisation (absent)")
     else:
         if after is None:
-            parts.append(absent_html("No harmonised volumes in the store: the distributions "
+            parts.append(absent_html("No harmonised volumes (ComBat did not run or could not be "
+                                     "reproduced; see the harmonisation table): the distributions "
                                      "below are before harmonisation only."))
         parts.append(_save_figure(
             page, F.plot_site_distributions(before, after), "site_distributions",
