@@ -122,6 +122,14 @@ def _hide_unused(axes, n):
         ax.set_visible(False)
 
 
+def _hbox(ax, values, **kwargs):
+    """Horizontal box plot on matplotlib ≥ 3.10 (``orientation``) and older (``vert``)."""
+    try:
+        return ax.boxplot(values, orientation="horizontal", **kwargs)
+    except TypeError:
+        return ax.boxplot(values, vert=False, **kwargs)
+
+
 def _methods_contrasts(combos):
     methods = list(dict.fromkeys(m for m, _ in combos))
     contrasts = list(dict.fromkeys(c for _, c in combos))
@@ -158,8 +166,8 @@ def plot_metric_distributions(
                 ax.text(0.5, row, "no data", va="center", ha="center", fontsize=7, color="0.4",
                         transform=ax.get_yaxis_transform())
                 continue
-            ax.boxplot(
-                v, positions=[row], orientation="horizontal", widths=0.6, showfliers=False,
+            _hbox(
+                ax, v, positions=[row], widths=0.6, showfliers=False,
                 patch_artist=True, boxprops={"facecolor": colours[m] + "40", "edgecolor": colours[m]},
                 medianprops={"color": "black"}, whiskerprops={"color": colours[m]},
                 capprops={"color": colours[m]},
