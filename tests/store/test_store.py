@@ -164,6 +164,16 @@ def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
     blob = pickle.dumps(st)
     assert len(blob) < 1000
     assert pickle.loads(blob).n_scans == 3
+    # lazy views ship only (path, array name) to workers, never data or store objects
+    view = st.image("T1w")
+    graph = pickle.dumps(dict(view.data.__dask_graph__()))
+    assert len(graph) < 5000
+    back = pickle.loads(graph)
+    import dask
+
+    chunk = dask.get(back, (view.data.name, 2, 0, 0, 0))[0]
+    sx, sy, sz = st.shapes[2]
+    np.testing.assert_array_equal(chunk[:sx, :sy, :sz], st.load_image("T1w", 2))
 
 
 def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path):

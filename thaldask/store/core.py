@@ -311,8 +311,15 @@ class CohortStore:
         chunks = (1,) + tuple(z.shape[1:])
         from dask.base import tokenize
 
-        token = tokenize(self.path, name, self._attrs["thaldask"].get("created"))
-        arr = da.from_zarr(z, chunks=chunks, name=f"thaldask-{name.replace('/', '-')}-{token}")
+        token = tokenize(self.path, name, self._attrs["thaldask"].get("created"), z.shape)
+        src = _ArraySource(self.path, name, self.storage_options, tuple(z.shape), z.dtype, z)
+        arr = da.from_array(
+            src,
+            chunks=chunks,
+            name=f"thaldask-{name.replace('/', '-')}-{token}",
+            fancy=False,
+            meta=np.empty((0,) * len(z.shape), z.dtype),
+        )
         if arr.dtype != dtype:
             arr = arr.astype(dtype)
         s = self.scans
@@ -611,6 +618,31 @@ class CohortStore:
 
         with quiet_zarr():
             zarr.consolidate_metadata(self._zstore)
+
+
+class _ArraySource:
+    """Read access to one store array that travels as (path, name): a worker reopens it
+    itself (with zarr's concurrency lowered), never receiving array data or store objects."""
+
+    def __init__(self, path, name, storage_options, shape, dtype, z=None):
+        self.path, self.name, self.storage_options = path, name, storage_options
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self._z = z
+
+    def _zarr(self):
+        if self._z is None:
+            import zarr
+
+            set_zarr_concurrency()
+            zs = make_zarr_store(self.path, read_only=True, storage_options=self.storage_options)
+            self._z = zarr.open_array(store=zs, path=self.name, mode="r")
+        return self._z
+
+    def __getitem__(self, key):
+        return self._zarr()[key]
+
+    def __reduce__(self):
+        return (_ArraySource, (self.path, self.name, self.storage_options, self.shape, self.dtype))
 
 
 def _reopen(path, storage_options, read_only):
