@@ -208,3 +208,14 @@ def test_pipeline_report_stage_writes_and_prints_path(evaluated_store, tmp_path)
     buf = io.StringIO()
     print_summary(ctx, Console(file=buf, width=200))
     assert f"report: {index}" in buf.getvalue()
+
+
+def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
+    ds = make_results(n_subjects=4).isel(method=[0], contrast=[0])
+    build_report(tmp_path, results=ds, stats={}, progress=False)
+    (tmp_path / "figures" / "old_figure.png").write_bytes(b"stale")
+    index = build_report(tmp_path, results=ds, stats={}, progress=False)
+    assert not (tmp_path / "figures" / "old_figure.png").exists()
+    referenced = set(PageParser(index.read_text(encoding="utf-8")).images)
+    on_disk = {f"figures/{p.name}" for p in (tmp_path / "figures").iterdir()}
+    assert on_disk == referenced

@@ -531,8 +531,10 @@ def build_report(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    for sub in ("figures", "qc", "tables"):
+    for sub, pattern in (("figures", "*.png"), ("qc", "*.png"), ("tables", "*.csv")):
         (out / sub).mkdir(parents=True, exist_ok=True)
+        for old in (out / sub).glob(pattern):  # a re-run leaves no stale figure or table
+            old.unlink()
     stats = {k: v for k, v in (stats or {}).items() if v is not None}
     stats = {k: stats[k] for k in [*STATS_TABLES, *sorted(set(stats) - set(STATS_TABLES))] if k in stats}
     for name, df in stats.items():
