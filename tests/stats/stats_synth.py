@@ -154,7 +154,7 @@ def build_results(
              "atrophy_rate": atrophy_rate, "or_worsening": or_worsening,
              "group_effect": group_effect, "sd_u": var_v**0.5, "worse": worse}
     slopes = {}
-    for key, (a, prop, sd, _) in specs.items():
+    for key, (_, prop, sd, _) in specs.items():
         num = prop * sv2 * (1 + prop / 2) + (sd**2 - gt_noise**2) / 2
         den = sv2 * (1 + prop / 2) ** 2 + (sd**2 + gt_noise**2) / 4
         slopes[key] = num / den

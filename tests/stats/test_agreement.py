@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from scipy import stats
+from stats_synth import build_results
 
 from thaldask.stats.agreement import bland_altman, fit_agreement, icc_a1, lin_ccc
-
-from stats_synth import build_results
 
 SEEDS = range(20)
 

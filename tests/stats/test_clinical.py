@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-
 from stats_synth import build_results
+
 from thaldask.errors import StatsError
 from thaldask.stats.clinical import adjust_head_size, fit_clinical
 

@@ -3,8 +3,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-
 from stats_synth import build_results
+
 from thaldask.errors import SmallSiteWarning, StatsError
 from thaldask.stats.combat import apply_combat, fit_combat, harmonise
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 from scipy import stats
-
 from stats_synth import build_results
+
 from thaldask.stats.comparison import fit_method_comparison, rank_biserial
 from thaldask.stats.multitest import holm
 
@@ -12,7 +12,7 @@ def test_fit_method_comparison_equals_scipy_friedman_wilcoxon_and_holm():
     t = fit_method_comparison(ds, metrics=("dice",))
     fr = t[t.test == "friedman"].iloc[0]
     d = ds["dice"].sel(side="total", timepoint="baseline").transpose("subject", "method", "contrast").values
-    keys = [(m, c) for m, c in zip(t[t.test == "wilcoxon"].method_a, t[t.test == "wilcoxon"].contrast_a)]
+    keys = [(m, c) for m, c in zip(t[t.test == "wilcoxon"].method_a, t[t.test == "wilcoxon"].contrast_a, strict=True)]
     assert fr.k_methods == 5 and fr.n == 60
     cols = {}
     meths, cons = list(ds.method.values), list(ds.contrast.values)

@@ -4,10 +4,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-
 from stats_synth import build_results
+
 from thaldask.errors import StatsError
-from thaldask.stats.longitudinal import annualised_change, edss_worsening, fit_longitudinal, hedges_g
+from thaldask.stats.longitudinal import (
+    annualised_change,
+    edss_worsening,
+    fit_longitudinal,
+    hedges_g,
+)
 
 EXACT = {("exact", "T1w"): (0.0, 0.0, 0.0, 0.95)}
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-
 from stats_synth import build_results
+
 from thaldask.errors import ConfigError
 from thaldask.stats import headline_findings, run_stats, write_stats
 from thaldask.stats.longitudinal import edss_worsening

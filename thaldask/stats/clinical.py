@@ -172,7 +172,7 @@ def fit_clinical(
             # design on the used rows only (a dummy constant there would be rank-deficient)
             Xc, cov_names = _data.design_columns(frame[used], covs)
             varying = Xc.std(axis=0) > 0 if n else np.zeros(Xc.shape[1], bool)
-            Xc, cov_names = Xc[:, varying], [c for c, k in zip(cov_names, varying) if k]
+            Xc, cov_names = Xc[:, varying], [c for c, k in zip(cov_names, varying, strict=True) if k]
             y = _data.zscore(y_all[used])
             va = adjust_head_size(vol[used].T, head[used], method=head_size)
             z = _data.zscore(va, axis=-1)  # (K, n)
@@ -192,7 +192,7 @@ def fit_clinical(
                     for k, r in enumerate(res):
                         r["beta_std_boot_ci_lower"] = lo_b[k]
                         r["beta_std_boot_ci_upper"] = hi_b[k]
-            for b, r in zip(base, res):
+            for b, r in zip(base, res, strict=True):
                 b.update(r)
             rows.extend(base)
     out = pd.DataFrame(rows)

@@ -166,13 +166,13 @@ def fit_combat(
     levs, idx, counts = np.unique(sites, return_inverse=True, return_counts=True)
     if len(levs) < 2:
         raise StatsError(f"ComBat needs ≥ 2 sites; the data has {len(levs)} ({list(levs)})")
-    tiny = [f"{s} (n={c})" for s, c in zip(levs, counts) if c < 2]
+    tiny = [f"{s} (n={c})" for s, c in zip(levs, counts, strict=True) if c < 2]
     if tiny:
         raise StatsError(
             f"ComBat cannot estimate a site effect from one subject: site(s) {tiny}; "
             "merge or drop them"
         )
-    small = [f"{s} (n={c})" for s, c in zip(levs, counts) if c < min_site_size]
+    small = [f"{s} (n={c})" for s, c in zip(levs, counts, strict=True) if c < min_site_size]
     if small:
         warnings.warn(
             f"ComBat: site(s) {small} have fewer than {min_site_size} subjects; their site "

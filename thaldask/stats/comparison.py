@@ -92,7 +92,7 @@ def fit_method_comparison(
             if mat is None:
                 continue
             keep = np.isfinite(mat).any(axis=0)
-            keys = [k for k, kp in zip(keys_all, keep) if kp]
+            keys = [k for k, kp in zip(keys_all, keep, strict=True) if kp]
             mat = mat[:, keep]
             complete = np.isfinite(mat).all(axis=1)
             x = mat[complete]
@@ -136,7 +136,7 @@ def fit_method_comparison(
                 })
             if pair_rows:
                 adj = holm([r["p"] for r in pair_rows])
-                for r, a in zip(pair_rows, adj):
+                for r, a in zip(pair_rows, adj, strict=True):
                     r["p_holm"] = a
             rows.extend(pair_rows)
     return pd.DataFrame(rows)

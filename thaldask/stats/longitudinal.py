@@ -166,7 +166,7 @@ def fit_longitudinal(
     if not len(out):
         return pd.DataFrame(columns=COLUMNS)
     out["p_fdr"] = np.nan
-    for a, idx in out.groupby("analysis").groups.items():
+    for _, idx in out.groupby("analysis").groups.items():
         out.loc[idx, "p_fdr"] = p_adjust(out.loc[idx, "p"].to_numpy(float), fdr_method)
     for c in COLUMNS:
         if c not in out:
@@ -208,7 +208,7 @@ def _worsening_rows(chg, worse, base, sel, covariates, keys, side, cut, alpha):
     n = int(used.sum())
     Xc, names = _data.design_columns(base[used], covs)
     keep = Xc.std(axis=0) > 0 if n else np.zeros(Xc.shape[1], bool)
-    Xc, names = Xc[:, keep], [a for a, k in zip(names, keep) if k]
+    Xc, names = Xc[:, keep], [a for a, k in zip(names, keep, strict=True) if k]
     y = worse[used]
     n_ev = int(y.sum())
     K = len(keys)
