@@ -609,7 +609,9 @@ def write_report(
     out : str or Path
         Output folder; figures (PNG) and tables (CSV) are written beside ``index.html``.
     stats_dir : str or Path, optional
-        Folder of the statistics CSVs (``agreement.csv``, ...); default: the store's folder.
+        Folder of the statistics CSVs (``agreement.csv``, ...); default: the CSVs in the
+        folder that holds the store if there are any, else the tables of the store's
+        ``stats`` dataset (e.g. for an object-store URL).
     rng : int or numpy.random.Generator
         Seeds the random visual-QC sample.
     qc_random : int

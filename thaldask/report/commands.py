@@ -12,7 +12,8 @@ from thaldask.cli import handle_errors
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for index.html, its figures and the CSV tables.")
 @click.option("--stats-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of the statistics CSVs (default: the store's folder).")
+              help="Folder of the statistics CSVs (default: the CSVs beside the store, else "
+                   "the tables stored in the store by `thaldask stats`).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random visual-QC sample.")
 @click.option("--qc-random", type=int, default=2, show_default=True,
