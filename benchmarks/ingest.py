@@ -175,7 +175,7 @@ def run(args):
         shutil.rmtree(store)
         for name, layout in LAYOUTS.items():
 
-            def one():
+            def one(layout=layout):
                 shutil.rmtree(store, ignore_errors=True)
                 with dask.config.set(scheduler="sync"):  # one core, no task overlap
                     rep = ingest(man, store, progress=False, layout=layout)
@@ -184,7 +184,7 @@ def run(args):
             wall, cpu = _timed(one, args.repeat)
             st = open_store(store)
 
-            def read():
+            def read(st=st):
                 for i in range(st.n_scans):
                     st.load_image("T1w", i)
                     st.load_mask("freesurfer", "T1w", i)

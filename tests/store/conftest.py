@@ -1,5 +1,4 @@
 import pytest
-
 from store_helpers import small_cohort_files
 
 

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from store_helpers import box_mask, make_affine, make_cohort, write_nifti
 
-from store_helpers import HEADER, box_mask, make_affine, make_cohort, write_nifti
 from thaldask.store import export_masks, ingest, open_store
 
 

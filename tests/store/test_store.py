@@ -108,7 +108,6 @@ def test_write_results_roundtrip_keeps_strings_and_nan(small_cohort, tmp_path):
 def test_ingest_fsspec_url_store_roundtrip(tmp_path):
     import dask
     import fsspec
-
     from store_helpers import make_cohort
 
     man = make_cohort(tmp_path / "in", [{"subject": "s1", "timepoint": "baseline", "orient": "LIA"}])

@@ -59,7 +59,7 @@ def _sites(root: str) -> dict[str, str]:
     col = next((c for c in ("site", "scanner", "center", "centre") if c in df.columns), None)
     if col is None or "participant_id" not in df.columns:
         return {}
-    return dict(zip(df["participant_id"], df[col]))
+    return dict(zip(df["participant_id"], df[col], strict=False))
 
 
 def _thalamus_ids(tsv: str) -> str | None:
@@ -70,7 +70,7 @@ def _thalamus_ids(tsv: str) -> str | None:
     if not {"index", "name"} <= set(lut.columns):
         return None
     left, right, both = [], [], []
-    for idx, name in zip(lut["index"], lut["name"]):
+    for idx, name in zip(lut["index"], lut["name"], strict=False):
         n = name.lower().replace("_", "-")
         if "thalam" not in n:
             continue

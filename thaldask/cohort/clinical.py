@@ -92,7 +92,7 @@ def validate_clinical(
     out = df.copy()
     for c in ("subject", "timepoint"):
         out[c] = out[c].astype(str).str.strip()
-        for r, v in zip(out["row"], out[c]):
+        for r, v in zip(out["row"], out[c], strict=False):
             if v in ("", "nan"):
                 bad(r, f"{c}: empty")
     for col, (lo, hi, step) in NUMERIC_RANGES.items():
@@ -100,7 +100,7 @@ def validate_clinical(
             continue
         raw = out[col].astype(str).str.strip()
         vals = pd.to_numeric(raw.where(raw != "", None), errors="coerce").astype("float64")
-        for r, s, v in zip(out["row"], raw, vals):
+        for r, s, v in zip(out["row"], raw, vals, strict=False):
             if s == "" or s.lower() in ("nan", "na", "n/a"):
                 continue
             if not np.isfinite(v):
@@ -114,7 +114,7 @@ def validate_clinical(
         if col not in out.columns:
             continue
         vals = out[col].astype(str).str.strip()
-        for r, v in zip(out["row"], vals):
+        for r, v in zip(out["row"], vals, strict=False):
             if v and v not in allowed:
                 bad(r, f"{col}: {v!r} is not one of {', '.join(allowed)}")
         out[col] = vals.where(vals != "", None).astype(object)
@@ -133,11 +133,11 @@ def validate_clinical(
             problems=lines,
         )
     if manifest is not None:
-        have = set(zip(manifest["subject"].astype(str), manifest["timepoint"].astype(str)))
+        have = set(zip(manifest["subject"].astype(str), manifest["timepoint"].astype(str), strict=False))
         subjects = set(manifest["subject"].astype(str))
         absent_s = sorted(set(out["subject"]) - subjects)
         absent_t = [
-            (s, t) for s, t in zip(out["subject"], out["timepoint"]) if s in subjects and (s, t) not in have
+            (s, t) for s, t in zip(out["subject"], out["timepoint"], strict=False) if s in subjects and (s, t) not in have
         ]
         if absent_s or absent_t:
             parts = []

@@ -177,7 +177,7 @@ def validate(
             )
     # masks need an image of the same scan and contrast
     images = set(
-        zip(*(df.loc[df["kind"] == "image", c] for c in ("subject", "timepoint", "contrast")))
+        zip(*(df.loc[df["kind"] == "image", c] for c in ("subject", "timepoint", "contrast")), strict=False)
     )
     for r in df[df["kind"] == "mask"].itertuples(index=False):
         if (r.subject, r.timepoint, r.contrast) not in images:

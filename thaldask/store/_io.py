@@ -89,7 +89,6 @@ def load_volume(path: str, *, kind: str = "image") -> Volume:
     """
     import io
 
-    import nibabel as nib
 
     raw = read_bytes(path)
     sha = hashlib.sha256(raw).digest()

@@ -24,10 +24,9 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     import sys
 
     from thaldask.cluster import get_client
-    from thaldask.store.ingest import ingest
-
     from thaldask.cohort.clinical import validate_clinical
     from thaldask.cohort.manifest import validate
+    from thaldask.store.ingest import ingest
 
     # validate before starting any cluster: bad input fails in seconds
     df = validate(manifest)

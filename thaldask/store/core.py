@@ -95,7 +95,7 @@ def _spatial_chunks(grid_shape, layout: dict | None = None):
     sc = lay.get("spatial_chunks", "scan")
     if sc in (None, "scan"):
         return tuple(int(s) for s in grid_shape)
-    return tuple(min(int(c), int(s)) for c, s in zip(sc, grid_shape))
+    return tuple(min(int(c), int(s)) for c, s in zip(sc, grid_shape, strict=False))
 
 
 @contextlib.contextmanager

@@ -74,7 +74,7 @@ def plan_ingest(df: pd.DataFrame) -> _Plan:
         "header_info": np.zeros((n, 2), np.int32),
     }
     groups = df.groupby(["subject", "timepoint"], sort=False)
-    for i, (s, t) in enumerate(zip(scans["subject"], scans["timepoint"])):
+    for i, (s, t) in enumerate(zip(scans["subject"], scans["timepoint"], strict=False)):
         rows = groups.get_group((s, t))
         imgs = rows[rows["kind"] == "image"]
         ref = imgs[imgs["contrast"] == "T1w"]
@@ -334,9 +334,9 @@ def _merge_plan(st: CohortStore, plan: _Plan) -> tuple[_Plan | None, str, int]:
     are appended (their grids must fit the stored padded grid). Returns (plan re-indexed
     to the store, reason if impossible, number of appended scans).
     """
-    old = list(zip(st.scans["subject"], st.scans["timepoint"]))
+    old = list(zip(st.scans["subject"], st.scans["timepoint"], strict=False))
     pos = {k: i for i, k in enumerate(old)}
-    keys = list(zip(plan.scans["subject"], plan.scans["timepoint"]))
+    keys = list(zip(plan.scans["subject"], plan.scans["timepoint"], strict=False))
     for j, k in enumerate(keys):
         i = pos.get(k)
         if i is None:
@@ -382,7 +382,7 @@ def _fill_sites(scans: pd.DataFrame, clin: pd.DataFrame) -> None:
     """Sites missing from the manifest are taken from the clinical table (in place)."""
     site = {
         (str(s), str(t)): str(v)
-        for s, t, v in zip(clin["subject"], clin["timepoint"], clin["site"])
+        for s, t, v in zip(clin["subject"], clin["timepoint"], clin["site"], strict=False)
         if v is not None and str(v) not in ("", "nan", "None")
     }
     for k in scans.index:
@@ -461,6 +461,8 @@ def ingest(
     from thaldask.cohort.clinical import validate_clinical
 
     store = str(store)
+    if not is_remote(store):
+        store = os.path.abspath(store)  # workers may run elsewhere in the file system
     df = validate(manifest)
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
     plan = plan_ingest(df)
@@ -581,7 +583,11 @@ class _Bar:
     def __enter__(self):
         if self.enabled:
             from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
             )
 
             self._p = Progress(
