@@ -159,3 +159,10 @@ def test_stats_docstring_examples_run():
 
     for mod in (ag, cl, co, ke, lo, mt, ru):
         assert doctest.testmod(mod).failed == 0, mod.__name__
+
+
+def test_kernels_fewer_rows_than_coefficients_give_nan():
+    from thaldask.stats.kernels import ols_shared_design
+
+    assert np.isnan(ols_batched(np.ones((1, 2)), [1.0]).params).all()
+    assert np.isnan(ols_shared_design(np.ones((2, 2)), [1.0, 2.0], [[1.0, 3.0]]).beta).all()

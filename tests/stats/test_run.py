@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -165,3 +166,13 @@ def test_table_to_xarray_every_table_has_unique_keys():
     r = tables["clinical_cross"].iloc[0]
     assert float(cc["beta_std"].sel({"outcome": r.outcome, "method": r.method, "contrast": r.contrast,
                                      "side": r.side})) == r.beta_std
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_run_stats_tiny_cohorts_give_tables_not_exceptions(n):
+    ds, _ = build_results(0, n_subjects=n, sites={"a": (0.0, 1.0, 0.5), "b": (100.0, 1.0, 0.5)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tables = run_stats(ds, {"mixed": False})
+    assert all(len(t) for t in tables.values())
+    assert headline_findings(tables)[0].startswith("Best Dice:")

@@ -111,6 +111,10 @@ def ols_batched(X, y, *, weights=None) -> OLSResult:
     Xw, yw, w, batch, n, p = _prepare(X, y, weights)
     nobs = w.sum(axis=-1)
     df = nobs - p
+    if n <= p:  # fewer rows than coefficients: nothing can be estimated
+        nan_p, nan_b = np.full((*batch, p), np.nan), np.full(batch, np.nan)
+        return OLSResult(nan_p, nan_p.copy(), nan_p.copy(), nan_p.copy(), nobs, df.astype(float),
+                         nan_b, nan_b.copy(), nan_b.copy(), nan_b.copy())
     # QR of the zero-filled design: zero rows add nothing, so this is the fit on used rows.
     Q, R = np.linalg.qr(Xw)
     diag = np.abs(np.diagonal(R, axis1=-2, axis2=-1))
@@ -215,6 +219,9 @@ def ols_shared_design(Xc, y, V, *, weights=None) -> SharedDesignResult:
     nobs = w.sum(axis=-1)
     p = q + 1
     df = nobs - p
+    if n <= p:  # fewer rows than coefficients: nothing can be estimated
+        nk, nb = np.full((*batch, K), np.nan), np.full(batch, np.nan)
+        return SharedDesignResult(nk, nk, nk, nk, nobs, df.astype(float), nk, nk, nk, nk, nk, nb, nb, nb)
     Q, R = np.linalg.qr(Xw)
     Qt = np.swapaxes(Q, -1, -2)
     # projections as BLAS matmuls: (..., K, n) @ (..., n, q) @ (..., q, n)
