@@ -49,14 +49,24 @@ def make_pair(shape, seed=0):
     return g, p
 
 
-def timeit(fn, repeat):
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def interleaved(cands: dict, row: dict) -> None:
+    """Time every candidate in interleaved rounds (A B C A B C ...) so that load changes on
+    a shared machine hit all of them alike; record the minimum (``<name>_s``, used for the
+    ratios: the least disturbed run) and the median (``<name>_median_s``)."""
+    times = {k: [] for k in cands}
+    for fn, _ in cands.values():
+        fn()  # warm-up
+    rounds = max(r for _, r in cands.values())
+    for i in range(rounds):
+        for k, (fn, r) in cands.items():
+            if i < r:
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    for k, ts in times.items():
+        row[f"{k}_s"] = min(ts)
+        row[f"{k}_median_s"] = statistics.median(ts)
+        row[f"{k}_n"] = len(ts)
 
 
 def naive_numpy(g, p, vv):
@@ -85,12 +95,13 @@ def bench_pair(name, shape, repeat, tmp):
         np.copyto(bp, p)
 
     row = {"shape": list(shape), "mb_both_masks": mb}
-    row["copy_s"] = timeit(copy, repeat)
+    cands = {}
+    cands["copy"] = (copy, repeat)
     gw, pw = g.reshape(-1).view(np.uint64), p.reshape(-1).view(np.uint64)
     # read-only anchor: one reduction pass over both masks' bytes (no writes)
-    row["read_s"] = timeit(lambda: (np.bitwise_or.reduce(gw), np.bitwise_or.reduce(pw)), repeat)
-    row["thaldask_overlap_s"] = timeit(lambda: derive_metrics(pair_raw(g, p, sp, surface=False), 1.0), repeat)
-    row["numpy_naive_s"] = timeit(lambda: naive_numpy(g, p, 1.0), max(3, repeat // 2))
+    cands["read"] = (lambda: (np.bitwise_or.reduce(gw), np.bitwise_or.reduce(pw)), repeat)
+    cands["thaldask_overlap"] = (lambda: derive_metrics(pair_raw(g, p, sp, surface=False), 1.0), repeat)
+    cands["numpy_naive"] = (lambda: naive_numpy(g, p, 1.0), max(3, repeat // 2))
     gpath, ppath = os.path.join(tmp, f"{name}_gt.nii.gz"), os.path.join(tmp, f"{name}_pred.nii.gz")
     nib.save(nib.Nifti1Image(g, np.eye(4)), gpath)
     nib.save(nib.Nifti1Image(p, np.eye(4)), ppath)
@@ -100,8 +111,8 @@ def bench_pair(name, shape, repeat, tmp):
         b = np.asarray(nib.load(ppath).dataobj)
         naive_numpy(a, b, 1.0)
 
-    row["nibabel_numpy_s"] = timeit(nib_loop, max(3, repeat // 2))
-    row["thaldask_surface_s"] = timeit(lambda: pair_raw(g, p, sp, surface=True), repeat)
+    cands["nibabel_numpy"] = (nib_loop, max(3, repeat // 2))
+    cands["thaldask_surface"] = (lambda: pair_raw(g, p, sp, surface=True), repeat)
 
     ref = pair_raw(g, p, sp, surface=True)
     row["thaldask_dice_left"] = float(derive_metrics(ref, 1.0)[0, 5])
@@ -133,8 +144,8 @@ def bench_pair(name, shape, repeat, tmp):
             return hd, sd
 
         r = max(3, repeat // 2)
-        row["monai_overlap_s"] = timeit(monai_overlap, r)
-        row["monai_surface_s"] = timeit(monai_surface, r)
+        cands["monai_overlap"] = (monai_overlap, r)
+        cands["monai_surface"] = (monai_surface, r)
         d, _ = monai_overlap()
         hd, sd = monai_surface()
         row["monai_dice_left"] = float(d[0, 0])
@@ -155,12 +166,13 @@ def bench_pair(name, shape, repeat, tmp):
                 out.append((sdm.compute_robust_hausdorff(s, 95), sdm.compute_average_surface_distance(s)))
             return out
 
-        row["deepmind_surface_s"] = timeit(deepmind, max(3, repeat // 2))
+        cands["deepmind_surface"] = (deepmind, max(3, repeat // 2))
         dm = deepmind()
         row["deepmind_hd95_left"] = float(dm[0][0])
         row["deepmind_asd_left"] = [float(v) for v in dm[0][1]]
     except ImportError as exc:
         row["deepmind_error"] = str(exc)
+    interleaved(cands, row)
     return row
 
 
