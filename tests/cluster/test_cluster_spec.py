@@ -190,6 +190,7 @@ def test_describe_kubernetes_tls_overlay_tls_address():
         pytest.skip("kubectl is not installed")
     plan = describe_cluster({"kind": "kubernetes", "manifests": str(OVERLAYS / "gpu-tls")})
     assert plan["scheduler_address"].startswith("tls://")
+    assert plan["secrets"] == {"thaldask-tls": True, "thaldask-s3": False}
 
 
 def test_describe_kubernetes_rendered_yaml_file(tmp_path):

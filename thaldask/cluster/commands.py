@@ -52,8 +52,14 @@ def _format_plan(plan: dict, *, full: bool) -> str:
         lines.append(f"total: {plan['n_workers']} workers, {plan['gpus']} GPU(s)")
         if plan["other_objects"]:
             lines.append(
-                "objects the pods expect (kubectl apply -k creates them): "
+                "not created by this kind (kubectl apply -k of the overlay creates them): "
                 + ", ".join(plan["other_objects"])
+            )
+        for name, required in plan["secrets"].items():
+            lines.append(
+                f"Secret {name!r} must exist in the namespace"
+                if required
+                else f"Secret {name!r} is used when present (optional)"
             )
         if full:
             lines += ["", "# Dask manifests", plan["manifests"].rstrip()]

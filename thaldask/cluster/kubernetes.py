@@ -178,8 +178,30 @@ def plan_kubernetes(spec: ClusterSpec) -> dict:
         "other_objects": [
             f"{o['kind']}/{o['metadata']['name']}" for o in objs if o not in dask_objs
         ],
+        "secrets": _secrets(dask_objs),
         "manifests": yaml.safe_dump_all(dask_objs, sort_keys=False),
     }
+
+
+def _secrets(objs: list[dict]) -> dict[str, bool]:
+    """Secrets the Dask pods reference: name -> required (False when marked optional)."""
+    found: dict[str, bool] = {}
+
+    def add(name: str, optional: bool) -> None:
+        found[name] = found.get(name, False) or not optional
+
+    for o in objs:
+        spec = o["spec"]
+        groups = [spec.get("worker"), spec.get("scheduler")]
+        for pod in (g.get("spec", {}) for g in groups if g):
+            for v in pod.get("volumes", []):
+                if "secret" in v:
+                    add(v["secret"]["secretName"], v["secret"].get("optional", False))
+            for c in pod.get("containers", []):
+                for ef in c.get("envFrom", []):
+                    if "secretRef" in ef:
+                        add(ef["secretRef"]["name"], ef["secretRef"].get("optional", False))
+    return found
 
 
 def _uses_tls(cluster: dict) -> bool:
