@@ -227,7 +227,14 @@ def start_kubernetes(spec: ClusterSpec, *, quiet: bool = False):
     try:
         for g in groups:
             short = g["metadata"]["name"].removeprefix(f"{name}-")
-            cluster.add_worker_group(short, custom_spec=g["spec"]["worker"])
+            try:
+                cluster.add_worker_group(short, custom_spec=g["spec"]["worker"])
+            except Exception as exc:
+                # the cluster was already deployed (kubectl apply -k): keep its group and
+                # only set the replica count asked for here
+                if "409" not in str(exc) and "already exists" not in str(exc).lower():
+                    raise
+                cluster.scale(g["spec"]["worker"].get("replicas", 1), worker_group=short)
         if scaler is not None and spec.get("adapt", True):
             cluster.adapt(minimum=scaler["spec"]["minimum"], maximum=scaler["spec"]["maximum"])
     except BaseException:
