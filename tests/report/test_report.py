@@ -219,3 +219,11 @@ def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
     referenced = set(PageParser(index.read_text(encoding="utf-8")).images)
     on_disk = {f"figures/{p.name}" for p in (tmp_path / "figures").iterdir()}
     assert on_disk == referenced
+
+
+def test_build_report_left_side_captions_name_side(tmp_path):
+    ds = make_results(n_subjects=6).isel(method=[2])
+    index = build_report(tmp_path, results=ds, stats={}, side="left", progress=False)
+    text = index.read_text(encoding="utf-8")
+    assert "Thalamic volume (left, mm³) per acquisition site" in text
+    assert "figures/annualised_change.png" in text

@@ -371,11 +371,11 @@ def _clinical(page, ds, stats, progress, side, rng, harmonised=None) -> str:
     return "\n".join(parts)
 
 
-def _site_frame(ds: xr.Dataset, var: str) -> pd.DataFrame | None:
-    """Tidy (subject, timepoint, site, method, contrast, volume_mm3) of total-side ``var``."""
+def _site_frame(ds: xr.Dataset, var: str, side: str = "total") -> pd.DataFrame | None:
+    """Tidy (subject, timepoint, site, method, contrast, volume_mm3) of ``var`` on ``side``."""
     if ds is None or var not in ds or "site" not in ds:
         return None
-    tot = ds.sel(side="total") if "side" in ds.dims else ds
+    tot = ds.sel(side=side) if "side" in ds.dims else ds
     df = tot[var].to_dataframe(name="volume_mm3").reset_index()
     site = tot["site"].to_dataframe(name="site").reset_index()
     df = df.merge(site, on=["subject", "timepoint"], how="left")
@@ -383,16 +383,16 @@ def _site_frame(ds: xr.Dataset, var: str) -> pd.DataFrame | None:
     return df[["subject", "timepoint", "site", "method", "contrast", "volume_mm3"]]
 
 
-def _harmonisation(page, ds, stats, progress, harmonised) -> str:
+def _harmonisation(page, ds, stats, progress, harmonised, side="total") -> str:
     """Site distributions before/after. ``harmonised``: the dataset returned by
     ``thaldask.stats.harmonise`` (harmonised ``volume_mm3``, original ``volume_mm3_raw``)."""
     parts = []
     after = None
     if harmonised is not None and "volume_mm3_raw" in harmonised:
-        before = _site_frame(harmonised, "volume_mm3_raw")
-        after = _site_frame(harmonised, "volume_mm3")
+        before = _site_frame(harmonised, "volume_mm3_raw", side)
+        after = _site_frame(harmonised, "volume_mm3", side)
     else:
-        before = _site_frame(ds, "volume_mm3")
+        before = _site_frame(ds, "volume_mm3", side)
     if ds is None:
         parts.append(absent_html("No results dataset: no volumes to compare across sites."))
         progress.step("harmonisation (absent)")
@@ -407,7 +407,7 @@ def _harmonisation(page, ds, stats, progress, harmonised) -> str:
                                      "below are before harmonisation only."))
         parts.append(_save_figure(
             page, F.plot_site_distributions(before, after), "site_distributions",
-            "Thalamic volume (total, mm³) per acquisition site, per method × contrast"
+            f"Thalamic volume ({side}, mm³) per acquisition site, per method × contrast"
             + (", before (hatched, pale) and after (solid) ComBat harmonisation"
                + (f" ({harmonised.attrs['harmonised_by']})" if "harmonised_by" in harmonised.attrs else "")
                + "." if after is not None else " (raw volumes)."),
@@ -560,7 +560,7 @@ def build_report(
             ("agreement", "Agreement with ground truth", _agreement(page, results, stats, prog, side)),
             ("clinical", "Clinical associations",
              _clinical(page, results, stats, prog, side, rng, harmonised)),
-            ("harmonisation", "Harmonisation", _harmonisation(page, results, stats, prog, harmonised)),
+            ("harmonisation", "Harmonisation", _harmonisation(page, results, stats, prog, harmonised, side)),
             ("qc", "Visual QC", _qc(page, store, results, prog, rng, qc_random, side)),
             ("tables", "Tables", _tables(page, stats)),
         ]
@@ -593,6 +593,7 @@ def write_report(
     out,
     *,
     stats_dir=None,
+    side: str = "total",
     rng=0,
     qc_random: int = 2,
     run_info: dict | None = None,
@@ -612,6 +613,8 @@ def write_report(
         Folder of the statistics CSVs (``agreement.csv``, ...); default: the CSVs in the
         folder that holds the store if there are any, else the tables of the store's
         ``stats`` dataset (e.g. for an object-store URL).
+    side : {"total", "left", "right"}
+        Thalamus side drawn in the figures (tables show every side they hold).
     rng : int or numpy.random.Generator
         Seeds the random visual-QC sample.
     qc_random : int
@@ -651,7 +654,8 @@ def write_report(
             stats = {}
     harmonised = _harmonised(st, ds, stats)
     run_info = {**({"statistics from": source} if stats else {}), **(run_info or {})}
-    return build_report(out, results=ds, stats=stats, store=st, harmonised=harmonised, rng=rng,
+    return build_report(out, results=ds, stats=stats, store=st, harmonised=harmonised, side=side,
+                        rng=rng,
                         qc_random=qc_random, run_info=run_info,
                         pipeline_config=pipeline_config, progress=progress)
 

@@ -14,16 +14,18 @@ from thaldask.cli import handle_errors
 @click.option("--stats-dir", type=click.Path(file_okay=False), default=None,
               help="Folder of the statistics CSVs (default: the CSVs beside the store, else "
                    "the tables stored in the store by `thaldask stats`).")
+@click.option("--side", type=click.Choice(["total", "left", "right"]), default="total",
+              show_default=True, help="Thalamus side drawn in the figures.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random visual-QC sample.")
 @click.option("--qc-random", type=int, default=2, show_default=True,
               help="Random scans per method × contrast in visual QC (besides best/median/worst).")
 @handle_errors
-def report(store, out, stats_dir, seed, qc_random):
+def report(store, out, stats_dir, side, seed, qc_random):
     """Write an offline HTML report of STORE (results, statistics, visual QC) to OUT/index.html."""
     from thaldask.report import write_report
 
-    index = write_report(store, out, stats_dir=stats_dir, rng=seed, qc_random=qc_random)
+    index = write_report(store, out, stats_dir=stats_dir, side=side, rng=seed, qc_random=qc_random)
     click.echo(f"report: {index}")
 
 
