@@ -177,15 +177,13 @@ class SubjectGeometry:
         """
         p0 = np.asarray(head_xyz, dtype=np.float64).reshape(3)
         pts = [p0] + [p0 + s * radius * e for e in np.eye(3) for s in (-1, 1)]
+        # every finite-difference sample in one call: (point, axis, sign)
+        samples = np.array([p + s * h * e for p in pts for e in np.eye(3) for s in (1, -1)]).T
+        u = self.field_at(samples).T.reshape(len(pts), 3, 2, 3)
+        lin = self.rotation.T @ np.diag(1.0 / self.scale)
         dets = []
-        for p in pts:
-            p = p.reshape(3, 1)
-            J = np.diag(1.0 / self.scale) @ np.eye(3)
-            J = self.rotation.T @ J
-            for k in range(3):
-                d = np.zeros((3, 1))
-                d[k] = h
-                J[:, k] += (self.field_at(p + d) - self.field_at(p - d))[:, 0] / (2 * h)
+        for k in range(len(pts)):
+            J = lin + ((u[k, :, 0] - u[k, :, 1]) / (2 * h)).T
             dets.append(1.0 / np.linalg.det(J))
         return float(np.mean(dets))
 

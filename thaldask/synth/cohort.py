@@ -107,6 +107,23 @@ def _conformed_grid(shape_name: str) -> tuple[np.ndarray, tuple[int, int, int]]:
     return aff, (n, n, n)
 
 
+def _conformed_labels(geom, aff, shape, caff, cshape, pose, thr) -> np.ndarray:
+    """Labels on the conformed grid, inside the acquired field of view only (zero outside,
+    as when FreeSurfer conforms a partial-coverage image)."""
+    corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in shape], indexing="ij")).reshape(3, -1)
+    world = aff[:3, :3] @ corners + aff[:3, 3:4]
+    cinv = np.linalg.inv(caff)
+    cidx = cinv[:3, :3] @ world + cinv[:3, 3:4]
+    lo = np.clip(np.ceil(cidx.min(axis=1) - 1e-6).astype(int), 0, None)
+    hi = np.minimum(np.floor(cidx.max(axis=1) + 1e-6).astype(int) + 1, cshape)
+    sub = caff.copy()
+    sub[:3, 3] = caff[:3, :3] @ lo + caff[:3, 3]
+    out = np.zeros(cshape, dtype=np.uint8)
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sample_labels(
+        geom, sub, tuple(hi - lo), pose=pose, thalamus_thresholds=thr)
+    return out
+
+
 def _pose(rng: np.random.Generator, rot_deg: float, trans_mm: float) -> np.ndarray:
     """Rigid scanner -> head transform of one session."""
     from thaldask.synth.anatomy import _rotation
@@ -151,8 +168,9 @@ def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: 
     tissue = draw_tissue(rng_subj, params["contrasts"]["tissue_jitter"])
     jac = [geom.jacobian_at(geom.thalamus_centroid(s)) for s in (0, 1)]
     voxel = np.asarray(site["voxel_mm"], dtype=float)
-    vvox = float(np.prod(voxel))
     aff, grid_shape = _grid(shape, voxel)
+    # the voxel volume a reader of the file computes (NIfTI stores the affine as float32)
+    vvox = float(abs(np.linalg.det(aff[:3, :3].astype(np.float32).astype(np.float64))))
     caff, cshape = _conformed_grid(shape)
     records = []
     for row in rows:
@@ -191,7 +209,7 @@ def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: 
                 mrng = np.random.default_rng([int(seed), i, 3, k, mi, ci])
                 if method == "freesurfer-sim":
                     if clab is None:
-                        clab = sample_labels(geom, caff, cshape, pose=pose, thalamus_thresholds=thr)
+                        clab = _conformed_labels(geom, aff, grid_shape, caff, cshape, pose, thr)
                         cprep = prepare_truth(clab, (1.0, 1.0, 1.0))
                     sides = simulate_sides(cprep, spec, reference_volume_mm3=ref,
                                            site_shift_mm=site["volume_shift_mm"], rng=mrng)

@@ -37,7 +37,7 @@ from thaldask.synth.anatomy import THALAMUS, WHITE_MATTER
 
 __all__ = ["method_spec", "prepare_truth", "simulate_sides", "encode_labels"]
 
-_MARGIN_MM = 10.0
+_MARGIN_MM = 7.0  # beyond the largest boundary error of the defaults (offset + 3 SD)
 
 
 def method_spec(params: dict, method: str, contrast: str) -> dict:

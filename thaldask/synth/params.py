@@ -109,14 +109,14 @@ _DEFAULTS: dict = {
         #   sdt + roughness_mm * noise(scale_mm) < offset_mm + wm_offset_mm * WM_nearby
         #                                           + prop_bias_mm * (V / V_ref - 1) + jitter
         # where sdt is the signed distance to the true boundary (mm, negative inside)
-        "reference_volume_mm3": 6500.0,
-        "freesurfer-sim": {"contrasts": ["T1w"], "offset_mm": 0.3, "wm_offset_mm": 0.6,
+        "reference_volume_mm3": 5800.0,
+        "freesurfer-sim": {"contrasts": ["T1w"], "offset_mm": 0.4, "wm_offset_mm": 0.6,
                            "roughness_mm": 1.1, "scale_mm": 2.5, "prop_bias_mm": 1.2,
                            "jitter_mm": 0.08, "labels": "freesurfer"},
-        "first-sim": {"contrasts": ["T1w"], "offset_mm": 0.3, "wm_offset_mm": 0.5,
+        "first-sim": {"contrasts": ["T1w"], "offset_mm": 0.45, "wm_offset_mm": 0.5,
                       "roughness_mm": 1.2, "scale_mm": 3.0, "prop_bias_mm": 0.0,
                       "jitter_mm": 0.1, "labels": "first"},
-        "dbsegment-sim": {"contrasts": ["T1w"], "offset_mm": -0.15, "wm_offset_mm": 0.0,
+        "dbsegment-sim": {"contrasts": ["T1w"], "offset_mm": -0.2, "wm_offset_mm": 0.0,
                           "roughness_mm": 0.7, "scale_mm": 2.0, "prop_bias_mm": -1.0,
                           "jitter_mm": 0.05, "labels": "dbsegment"},
         "mindglide-sim": {
