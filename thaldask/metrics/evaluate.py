@@ -56,6 +56,14 @@ def _zarr_store(path: str, storage_options: dict | None):
     return make_zarr_store(path, storage_options=storage_options)
 
 
+def _single(block):
+    while isinstance(block, (list, tuple)):
+        if len(block) != 1:
+            raise ValueError("evaluate expects one chunk along x, y, z and per-scan fields")
+        block = block[0]
+    return block
+
+
 def _eval_block(gt, pred, spacing, scan, token, *, store_path, cache, with_gt, surface, storage_options=None):
     """Compute raw fields for a block of scans and write them to the per-scan cache.
 
@@ -64,6 +72,8 @@ def _eval_block(gt, pred, spacing, scan, token, *, store_path, cache, with_gt, s
     """
     import zarr
 
+    # blockwise without concatenation hands single-chunk contracted dims as nested lists
+    gt, pred, spacing, scan, token = (_single(a) for a in (gt, pred, spacing, scan, token))
     n = gt.shape[0]
     out = np.full((n, 3, len(RAW_FIELDS)), np.nan)
     ok = np.zeros(n, bool)
@@ -292,7 +302,7 @@ def _compute_arrays(st, entries, *, surface: bool, block: int):
                 tk,
                 "sabt",
                 new_axes={"f": 3, "k": len(RAW_FIELDS)},
-                concatenate=True,
+                concatenate=False,  # one chunk along x, y, z: no copy
                 dtype=np.float64,
                 meta=np.empty((0, 0, 0), np.float64),
                 store_path=st.path,
