@@ -201,11 +201,11 @@ class DaskProcesses:
         )
 
     def close(self):
-        """Stop every process: SIGTERM, then SIGKILL after a few seconds."""
+        """Stop every process: SIGTERM, then SIGKILL after two seconds."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 2
         for p in self.procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
