@@ -30,8 +30,8 @@ from thaldask.segment.network import UNet3D
 
 __all__ = ["TrainConfig", "load_label_maps", "train_model", "export_weights"]
 
-ROI_SHAPE = (80, 56, 48)  # voxels at 1 mm, RAS (x wide enough for both thalami)
-ROI_SPACING = 1.0
+ROI_SHAPE = (56, 40, 32)  # voxels at 1.5 mm, RAS: 84 x 60 x 48 mm, both thalami
+ROI_SPACING = 1.5
 LOC_SHAPE = (64, 64, 64)  # voxels at 4 mm: a 256 mm field of view
 LOC_SPACING = 4.0
 SLOTS = ("T1w", "FLAIR", "R1")
@@ -44,7 +44,7 @@ class TrainConfig:
     seed: int = 0
     batch: int = 2
     lr: float = 1e-3
-    loc_every: int = 3
+    loc_every: int = 4
     n_holdout: int = 3
     roi_base: int = 16
     loc_base: int = 8
@@ -305,6 +305,9 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
 
     roi_net = UNet3D(len(SLOTS), 3, base=cfg.roi_base, levels=4)
     loc_net = UNet3D(1, 3, base=cfg.loc_base, levels=3)
+    cl = torch.channels_last_3d  # ~25% faster convolutions on CPU
+    roi_net.to(memory_format=cl)
+    loc_net.to(memory_format=cl)
     opt_roi = torch.optim.AdamW(roi_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
     opt_loc = torch.optim.AdamW(loc_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
     start = 0
@@ -354,7 +357,7 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
             g["lr"] = lr
         pairs = [make_roi_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))],
                                  gen, cfg) for _ in range(cfg.batch)]
-        x = torch.stack([p[0] for p in pairs])
+        x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=cl)
         y = torch.stack([p[1] for p in pairs])
         loss = seg_loss(roi_net(x), y)
         opt_roi.zero_grad()
@@ -364,7 +367,7 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
         if step % cfg.loc_every == 0:
             pairs = [make_loc_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))],
                                      gen, cfg) for _ in range(cfg.batch)]
-            x = torch.stack([p[0] for p in pairs])
+            x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=cl)
             y = torch.stack([p[1] for p in pairs])
             lloss = seg_loss(loc_net(x), y)
             opt_loc.zero_grad()

@@ -1,0 +1,176 @@
+"""Segmenter plugins: base class, registry and entry points.
+
+A segmenter is a class with a ``name``, ``load(device)`` (called once per process or Dask
+worker) and ``predict(image, affine, *, contrast)`` returning labels 0/1/2 on the input grid
+(and optionally left/right probabilities). Built-ins are registered here; third-party ones
+through the entry-point group ``thaldask.segmenters`` (value: ``module:Class``). A plugin that
+fails to import emits :class:`~thaldask.errors.SegmenterImportWarning` and is skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from thaldask.errors import SegmenterError, SegmenterImportWarning
+
+__all__ = [
+    "Prediction",
+    "Segmenter",
+    "get_segmenter",
+    "list_segmenters",
+    "register_segmenter",
+    "split_contrast",
+]
+
+ENTRY_POINT_GROUP = "thaldask.segmenters"
+
+
+def split_contrast(contrast: str) -> list[str]:
+    """``"T1w+FLAIR+R1"`` -> ``["T1w", "FLAIR", "R1"]``."""
+    parts = [p.strip() for p in str(contrast).split("+")]
+    if not parts or any(not p for p in parts):
+        raise SegmenterError(f"contrast {contrast!r} is malformed; expected e.g. 'T1w' or 'T1w+FLAIR+R1'")
+    return parts
+
+
+@dataclass
+class Prediction:
+    """Output of :meth:`Segmenter.predict`.
+
+    labels : uint8 array (X, Y, Z), 0 background / 1 left / 2 right thalamus, input grid.
+    prob : float32 array (2, X, Y, Z) of left/right probabilities, or None.
+    """
+
+    labels: np.ndarray
+    prob: np.ndarray | None = None
+
+
+class Segmenter:
+    """Base class of segmentation methods.
+
+    Subclasses set ``name`` and implement :meth:`load` and :meth:`predict`. ``multi_channel``
+    segmenters take several co-registered contrasts at once: ``predict`` then receives an
+    array (C, X, Y, Z) and a contrast such as ``"T1w+R1"`` naming its channels in order.
+
+    Attributes
+    ----------
+    name : str
+        Registry name; also the method name under which masks are stored.
+    contrasts : tuple of str or None
+        Contrasts it accepts (None: any).
+    multi_channel : bool
+        Takes several contrasts at once.
+    """
+
+    name: str = ""
+    contrasts: tuple[str, ...] | None = None
+    multi_channel: bool = False
+
+    def __init__(self, **options):
+        self.options = options
+        self.device = None
+
+    def load(self, device: str = "auto") -> None:
+        """Load weights onto ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``); called once."""
+        raise NotImplementedError
+
+    def predict(self, image: np.ndarray, affine: np.ndarray, *, contrast: str) -> Prediction:
+        """Segment one scan; ``affine`` maps voxels to world (RAS mm) coordinates."""
+        raise NotImplementedError
+
+    def check_contrast(self, contrast: str) -> list[str]:
+        """Validate ``contrast`` for this segmenter and return its parts."""
+        parts = split_contrast(contrast)
+        if len(parts) > 1 and not self.multi_channel:
+            raise SegmenterError(
+                f"segmenter {self.name!r} takes one contrast; got {contrast!r} "
+                "(use an ensemble, or a multi-channel model such as 'thalnet-multi')"
+            )
+        if self.contrasts is not None:
+            bad = [p for p in parts if p not in self.contrasts]
+            if bad:
+                raise SegmenterError(
+                    f"segmenter {self.name!r} does not accept contrast {bad[0]!r}; "
+                    f"allowed: {', '.join(self.contrasts)}"
+                )
+        return parts
+
+    @property
+    def uses_cuda(self) -> bool:
+        return self.device is not None and str(self.device).startswith("cuda")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} device={self.device}>"
+
+
+_REGISTRY: dict[str, type[Segmenter]] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_segmenter(cls: type[Segmenter] | None = None, *, name: str | None = None, replace: bool = False):
+    """Register a :class:`Segmenter` subclass (usable as a decorator)."""
+
+    def deco(c):
+        if not (isinstance(c, type) and issubclass(c, Segmenter)):
+            raise TypeError(f"{c!r} is not a Segmenter subclass")
+        key = name or c.name
+        if not key:
+            raise ValueError(f"{c.__name__} has no name")
+        if key in _REGISTRY and _REGISTRY[key] is not c and not replace:
+            raise ValueError(f"a segmenter named {key!r} is already registered ({_REGISTRY[key].__name__})")
+        _REGISTRY[key] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            cls = ep.load()
+            register_segmenter(cls, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never stop the pipeline
+            warnings.warn(
+                f"segmenter plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
+                f"{type(exc).__name__}: {exc}",
+                SegmenterImportWarning,
+                stacklevel=2,
+            )
+
+
+def _builtins() -> None:
+    import thaldask.segment.builtin  # noqa: F401 - registers thalnet, thalnet-multi, mindglide
+
+
+def list_segmenters() -> list[str]:
+    """Names of every registered segmenter (built-ins and entry-point plugins)."""
+    _builtins()
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_segmenter(name: str, **options) -> Segmenter:
+    """A new (not yet loaded) instance of the segmenter ``name``.
+
+    Raises
+    ------
+    SegmenterError
+        no segmenter of that name.
+    """
+    _builtins()
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**options)

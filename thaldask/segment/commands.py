@@ -1,0 +1,153 @@
+"""CLI: ``thaldask segment-file``, ``thaldask segment`` and ``thaldask train``."""
+
+from __future__ import annotations
+
+import click
+
+from thaldask.cli import EXIT_SOME_FAILED, fail, handle_errors, scheduler_option
+
+__all__ = ["COMMANDS"]
+
+_GREEDY = ("--contrast", "--ensemble")
+
+
+class _GreedyCommand(click.Command):
+    """Lets ``--contrast T1w FLAIR R1`` take several values (rewritten to repeated options)."""
+
+    def parse_args(self, ctx, args):
+        out, current = [], None
+        for a in args:
+            if a in _GREEDY:
+                current = a
+                continue
+            if a.startswith("-"):
+                current = None
+                out.append(a)
+                continue
+            if current is not None:
+                out.extend([current, a])
+            else:
+                out.append(a)
+        return super().parse_args(ctx, out)
+
+
+def _options(pairs) -> dict:
+    opts = {}
+    for p in pairs:
+        if "=" not in p:
+            fail(f"--option {p!r}: expected KEY=VALUE")
+        k, v = p.split("=", 1)
+        opts[k.strip()] = v.strip()
+    return opts
+
+
+_device = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the model runs.",
+)
+_option = click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Segmenter option (e.g. checkpoint=PATH, label_ids=3 for mindglide); repeatable.",
+)
+
+
+@click.command("segment-file")
+@click.argument("inp", metavar="IN", type=click.Path(dir_okay=False))
+@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False))
+@click.option("--contrast", default="T1w", show_default=True, help="Image contrast (T1w, FLAIR, R1, ...).")
+@click.option("--model", default="thalnet", show_default=True, help="Segmenter name.")
+@_device
+@click.option("--prob", "prob_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write left/right probabilities (X, Y, Z, 2) to this NIfTI.")
+@_option
+@handle_errors
+def segment_file_command(inp, out, contrast, model, device, prob_out, option_pairs):
+    """Segment left (1) and right (2) thalamus in IN; write the mask on IN's grid to OUT."""
+    import time
+
+    from thaldask.segment.api import segment_file
+
+    t0 = time.perf_counter()
+    path = segment_file(inp, out, contrast=contrast, device=device, model=model,
+                        options=_options(option_pairs), prob_out=prob_out)
+    click.echo(f"{path}  ({time.perf_counter() - t0:.1f} s)", err=True)
+
+
+@click.command("segment", cls=_GreedyCommand)
+@click.argument("store")
+@click.option("--model", default="thalnet", show_default=True, help="Segmenter name (see --list).")
+@click.option("--contrast", "contrasts", multiple=True,
+              help="Contrasts to segment, e.g. --contrast T1w FLAIR R1 (multi-channel: T1w+R1).")
+@click.option("--ensemble", "ensembles", multiple=True,
+              help="Ensembles across contrasts, e.g. --ensemble T1w+FLAIR+R1 T1w+R1.")
+@click.option("--ensemble-kind", "kinds", type=click.Choice(["mean", "vote", "both"]), default="both",
+              show_default=True, help="Probability averaging (method MODEL), majority vote "
+              "(method MODEL-vote) or both.")
+@_device
+@click.option("--batch-size", default=1, show_default=True, help="Scans per task.")
+@click.option("--overwrite", is_flag=True, help="Recompute scans that already have a mask.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_option
+@scheduler_option
+@handle_errors
+def segment_command(store, model, contrasts, ensembles, kinds, device, batch_size, overwrite,
+                    no_progress, option_pairs, scheduler, cluster_file):
+    """Segment every scan of STORE with MODEL; masks and probabilities go into the store."""
+    from thaldask.cluster import get_client
+    from thaldask.segment.stage import segment_store
+
+    if not contrasts and not ensembles:
+        contrasts = ("T1w",)
+    ek = ("mean", "vote") if kinds == "both" else (kinds,)
+    with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
+        df = segment_store(store, model, list(contrasts), list(ensembles), client=client, device=device,
+                           options=_options(option_pairs), ensemble_kinds=ek, batch_size=batch_size,
+                           overwrite=overwrite, progress=not no_progress)
+    if df.empty:
+        click.echo("nothing to do: every requested mask is already in the store", err=True)
+        return
+    summary = df.groupby(["method", "contrast", "status"]).size().unstack(fill_value=0)
+    click.echo(summary.to_string())
+    failed = df[df.status == "failed"]
+    for _, r in failed.iterrows():
+        click.echo(f"thaldask: scan {r.scan} ({r.subject}, {r.timepoint}) {r.method}/{r.contrast}: {r.error}",
+                   err=True)
+    if len(failed):
+        raise SystemExit(EXIT_SOME_FAILED)
+
+
+@click.command("train")
+@click.option("--label-maps", type=click.Path(file_okay=False), default=None,
+              help="Folder of label maps (FreeSurfer labels, thalamus 10/49) for domain randomisation.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune on your own images with ground truth (manifest with image and gt rows).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--steps", default=None, type=int, help="Training steps (default 1500; fine-tuning 300).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Start from these weights (default for --manifest: the shipped ones).")
+@click.option("--threads", default=2, show_default=True, help="torch threads.")
+@handle_errors
+def train_command(label_maps, manifest, out, steps, seed, init, threads):
+    """Train the built-in thalnet model (reproduces the shipped weights) or fine-tune it."""
+    from thaldask.segment import train
+
+    if bool(label_maps) == bool(manifest):
+        fail("give exactly one of --label-maps DIR or --manifest FILE")
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if label_maps:
+        cfg = train.TrainConfig(steps=steps or train.TrainConfig.steps, seed=seed, threads=threads)
+        res = train.train_model(label_maps, out, cfg, init=init, log=log)
+    else:
+        res = train.finetune_manifest(manifest, out, steps=steps or 300, seed=seed, init=init,
+                                      threads=threads, log=log)
+    click.echo(f"weights: {res['weights']}\nsha256: {res['sha256']}")
+
+
+COMMANDS = [segment_file_command, segment_command, train_command]

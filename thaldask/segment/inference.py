@@ -1,0 +1,289 @@
+"""Inference of the built-in ``thalnet`` model on one scan.
+
+Steps: the scan is read in world (RAS, mm) coordinates through its affine, so any orientation
+and voxel size works; a 4 mm whole-head localiser finds the thalami; a 1 mm box around them
+goes through the region-of-interest network (with a left-right flip average); its
+probabilities are resampled back onto the input grid; one connected component per side is
+kept. Every resampling is a ``torch.nn.functional.grid_sample`` between world-aligned grids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from thaldask.errors import ModelWeightsError, ScanError, SegmenterError
+from thaldask.segment.network import build_network
+from thaldask.segment.synth import normalise
+
+__all__ = ["ThalNet", "load_thalnet", "resolve_device", "weights_path", "model_card"]
+
+SLOTS = ("T1w", "FLAIR", "R1")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    device = str(device).lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SegmenterError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise SegmenterError(f"device {device!r} not understood; allowed: auto, cpu, cuda, cuda:N")
+    return torch.device(device)
+
+
+def _models_dir() -> Path:
+    return Path(str(resources.files("thaldask") / "data" / "models"))
+
+
+def weights_path(name: str = "thalnet") -> Path:
+    """Path of the shipped weights file of a built-in model."""
+    return _models_dir() / f"{name}.pt"
+
+
+def model_card(name: str = "thalnet") -> dict:
+    """The model card (JSON) shipped beside the weights."""
+    path = _models_dir() / f"{name}.json"
+    if not path.exists():
+        raise ModelWeightsError(f"{path}: model card missing; reinstall thaldask")
+    return json.loads(path.read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _affine_grid(shape, affine_vox2world: np.ndarray, target_world2vox: np.ndarray, target_shape):
+    """Normalised grid_sample coordinates of the voxels of ``shape`` in a target volume."""
+    m = torch.as_tensor(target_world2vox @ affine_vox2world, dtype=torch.float32)
+    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
+    ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    vox = ijk @ m[:3, :3].T + m[:3, 3]
+    size = torch.tensor(target_shape, dtype=torch.float32)
+    norm = 2 * vox / (size - 1).clamp_min(1) - 1
+    return norm.flip(-1)[None]
+
+
+def _box_affine(center, shape, spacing) -> np.ndarray:
+    """vox->world affine of a world-aligned (RAS) box of ``shape`` centred at ``center`` mm."""
+    a = np.eye(4)
+    a[:3, :3] = np.diag([spacing] * 3)
+    a[:3, 3] = np.asarray(center, float) - spacing * (np.asarray(shape, float) - 1) / 2
+    return a
+
+
+def _pool_to(img: torch.Tensor, affine: np.ndarray, target_mm: float):
+    """Average-pool by integer factors so voxels approach ``target_mm`` (anti-aliasing)."""
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    k = [max(1, int(np.floor(target_mm / s + 1e-3))) for s in spacing]
+    k = [min(kk, n) for kk, n in zip(k, img.shape)]
+    if max(k) == 1:
+        return img, affine
+    pooled = F.avg_pool3d(img[None, None], kernel_size=k, stride=k, ceil_mode=True)[0, 0]
+    a = affine.copy()
+    a[:3, :3] = affine[:3, :3] * np.asarray(k, float)
+    a[:3, 3] = affine[:3, 3] + affine[:3, :3] @ ((np.asarray(k, float) - 1) / 2)
+    return pooled, a
+
+
+def _resample(img: torch.Tensor, affine: np.ndarray, box_affine: np.ndarray, box_shape, mode="bilinear"):
+    grid = _affine_grid(box_shape, box_affine, np.linalg.inv(affine), img.shape)
+    out = F.grid_sample(img[None, None], grid.to(img.device), mode=mode, padding_mode="zeros",
+                        align_corners=True)
+    return out[0, 0]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(sizes.argmax())
+
+
+@dataclass
+class ThalNet:
+    """Loaded localiser + region-of-interest networks of the built-in model."""
+
+    roi_net: torch.nn.Module
+    loc_net: torch.nn.Module
+    meta: dict
+    device: torch.device
+    tta: bool = True
+
+    @property
+    def roi_shape(self):
+        return tuple(self.meta["roi_shape"])
+
+    # ---------------------------------------------------------------- steps
+    def localise(self, img: torch.Tensor, affine: np.ndarray) -> np.ndarray:
+        """World (RAS mm) centre of the thalami, from the 4 mm localiser."""
+        spacing = float(self.meta["loc_spacing"])
+        shape = tuple(self.meta["loc_shape"])
+        fov_center = affine @ np.append((np.asarray(img.shape) - 1) / 2, 1)
+        pooled, paff = _pool_to(img, affine, spacing)
+        box = _box_affine(fov_center[:3], shape, spacing)
+        x = normalise(_resample(pooled, paff, box, shape))
+        with torch.no_grad():
+            prob = self.loc_net(x[None, None].to(self.device)).softmax(1)[0].float().cpu()
+        thal = (prob[1] + prob[2]).numpy()
+        mask = thal > 0.5
+        if mask.sum() < 3:
+            mask = thal >= max(thal.max() * 0.5, 1e-6)
+        mask = _largest_component(mask)
+        # both sides: keep everything within 30 mm of the component's centre
+        c = np.argwhere(mask).mean(0)
+        w = thal * (thal > 0.25)
+        ijk = np.indices(thal.shape).reshape(3, -1).T
+        near = np.linalg.norm((ijk - c) * spacing, axis=1) < 30
+        wv = w.ravel() * near
+        if wv.sum() > 0:
+            c = (ijk * wv[:, None]).sum(0) / wv.sum()
+        return (box @ np.append(c, 1))[:3]
+
+    def predict_roi(self, channels: list[torch.Tensor | None], affine: np.ndarray, center) -> tuple:
+        """Probabilities (3, *roi_shape) on the 1 mm box centred at ``center`` (world mm)."""
+        shape = self.roi_shape
+        spacing = float(self.meta["roi_spacing"])
+        box = _box_affine(center, shape, spacing)
+        x = torch.zeros((len(SLOTS), *shape), dtype=torch.float32)
+        for s, img in enumerate(channels):
+            if img is None:
+                continue
+            pooled, paff = _pool_to(img, affine, spacing)
+            x[s] = normalise(_resample(pooled, paff, box, shape))
+        x = x[None].to(self.device)
+        with torch.no_grad():
+            prob = self.roi_net(x).float().softmax(1)
+            if self.tta:
+                flipped = self.roi_net(x.flip(2)).float().softmax(1).flip(2)
+                prob = 0.5 * (prob + flipped[:, [0, 2, 1]])
+        return prob[0].cpu(), box
+
+    def segment(self, channels: list[np.ndarray | None], affine: np.ndarray, *, return_prob: bool = False):
+        """Labels (uint8 0/1/2) and optionally probabilities (2, X, Y, Z) on the input grid.
+
+        Parameters
+        ----------
+        channels : list of 3 arrays or None
+            Images for the slots (T1w, FLAIR, R1), co-registered on one grid; a single
+            contrast of any kind goes in the first slot.
+        affine : (4, 4) array
+            vox->world (RAS mm) affine shared by the channels.
+        """
+        present = [c for c in channels if c is not None]
+        if not present:
+            raise ScanError("no image given")
+        shape = present[0].shape
+        if len(shape) != 3:
+            raise ScanError(f"image must be 3D; got shape {shape}")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+            raise ScanError(f"affine must be an invertible 4x4 matrix; got {affine.tolist()}")
+        tens = []
+        for c in channels:
+            if c is None:
+                tens.append(None)
+                continue
+            if c.shape != shape:
+                raise ScanError(f"channels must share one grid; got shapes {c.shape} and {shape}")
+            a = np.nan_to_num(np.asarray(c, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            tens.append(torch.from_numpy(np.ascontiguousarray(a)))
+        ref = next(t for t in tens if t is not None)
+        if float(ref.max()) == float(ref.min()):
+            raise ScanError("image is constant (empty or blank scan)")
+        center = self.localise(ref, affine)
+        prob, box = self.predict_roi(tens, affine, center)
+        # refine: recentre on the predicted thalami once if the localiser was off
+        fg = (prob[1] + prob[2]).numpy() > 0.5
+        if fg.sum() > 50:
+            c_vox = np.argwhere(fg).mean(0)
+            new_center = (box @ np.append(c_vox, 1))[:3]
+            if np.linalg.norm(new_center - center) > 3.0:
+                center = new_center
+                prob, box = self.predict_roi(tens, affine, center)
+        return self._to_input_grid(prob, box, affine, shape, return_prob)
+
+    def _to_input_grid(self, prob, box, affine, shape, return_prob):
+        roi_shape = prob.shape[1:]
+        # input voxels that the box covers: map the box corners into input voxel space
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in roi_shape], indexing="ij")).reshape(3, -1)
+        world = box @ np.vstack([corners, np.ones(corners.shape[1])])
+        vox = np.linalg.inv(affine) @ world
+        lo = np.maximum(np.floor(vox[:3].min(1)).astype(int) - 1, 0)
+        hi = np.minimum(np.ceil(vox[:3].max(1)).astype(int) + 2, np.asarray(shape))
+        labels = np.zeros(shape, dtype=np.uint8)
+        full_prob = np.zeros((2, *shape), dtype=np.float32) if return_prob else None
+        if np.any(hi <= lo):
+            return (labels, full_prob) if return_prob else labels
+        sub_shape = tuple(int(v) for v in hi - lo)
+        sub_aff = affine.copy()
+        sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+        grid = _affine_grid(sub_shape, sub_aff, np.linalg.inv(box), roi_shape)
+        p = F.grid_sample(prob[None, 1:], grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=True)[0].numpy()
+        bg = 1.0 - p.sum(0)
+        lab = np.zeros(sub_shape, dtype=np.uint8)
+        lab[(p[0] > bg) & (p[0] >= p[1])] = 1
+        lab[(p[1] > bg) & (p[1] > p[0])] = 2
+        out = np.zeros(sub_shape, dtype=np.uint8)
+        for side in (1, 2):
+            m = lab == side
+            if m.any():
+                out[_largest_component(m)] = side
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        labels[sl] = out
+        if return_prob:
+            full_prob[(slice(None),) + sl] = np.clip(p, 0, 1)
+            return labels, full_prob
+        return labels
+
+
+def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool = True) -> ThalNet:
+    """Load the shipped ``thalnet`` weights (SHA-256 checked against the model card).
+
+    Raises
+    ------
+    ModelWeightsError
+        weights missing or their hash differs from the model card's.
+    """
+    device = resolve_device(device)
+    path = Path(path) if path is not None else weights_path("thalnet")
+    if not path.exists():
+        raise ModelWeightsError(f"{path}: model weights missing; reinstall thaldask or run 'thaldask train'")
+    if check_hash and path.parent == _models_dir():
+        card = model_card("thalnet")
+        expected = card.get("sha256")
+        got = _sha256(path)
+        if expected != got:
+            raise ModelWeightsError(
+                f"{path}: SHA-256 {got[:12]}… does not match the model card's {str(expected)[:12]}…"
+            )
+    try:
+        w = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a weights problem
+        raise ModelWeightsError(f"{path}: cannot read model weights ({exc})") from None
+    roi = build_network(w["roi_config"])
+    roi.load_state_dict({k: v.float() for k, v in w["roi"].items()})
+    loc = build_network(w["loc_config"])
+    loc.load_state_dict({k: v.float() for k, v in w["loc"].items()})
+    roi.eval().to(device)
+    loc.eval().to(device)
+    return ThalNet(roi, loc, w["meta"], device, tta=tta)

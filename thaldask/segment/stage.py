@@ -1,0 +1,386 @@
+"""The segmentation stage: run a segmenter over every scan of a cohort store on Dask.
+
+One task per scan (or per small batch of scans) computes every requested contrast and
+ensemble of that scan and writes masks (and quantised probabilities) with
+``CohortStore.write_mask``: idempotent, so a re-run skips finished scans and a task that a
+worker death interrupted is simply recomputed. The model is loaded once per worker by a
+:class:`SegmenterPlugin` (a ``distributed.WorkerPlugin``) and never travels inside a task;
+tasks ask for the ``gpu`` resource when the device is CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+
+from thaldask.errors import SegmenterError, StoreError
+from thaldask.segment.base import get_segmenter, split_contrast
+
+__all__ = [
+    "SegmenterPlugin",
+    "ensemble_average",
+    "ensemble_vote",
+    "labels_from_prob",
+    "segment_store",
+    "loaded_segmenter",
+]
+
+_LOADED: dict[str, object] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def _key(model: str, options: dict, device: str) -> str:
+    return json.dumps([model, options or {}, device], sort_keys=True, default=str)
+
+
+def loaded_segmenter(model: str, options: dict | None = None, device: str = "auto"):
+    """The segmenter ``model`` loaded in this process (loaded on first use, then cached)."""
+    k = _key(model, options or {}, device)
+    with _LOAD_LOCK:
+        seg = _LOADED.get(k)
+        if seg is None:
+            seg = get_segmenter(model, **(options or {}))
+            seg.load(device)
+            _LOADED[k] = seg
+        return seg
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
+except ImportError:  # pragma: no cover - distributed is a core dependency
+    _WorkerPluginBase = object
+
+
+class SegmenterPlugin(_WorkerPluginBase):
+    """Loads a segmenter once on every worker (present and future) of a cluster.
+
+    A load failure is kept and raised again by the first task that needs the model, so the
+    error reaches the user as a task error with its message.
+    """
+
+    def __init__(self, model: str, options: dict | None = None, device: str = "auto"):
+        self.model = model
+        self.options = dict(options or {})
+        self.device = device
+        self.name = "thaldask-segmenter-" + _key(model, self.options, device)
+
+    def setup(self, worker=None):
+        try:
+            loaded_segmenter(self.model, self.options, self.device)
+        except Exception:  # noqa: BLE001 - reported by the task that needs the model
+            pass
+
+    def teardown(self, worker=None):
+        _LOADED.pop(_key(self.model, self.options, self.device), None)
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+def labels_from_prob(prob: np.ndarray) -> np.ndarray:
+    """Left/right probabilities (2, X, Y, Z) -> labels 0/1/2, one component per side."""
+    from thaldask.segment.inference import _largest_component
+
+    p = np.asarray(prob, dtype=np.float32)
+    bg = 1.0 - p.sum(0)
+    lab = np.zeros(p.shape[1:], dtype=np.uint8)
+    lab[(p[0] > bg) & (p[0] >= p[1])] = 1
+    lab[(p[1] > bg) & (p[1] > p[0])] = 2
+    out = np.zeros_like(lab)
+    for side in (1, 2):
+        m = lab == side
+        if m.any():
+            out[_largest_component(m)] = side
+    return out
+
+
+def ensemble_average(probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Probability averaging: mean of (2, X, Y, Z) probabilities -> (labels, mean prob)."""
+    if not probs:
+        raise SegmenterError("ensemble of no members")
+    mean = np.mean(np.stack([np.asarray(p, dtype=np.float32) for p in probs]), axis=0)
+    return labels_from_prob(mean), mean
+
+
+def ensemble_vote(labels: list[np.ndarray]) -> np.ndarray:
+    """Majority vote of 0/1/2 label maps: a side wins a voxel with more than half the votes.
+
+    With two members this is their agreement (intersection per side).
+    """
+    if not labels:
+        raise SegmenterError("ensemble of no members")
+    stack = np.stack([np.asarray(lab, dtype=np.uint8) for lab in labels])
+    n = stack.shape[0]
+    out = np.zeros(stack.shape[1:], dtype=np.uint8)
+    for side in (1, 2):
+        out[(stack == side).sum(0) * 2 > n] = side
+    return out
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _run_scans(store_path, model, options, device, items, overwrite=False):
+    """Segment the scans in ``items``; returns one status row per output."""
+    from thaldask.store import open_store
+
+    st = open_store(store_path)
+    seg = loaded_segmenter(model, options, device)
+    rows = []
+    for item in items:
+        i = item["scan"]
+        cache: dict[str, tuple] = {}
+        for contrast in item["contrasts"]:
+            t0 = time.perf_counter()
+            row = dict(scan=i, method=model, contrast=contrast)
+            try:
+                parts = split_contrast(contrast)
+                imgs = [st.load_image(p, i) for p in parts]
+                image = imgs[0] if len(imgs) == 1 else np.stack(imgs)
+                pred = seg.predict(image, st.affines[i], contrast=contrast)
+                status = st.write_mask(model, contrast, i, pred.labels, prob=pred.prob, overwrite=overwrite)
+                cache[contrast] = (pred.labels, pred.prob)
+                row.update(status=status)
+            except Exception as exc:  # noqa: BLE001 - one bad scan never stops the cohort
+                row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+        for ens in item["ensembles"]:
+            members = split_contrast(ens)
+            for kind in item["ensemble_kinds"]:
+                t0 = time.perf_counter()
+                method = model if kind == "mean" else f"{model}-vote"
+                row = dict(scan=i, method=method, contrast=ens)
+                try:
+                    labs, probs = [], []
+                    for m in members:
+                        if m in cache:
+                            lab, prob = cache[m]
+                        else:
+                            lab, prob = st.load_mask(model, m, i), st.load_prob(model, m, i)
+                            cache[m] = (lab, prob)
+                        labs.append(lab)
+                        probs.append(prob)
+                    if kind == "mean":
+                        if any(p is None for p in probs):
+                            raise SegmenterError(
+                                f"probability averaging needs probabilities of every member of {ens}"
+                            )
+                        lab, prob = ensemble_average(probs)
+                        status = st.write_mask(method, ens, i, lab, prob=prob, overwrite=overwrite)
+                    else:
+                        status = st.write_mask(method, ens, i, ensemble_vote(labs), overwrite=overwrite)
+                    row.update(status=status)
+                except Exception as exc:  # noqa: BLE001
+                    row.update(status="failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                row["seconds"] = time.perf_counter() - t0
+                rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- client side
+
+
+def _done(st, method, contrast) -> np.ndarray:
+    try:
+        return np.asarray(st.has_mask(method, contrast), dtype=bool)
+    except (KeyError, StoreError):
+        return np.zeros(st.n_scans, dtype=bool)
+
+
+def _plan(st, model, contrasts, ensembles, kinds, overwrite):
+    has = {c: np.asarray(st.has_image(c), dtype=bool) for c in st.contrasts}
+    items, skipped = [], []
+
+    def available(contrast):
+        parts = split_contrast(contrast)
+        ok = np.ones(st.n_scans, dtype=bool)
+        for p in parts:
+            ok &= has.get(p, np.zeros(st.n_scans, dtype=bool))
+        return ok
+
+    todo_c = {c: available(c) & (overwrite | ~_done(st, model, c)) for c in contrasts}
+    todo_e = {}
+    for e in ensembles:
+        avail = np.ones(st.n_scans, dtype=bool)
+        for m in split_contrast(e):
+            avail &= available(m)
+        for kind in kinds:
+            method = model if kind == "mean" else f"{model}-vote"
+            todo_e[(e, kind)] = avail & (overwrite | ~_done(st, method, e))
+    for i in range(st.n_scans):
+        cs = [c for c in contrasts if todo_c[c][i]]
+        es = sorted({e for (e, k), v in todo_e.items() if v[i]})
+        ks = sorted({k for (e, k), v in todo_e.items() if v[i]})
+        # ensemble members must exist: compute any member not yet stored for this scan
+        for e in es:
+            for m in split_contrast(e):
+                if m not in cs and not _done(st, model, m)[i]:
+                    cs.append(m)
+        if cs or es:
+            items.append(dict(scan=i, contrasts=cs, ensembles=es, ensemble_kinds=ks or ["mean"]))
+        else:
+            skipped.append(i)
+    return items, skipped
+
+
+def segment_store(
+    store_path,
+    model: str = "thalnet",
+    contrasts=("T1w",),
+    ensembles=(),
+    *,
+    client=None,
+    device: str = "auto",
+    options: dict | None = None,
+    ensemble_kinds=("mean", "vote"),
+    batch_size: int = 1,
+    overwrite: bool = False,
+    require_gpu: bool | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Segment every scan of a store with ``model`` and write masks into the store.
+
+    Parameters
+    ----------
+    store_path : str
+        Cohort store path (workers open it themselves).
+    model : str
+        Registered segmenter name (``thalnet``, ``thalnet-multi``, ``mindglide``, plugins).
+    contrasts : sequence of str
+        Image contrasts to segment separately; for a multi-channel model a contrast like
+        ``"T1w+R1"`` names its channels.
+    ensembles : sequence of str
+        Ensembles across contrasts of the same scan, e.g. ``"T1w+FLAIR+R1"``: probability
+        averaging is written as method ``model``, majority vote as ``model + "-vote"``, both
+        with the ensemble name as contrast (``ensemble_kinds`` selects them).
+    client : distributed.Client, optional
+        Where to run; None runs in this process (no Dask).
+    device : ``"auto"``, ``"cpu"``, ``"cuda"``
+        Resolved on each worker; with ``"cuda"`` tasks ask for the ``gpu`` resource.
+    options : dict
+        Segmenter options (e.g. ``{"checkpoint": ..., "label_ids": "3"}`` for mindglide).
+    batch_size : int
+        Scans per task.
+    overwrite : bool
+        Recompute scans that already have a mask.
+    require_gpu : bool, optional
+        Ask for the ``gpu`` worker resource (default: when ``device`` is CUDA).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per output: scan, subject, timepoint, method, contrast, status
+        (``written``, ``skipped``, ``failed``), seconds, error. Already finished scans are
+        not listed.
+
+    Raises
+    ------
+    SegmenterError
+        unknown model, contrast not in the store, or a contrast the model cannot take.
+    """
+    from thaldask.store import open_store
+
+    st = open_store(store_path)
+    options = dict(options or {})
+    contrasts = list(dict.fromkeys(contrasts or ()))
+    ensembles = list(dict.fromkeys(ensembles or ()))
+    kinds = [k for k in ensemble_kinds if k in ("mean", "vote")]
+    if ensembles and not kinds:
+        raise SegmenterError(f"ensemble kinds {list(ensemble_kinds)} not understood; allowed: mean, vote")
+    seg = get_segmenter(model, **options)
+    for c in contrasts:
+        seg.check_contrast(c)
+    for e in ensembles:
+        members = split_contrast(e)
+        if len(members) < 2:
+            raise SegmenterError(f"ensemble {e!r} needs at least two contrasts joined by '+'")
+        for m in members:
+            seg.check_contrast(m)
+    needed = {p for c in contrasts + ensembles for p in split_contrast(c)}
+    missing = sorted(needed - set(st.contrasts))
+    if missing:
+        raise SegmenterError(
+            f"{st.path}: contrast {missing[0]!r} is not in the store; it has {', '.join(st.contrasts) or 'none'}"
+        )
+    items, _ = _plan(st, model, contrasts, ensembles, kinds, overwrite)
+    cols = ["scan", "subject", "timepoint", "method", "contrast", "status", "seconds", "error"]
+    if not items:
+        return pd.DataFrame(columns=cols)
+    if require_gpu is None:
+        require_gpu = str(device).lower().startswith("cuda")
+    batches = [items[k : k + max(1, int(batch_size))] for k in range(0, len(items), max(1, int(batch_size)))]
+    rows: list[dict] = []
+    if client is None:
+        for b in _progress(batches, progress, f"segment {model}"):
+            rows.extend(_run_scans(st.path, model, options, device, b, overwrite))
+    else:
+        from dask.base import tokenize
+        from distributed import as_completed
+
+        client.register_plugin(SegmenterPlugin(model, options, device))
+        resources = {"gpu": 1} if require_gpu else None
+        futures = [
+            client.submit(
+                _run_scans,
+                st.path,
+                model,
+                options,
+                device,
+                b,
+                overwrite,
+                key=f"thaldask-segment-{model}-{tokenize(st.path, model, options, device, b, time.time())}",
+                resources=resources,
+                pure=False,
+                retries=1,
+            )
+            for b in batches
+        ]
+        for fut in _progress(as_completed(futures), progress, f"segment {model}", total=len(futures)):
+            try:
+                rows.extend(fut.result())
+            except Exception as exc:  # noqa: BLE001 - the batch's scans are reported failed
+                idx = futures.index(fut)
+                for item in batches[idx]:
+                    for c in item["contrasts"] + item["ensembles"]:
+                        rows.append(dict(scan=item["scan"], method=model, contrast=c, status="failed",
+                                         seconds=np.nan, error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    try:
+        st.consolidate()
+    except Exception:  # noqa: BLE001 - consolidation is an optimisation
+        pass
+    df = pd.DataFrame(rows)
+    scans = st.scans
+    df["subject"] = scans["subject"].to_numpy()[df["scan"].to_numpy(int)]
+    df["timepoint"] = scans["timepoint"].to_numpy()[df["scan"].to_numpy(int)]
+    for c in cols:
+        if c not in df:
+            df[c] = None
+    return df[cols].sort_values(["scan", "method", "contrast"]).reset_index(drop=True)
+
+
+def _progress(iterable, show: bool, description: str, total: int | None = None):
+    if not show:
+        yield from iterable
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    items = iterable if total is not None else list(iterable)
+    n = total if total is not None else len(items)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as prog:
+        task = prog.add_task(description, total=n)
+        for x in items:
+            yield x
+            prog.advance(task)
