@@ -7,6 +7,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 from store_helpers import box_mask, make_affine, make_cohort, write_nifti
 
 from thaldask.store import export_masks, ingest, open_store
@@ -265,3 +267,48 @@ def test_ingest_binary_mask_split_only_when_asked(split, tmp_path):
     else:
         np.testing.assert_array_equal(got, (gt > 0).astype(np.uint8))
     assert st.records("masks/manual/T1w").binary.tolist() == [not split]
+
+
+AXCODES = ["RAS", "LPS", "LIA", "PIR", "SAL", "ILP", "ARS", "RPI"]
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(codes=hs.sampled_from(AXCODES), shape=hs.tuples(*[hs.integers(9, 15)] * 3),
+       spacing=hs.tuples(*[hs.sampled_from([0.8, 1.0, 1.5])] * 3))
+def test_export_any_axis_order_roundtrip_identity(codes, shape, spacing, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rt")
+    ornt = nib.orientations.axcodes2ornt(codes)
+    aff = nib.orientations.inv_ornt_aff(ornt, shape)
+    # voxel axes pointing along `codes`, scaled, shifted off the origin
+    aff = np.linalg.inv(aff)
+    aff[:3, :3] = aff[:3, :3] @ np.diag(spacing)
+    aff[:3, 3] = [3.5, -7.0, 11.25]
+    man = make_cohort(tmp / "in", [{"subject": "s", "timepoint": "t", "shape": shape, "affine": aff}])
+    ingest(man, str(tmp / "c.zarr"), progress=False)
+    st = open_store(str(tmp / "c.zarr"))
+    assert "".join(nib.aff2axcodes(st.affines[0])) == "RAS"
+    assert st.orig_header(0)[0] == 1 and "".join(nib.aff2axcodes(st.orig_affines[0])) == codes
+    (p,) = export_masks(st, "gt", "T1w", tmp / "out", labels="freesurfer")
+    orig, out = nib.load(tmp / "in" / "s_t_gt.nii.gz"), nib.load(p)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
+    assert out.affine.tobytes() == orig.affine.tobytes()
+
+
+def test_store_views_build_lazily_without_computing(small_cohort, tmp_path):
+    import dask
+
+    store = str(tmp_path / "c.zarr")
+    ingest(small_cohort, store, progress=False)
+    calls = []
+
+    def counting_scheduler(dsk, keys, **kwargs):
+        calls.append(1)
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=counting_scheduler):
+        st = open_store(store)
+        img, msk = st.image("T1w"), st.mask("gt", "T1w")
+        vol = (msk > 0).sum(("x", "y", "z")) * img.mean(("x", "y", "z"))
+        assert calls == []
+        vol.compute()
+    assert len(calls) == 1
