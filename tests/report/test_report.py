@@ -210,6 +210,7 @@ def test_pipeline_report_stage_writes_and_prints_path(evaluated_store, tmp_path)
     assert f"report: {index}" in buf.getvalue()
 
 
+@pytest.mark.slow
 def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
     ds = make_results(n_subjects=4).isel(method=[0], contrast=[0])
     build_report(tmp_path, results=ds, stats={}, progress=False)
@@ -221,6 +222,7 @@ def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
     assert on_disk == referenced
 
 
+@pytest.mark.slow
 def test_build_report_left_side_captions_name_side(tmp_path):
     ds = make_results(n_subjects=6).isel(method=[2])
     index = build_report(tmp_path, results=ds, stats={}, side="left", progress=False)
