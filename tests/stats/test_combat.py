@@ -116,3 +116,15 @@ def test_harmonise_site_only_at_follow_up_warns_and_keeps_raw_values():
         out, _ = harmonise(ds)
     np.testing.assert_array_equal(out.volume_mm3.isel(subject=0, timepoint=1).values,
                                   ds.volume_mm3.isel(subject=0, timepoint=1).values)
+
+
+def test_harmonise_scan_missing_protected_covariate_keeps_raw_volume():
+    ds, _ = build_results(2, n_subjects=90, specs=SPECS, sites=SITES)
+    age = ds["age"].values.copy()
+    age[3, 1] = np.nan
+    ds = ds.assign(age=(ds["age"].dims, age))
+    with pytest.warns(SmallSiteWarning, match="lack a protected covariate"):
+        out, _ = harmonise(ds)
+    np.testing.assert_array_equal(out.volume_mm3.isel(subject=3, timepoint=1).values,
+                                  ds.volume_mm3.isel(subject=3, timepoint=1).values)
+    assert np.isfinite(out.volume_mm3.isel(subject=4, timepoint=1).sel(side="total")).any()

@@ -359,6 +359,14 @@ def harmonise(
             f"ComBat: site(s) {unseen} have no {tp} scans to fit on; their scans are left "
             "unharmonised", SmallSiteWarning, stacklevel=2,
         )
+    cov_ok = np.isfinite(model.design(clin[covs].reset_index(drop=True))).all(axis=1)
+    n_nocov = int((known & ~cov_ok & np.isfinite(flat).any(axis=1)).sum())
+    if n_nocov:
+        warnings.warn(
+            f"ComBat: {n_nocov} scan(s) lack a protected covariate ({covs}); their volumes are "
+            "left unharmonised", SmallSiteWarning, stacklevel=2,
+        )
+    known &= cov_ok
     harm_feats = apply_combat(model, flat[known][:, feats], site[known], clin.loc[known, covs])
     sub = harm[known]
     sub[:, feats] = harm_feats
