@@ -312,3 +312,22 @@ def test_store_views_build_lazily_without_computing(small_cohort, tmp_path):
         assert calls == []
         vol.compute()
     assert len(calls) == 1
+
+
+def test_export_nifti2_and_uncompressed_inputs_roundtrip(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    shape = (12, 11, 9)
+    aff = make_affine("LIA", shape)
+    rng = np.random.default_rng(3)
+    nib.save(nib.Nifti2Image(rng.normal(size=shape).astype(np.float32), aff), root / "t1.nii")
+    nib.save(nib.Nifti2Image(box_mask(shape), aff), root / "gt.nii")
+    (root / "m.csv").write_text("subject,timepoint,kind,contrast,method,labels,path\n"
+                                "s,t,image,T1w,,,t1.nii\ns,t,mask,T1w,gt,freesurfer,gt.nii\n")
+    rep = ingest(root / "m.csv", str(tmp_path / "c.zarr"), progress=False)
+    assert (rep.status == "written").all(), rep.reason.tolist()
+    (p,) = export_masks(str(tmp_path / "c.zarr"), "gt", "T1w", tmp_path / "out", labels="freesurfer")
+    out, orig = nib.load(p), nib.load(root / "gt.nii")
+    assert isinstance(out, nib.Nifti2Image)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
+    assert out.affine.tobytes() == orig.affine.tobytes()
