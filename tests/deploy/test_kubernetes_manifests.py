@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
@@ -278,3 +279,24 @@ def test_configmap_cohort_config_valid_for_thaldask_run(overlay, rendered, tmp_p
     p.write_text(cm["data"][name].replace(f"{data}/", f"{local}/"))
     cfg = pipeline.load_config(p)
     assert cfg["store"] == str(local / Path(raw["store"]).relative_to(data))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_job_command_line_accepted_by_thaldask_cli(overlay, rendered, tmp_path):
+    """The Job's arguments parse with the real `thaldask` CLI (kubelet expands $(VAR))."""
+    from thaldask.cli import main
+
+    job = _one(rendered(overlay), "Job", "thaldask-run")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    config = tmp_path / "cohort.yaml"
+    config.write_text("store: /data/store.zarr\n")
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in c["args"]]
+    assert args[0] == "thaldask"
+    args = [str(config) if a.startswith("/etc/thaldask/") else a for a in args[1:]]
+    ctx = click.Context(main, info_name="thaldask")
+    cmd = main.get_command(ctx, args[0])
+    assert cmd is not None and cmd.name == "run"
+    sub = cmd.make_context(args[0], args[1:], parent=ctx)
+    assert sub.params["scheduler"] == env["DASK_SCHEDULER_ADDRESS"]
+    assert sub.params["config"] == str(config)
