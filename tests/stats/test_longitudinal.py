@@ -119,3 +119,47 @@ def test_fit_longitudinal_two_timepoints_use_random_intercept_only():
     t = fit_longitudinal(ds, mixed=True)
     m = t[t.analysis == "mixed_volume"]
     assert len(m) and (m.random_effects == "intercept").all()
+
+
+def _synth_results(seed, n=300):
+    from thaldask.synth import make_subject_table
+
+    tab = make_subject_table(n, n_timepoints=2, n_sites=1, seed=seed, n_templates=1)
+    subs = sorted(tab.subject.unique())
+    tps = ["baseline", "m12"]
+    tab = tab.set_index(["subject", "timepoint"]).reindex(pd.MultiIndex.from_product([subs, tps]))
+    S = len(subs)
+    vol = tab[["thalamus_left_mm3", "thalamus_right_mm3", "thalamus_total_mm3"]].to_numpy().reshape(S, 2, 1, 1, 3)
+    d2 = ("subject", "timepoint")
+    import xarray as xr
+
+    return xr.Dataset(
+        {"volume_mm3": (("subject", "timepoint", "method", "contrast", "side"), vol)}
+        | {c: (d2, tab[c].to_numpy().reshape(S, 2)) for c in
+           ("site", "group", "sex", "age", "edss", "sdmt", "years_since_baseline", "icv_mm3")},
+        coords={"subject": subs, "timepoint": tps, "method": ["planted"], "contrast": ["T1w"],
+                "side": ["left", "right", "total"]},
+    )
+
+
+def test_fit_longitudinal_synth_planted_worsening_or_and_control_rate_in_ci_over_20_seeds():
+    pytest.importorskip("thaldask.synth")
+    from thaldask.synth.params import merge_params
+
+    at, cl = merge_params(None)["atrophy"], merge_params(None)["clinical"]
+    ssd = at["severity_log_sd"]
+    rate_sd = abs(at["patient_rate"]) * np.sqrt(np.exp(ssd**2) - 1) + at["rate_noise_sd"]
+    # logit P(worse) = a + b (rate - mean) / rate_sd, rate in fraction/year -> per 1 %/year
+    or_truth = np.exp(cl["worsening_logit_per_rate_sd"] / (100 * rate_sd))
+    hc_truth = 100 * at["control_rate"]
+    hit_or = hit_hc = 0
+    for seed in range(20):
+        ds = _synth_results(seed)
+        t = fit_longitudinal(ds, mixed=False, groups=["MS", "NMOSD", "MOGAD"])
+        r = t[t.analysis == "worsening_logistic"].iloc[0]
+        hit_or += r.ci_lower <= or_truth <= r.ci_upper
+        c = t[(t.analysis == "annualised_change") & (t.term == "HC")].iloc[0]
+        hit_hc += c.ci_lower <= hc_truth <= c.ci_upper
+    print(f"synth coverage: OR {hit_or}/20, control rate {hit_hc}/20")
+    assert hit_or >= 18, (hit_or, or_truth)
+    assert hit_hc >= 18, hit_hc
