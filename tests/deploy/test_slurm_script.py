@@ -108,3 +108,20 @@ def test_job_script_explicit_gres_type_kept():
     script = describe_cluster(spec)["job_script"]
     assert _directives(script)["--gres"] == "gpu:a100:1"
     assert "gpu=1" in _worker_command(script)
+
+
+@pytest.mark.requires_cryptography
+def test_job_script_tls_worker_gets_certificates(tmp_path):
+    import importlib.util
+
+    helpers = Path(__file__).resolve().parents[1] / "cluster" / "dask_helpers.py"
+    spec = importlib.util.spec_from_file_location("thaldask_cluster_test_helpers", helpers)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    certs = mod.make_certificates(tmp_path / "tls")
+    plan = describe_cluster({"kind": "slurm", "tls": {k: str(v) for k, v in certs.items()}})
+    cmd = _worker_command(plan["job_script"])
+    assert cmd[3].startswith("tls://")
+    assert cmd[cmd.index("--tls-ca-file") + 1] == str(certs["ca_file"])
+    assert cmd[cmd.index("--tls-cert") + 1] == str(certs["cert"])
+    assert cmd[cmd.index("--tls-key") + 1] == str(certs["key"])
