@@ -178,7 +178,8 @@ def summary_stats(ctx: Context, console) -> None:
 
 def stage_report(ctx: Context) -> None:
     """The HTML report (figures, visual QC, every statistics table as CSV) in
-    ``out/report/index.html`` (config: ``report: {out: DIR, seed: 0, qc_random: 2}``)."""
+    ``out/report/index.html`` (config: ``report: {out: DIR, side: total, seed: 0,
+    qc_random: 2}``)."""
     from thaldask.errors import StoreNotFoundError
     from thaldask.report import STATS_TABLES, write_report
 
@@ -186,8 +187,15 @@ def stage_report(ctx: Context) -> None:
     out = sec.get("out") or os.path.join(ctx.out, "report")
     has_csv = any(os.path.isfile(os.path.join(ctx.out, f"{t}.csv")) for t in STATS_TABLES)
     run_info = {f"stage {k}": f"{v:.1f} s" for k, v in ctx.timings.items()}
+    stats_sec = {k: v for k, v in ctx.section("stats").items() if k != "enabled"}
+    stats_config = stats_sec.pop("config", None) or stats_sec or None
+    if stats_config is not None and not isinstance(stats_config, dict):
+        from thaldask.stats.run import load_stats_config
+
+        stats_config = load_stats_config(stats_config)
     try:
         index = write_report(ctx.store, out, stats_dir=ctx.out if has_csv else None,
+                             stats_config=stats_config, side=sec.get("side", "total"),
                              rng=sec.get("seed", 0), qc_random=int(sec.get("qc_random", 2)),
                              run_info=run_info, pipeline_config=ctx.config or None,
                              progress=ctx.progress)

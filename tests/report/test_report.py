@@ -229,3 +229,25 @@ def test_build_report_left_side_captions_name_side(tmp_path):
     text = index.read_text(encoding="utf-8")
     assert "Thalamic volume (left, mm³) per acquisition site" in text
     assert "figures/annualised_change.png" in text
+
+
+@pytest.mark.slow
+def test_harmonised_recomputed_only_when_estimates_match_table(evaluated_store):
+    import warnings
+
+    from thaldask.report.build import _harmonised
+    from thaldask.stats import harmonise
+    from thaldask.store import open_store
+
+    store, _ = evaluated_store
+    st = open_store(store)
+    ds = st.open_results()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, table = harmonise(ds, eb=False, min_site_size=2)  # not the default settings
+    stats = {"harmonisation": table}
+    assert _harmonised(st, ds, stats) is None  # defaults reproduce other estimates: refused
+    cfg = {"combat": {"eb": False, "min_site_size": 2}}
+    out = _harmonised(st, ds, stats, stats_config=cfg)
+    assert out is not None and "volume_mm3_raw" in out
+    assert "identical to harmonisation.csv" in out.attrs["harmonised_by"]

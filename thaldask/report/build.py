@@ -593,6 +593,7 @@ def write_report(
     out,
     *,
     stats_dir=None,
+    stats_config: dict | None = None,
     side: str = "total",
     rng=0,
     qc_random: int = 2,
@@ -613,6 +614,9 @@ def write_report(
         Folder of the statistics CSVs (``agreement.csv``, ...); default: the CSVs in the
         folder that holds the store if there are any, else the tables of the store's
         ``stats`` dataset (e.g. for an object-store URL).
+    stats_config : dict, optional
+        The statistics stage's options (its ComBat settings reproduce the harmonised
+        volumes for the site figure when the store does not hold them).
     side : {"total", "left", "right"}
         Thalamus side drawn in the figures (tables show every side they hold).
     rng : int or numpy.random.Generator
@@ -652,7 +656,7 @@ def write_report(
             stats, source = stats_from_dataset(st.open_results("stats")), "the store's stats dataset"
         except Exception:  # noqa: BLE001 - no statistics yet: the sections say so
             stats = {}
-    harmonised = _harmonised(st, ds, stats)
+    harmonised = _harmonised(st, ds, stats, stats_config)
     run_info = {**({"statistics from": source} if stats else {}), **(run_info or {})}
     return build_report(out, results=ds, stats=stats, store=st, harmonised=harmonised, side=side,
                         rng=rng,
@@ -660,10 +664,14 @@ def write_report(
                         pipeline_config=pipeline_config, progress=progress)
 
 
-def _harmonised(st, ds, stats) -> xr.Dataset | None:
-    """Harmonised volumes (``volume_mm3``, original in ``volume_mm3_raw``): from the store
-    when the statistics stage stored them, else recomputed with ``thaldask.stats.harmonise``
-    and its default ComBat settings when the harmonisation table shows that ComBat ran."""
+def _harmonised(st, ds, stats, stats_config=None) -> xr.Dataset | None:
+    """Harmonised volumes (``volume_mm3``, original in ``volume_mm3_raw``).
+
+    From the store when the statistics stage stored them; else, when the harmonisation table
+    shows that ComBat ran, recomputed with ``thaldask.stats.harmonise`` (the ComBat settings
+    of ``stats_config``, else the defaults) and kept only if the recomputed per-site
+    estimates (``gamma_star``, ``delta_star``) equal the table's, i.e. the same model.
+    """
     for name in ("harmonised", "stats"):
         try:
             sds = st.open_results(name)
@@ -677,13 +685,34 @@ def _harmonised(st, ds, stats) -> xr.Dataset | None:
     try:
         from thaldask.stats import harmonise
         from thaldask.stats.run import DEFAULTS
-
-        cb = DEFAULTS["combat"]
-        with warnings.catch_warnings():  # the stats stage already reported small sites
-            warnings.simplefilter("ignore")
-            out, _ = harmonise(ds, protect=cb["protect"], eb=cb["eb"], mean_only=cb["mean_only"],
-                               min_site_size=cb["min_site_size"])
-        out.attrs["harmonised_by"] = "recomputed for the report with the default ComBat settings"
-        return out
-    except Exception:  # noqa: BLE001 - cannot recompute: the section shows raw volumes only
+    except ImportError:
         return None
+    candidates = [dict(DEFAULTS["combat"])]
+    if stats_config and isinstance(stats_config.get("combat"), dict):
+        candidates.insert(0, {**DEFAULTS["combat"], **stats_config["combat"]})
+    for cb in candidates:
+        try:
+            with warnings.catch_warnings():  # the stats stage already reported small sites
+                warnings.simplefilter("ignore")
+                out, table = harmonise(ds, protect=cb["protect"], eb=cb["eb"],
+                                       mean_only=cb["mean_only"], min_site_size=cb["min_site_size"])
+        except Exception:  # noqa: BLE001 - these settings do not fit: try the next
+            continue
+        if _same_estimates(h, table):
+            out.attrs["harmonised_by"] = ("recomputed for the report; per-site ComBat estimates "
+                                          "identical to harmonisation.csv")
+            return out
+    return None
+
+
+def _same_estimates(stored: pd.DataFrame, recomputed: pd.DataFrame) -> bool:
+    keys = [k for k in ("method", "contrast", "side", "site") if k in stored and k in recomputed]
+    cols = [c for c in ("gamma_star", "delta_star") if c in stored and c in recomputed]
+    if not keys or not cols or len(stored) != len(recomputed):
+        return False
+    a = stored.astype({k: str for k in keys}).set_index(keys).sort_index()[cols]
+    b = recomputed.astype({k: str for k in keys}).set_index(keys).sort_index()[cols]
+    if not a.index.equals(b.index):
+        return False
+    x, y = a.to_numpy(float), b.to_numpy(float)
+    return bool(np.allclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True))
