@@ -231,7 +231,8 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     store_path : str or path
         Cohort store holding a ``results`` dataset.
     out : str or path, optional
-        Folder for the CSV files (default: the folder that contains the store).
+        Folder for the CSV files (default: the folder that contains the store; the working
+        directory for an object-storage URL).
     config : dict or path, optional
         Options, or a YAML file (see :func:`load_stats_config`).
 
@@ -249,7 +250,12 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     st = open_store(store_path)
     ds = st.open_results()
     tables = run_stats(ds, config)
-    folder = Path(out) if out is not None else Path(os.fspath(store_path)).resolve().parent
+    if out is not None:
+        folder = Path(out)
+    elif "://" in os.fspath(store_path):  # object storage: tables go to the working directory
+        folder = Path.cwd()
+    else:
+        folder = Path(os.fspath(store_path)).resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, df in tables.items():
