@@ -184,7 +184,7 @@ def stage_report(ctx: Context) -> None:
     from thaldask.report import STATS_TABLES, write_report
 
     sec = ctx.section("report")
-    out = sec.get("out") or os.path.join(ctx.out, "report")
+    out = os.path.join(ctx.out, sec.get("out") or "report")  # relative to OUT; absolute kept
     has_csv = any(os.path.isfile(os.path.join(ctx.out, f"{t}.csv")) for t in STATS_TABLES)
     run_info = {f"stage {k}": f"{v:.1f} s" for k, v in ctx.timings.items()}
     stats_sec = {k: v for k, v in ctx.section("stats").items() if k != "enabled"}
