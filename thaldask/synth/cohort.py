@@ -187,7 +187,7 @@ def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: 
         gt[labels == THALAMUS[0]] = 1
         gt[labels == THALAMUS[1]] = 2
         manifest = []
-        images = render_contrasts(labels, voxel, tissue, site, params["contrasts"], rng)
+        images = render_contrasts(labels, voxel, tissue, site, params["contrasts"], rng, aff)
         for contrast, data in images.items():
             rel = f"{sub}/ses-{tp}/anat/{sub}_ses-{tp}_{_IMAGE_FILES[contrast]}.nii.gz"
             _save_nifti(out / rel, data, aff)

@@ -7,9 +7,9 @@ inside the ranges of :data:`thaldask.synth.params.TISSUE`. Then
   a weak residual bias, Gaussian noise of ``site.r1_noise`` s⁻¹ and the site's calibration
   ``site.r1_scale``; background 0 plus noise.
 - **T1w** (MPRAGE-like inversion recovery, real-valued reconstruction):
-  ``S = PD (1 - 2 exp(-TI R1) + exp(-TR R1))`` clipped at 0, with TI = 1.2 s, TR = 2.3 s.
-  This gives white matter > thalamus (about 0.88 of WM: a weak thalamus–internal-capsule
-  boundary) > cortex (about 0.7) > CSF (about 0.2).
+  ``S = PD (1 - 2 exp(-TI R1) + exp(-TR R1))`` clipped at 0, with TI = 1.1 s, TR = 2.3 s.
+  This gives white matter > thalamus (about 0.85 of WM: a weak thalamus–internal-capsule
+  boundary) > cortex (about 0.65) > CSF (about 0.1).
 - **FLAIR**: ``S = PD |1 - 2 exp(-TI R1) + exp(-TR R1)| exp(-TE/T2)`` with TI chosen to null
   CSF (``TI = ln(2 / (1 + exp(-TR R1_csf))) / R1_csf``).
 
@@ -54,21 +54,31 @@ def draw_tissue(rng: np.random.Generator, jitter: float = 0.25) -> dict[str, np.
     return {"r1": r1, "pd": pd, "t2": t2}
 
 
-def bias_field(shape, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """A smooth multiplicative field ``exp(f)``, ``f`` a random quadratic polynomial of sd ``strength``."""
-    axes = [np.linspace(-1, 1, s) for s in shape]
+def bias_field(shape, strength: float, rng: np.random.Generator,
+               affine: np.ndarray | None = None, head_radius_mm: float = 100.0) -> np.ndarray:
+    """A smooth multiplicative field ``exp(f)``, ``f`` a random quadratic polynomial of space.
+
+    ``f`` has standard deviation ``strength`` over a head-sized cube (±``head_radius_mm``
+    around the world origin); a smaller field of view sees only its part of it. Without an
+    affine, the grid itself spans the cube.
+    """
+    if affine is None:
+        axes = [np.linspace(-1, 1, s) for s in shape]
+    else:
+        axes = [(affine[k, k] * np.arange(shape[k]) + affine[k, 3]) / head_radius_mm
+                for k in range(3)]
+    terms = [(a, b, c) for a in range(3) for b in range(3 - a) for c in range(3 - a - b)
+             if a + b + c > 0]
+    coef = rng.normal(size=len(terms))
+    ref = np.linspace(-1, 1, 9)
+    fr = sum(w * np.multiply.outer(np.multiply.outer(ref**a, ref**b), ref**c)
+             for w, (a, b, c) in zip(coef, terms))
+    sd = float(fr.std())
+    scale = strength / sd if sd > 0 else 0.0
     f = np.zeros(shape, dtype=np.float64)
-    for a in range(3):
-        for b in range(3 - a):
-            for c in range(3 - a - b):
-                if a + b + c == 0:
-                    continue
-                term = np.multiply.outer(np.multiply.outer(axes[0] ** a, axes[1] ** b), axes[2] ** c)
-                f += rng.normal() * term
-    sd = f.std()
-    if sd > 0:
-        f *= strength / sd
-    return np.exp(f).astype(np.float32)
+    for w, (a, b, c) in zip(coef, terms):
+        f += w * np.multiply.outer(np.multiply.outer(axes[0] ** a, axes[1] ** b), axes[2] ** c)
+    return np.exp(scale * f).astype(np.float32)
 
 
 def _rician(s: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -87,7 +97,8 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
 
 
 def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, params: dict,
-                     rng: np.random.Generator) -> dict[str, np.ndarray]:
+                     rng: np.random.Generator, affine: np.ndarray | None = None
+                     ) -> dict[str, np.ndarray]:
     """T1w (int16), FLAIR (int16) and R1 (float32, s⁻¹) images of a label map.
 
     Parameters
@@ -97,6 +108,7 @@ def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, par
     tissue : lookup tables from :func:`draw_tissue`
     site : site dict (``scale``, ``bias``, ``noise``, ``r1_noise``, ``r1_scale``)
     params : the ``contrasts`` section of the cohort parameters
+    affine : the grid's RAS affine (axis-aligned); bias fields are defined over the head
     """
     voxel_mm = np.asarray(voxel_mm, dtype=float)
     r1 = tissue["r1"][labels].astype(np.float32)
@@ -109,7 +121,7 @@ def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, par
     t1w = np.clip(t1w, 0, None)
     wm = float(tissue["pd"][2] * (1 - 2 * np.exp(-p["ti_s"] * tissue["r1"][2])
                                    + np.exp(-p["tr_s"] * tissue["r1"][2])))
-    t1w = _blur(t1w, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng)
+    t1w = _blur(t1w, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng, affine)
     t1w = _rician(t1w, site["noise"] * wm, rng)
     out["T1w"] = _to_int16(t1w * (p["reference"] * site["scale"] / wm))
 
@@ -119,12 +131,12 @@ def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, par
     wmf = float(tissue["pd"][2] * abs(1 - 2 * np.exp(-ti * tissue["r1"][2])
                                        + np.exp(-p["tr_s"] * tissue["r1"][2]))
                 * np.exp(-p["te_ms"] / tissue["t2"][2]))
-    fl = _blur(fl, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng)
+    fl = _blur(fl, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng, affine)
     fl = _rician(fl, site["noise"] * wmf, rng)
     out["FLAIR"] = _to_int16(fl * (p["reference"] * site["scale"] / wmf))
 
     p = params["r1"]
-    r1m = _blur(r1, p["pv_fwhm_mm"] / voxel_mm) * bias_field(labels.shape, p["bias"], rng)
+    r1m = _blur(r1, p["pv_fwhm_mm"] / voxel_mm) * bias_field(labels.shape, p["bias"], rng, affine)
     r1m = r1m * site.get("r1_scale", 1.0) + rng.normal(0, site["r1_noise"], r1m.shape).astype(np.float32)
     out["R1"] = np.round(r1m.astype(np.float32), 4)
     return out

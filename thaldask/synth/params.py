@@ -21,7 +21,7 @@ TISSUE: dict[str, dict] = {
     "white_matter": {"ids": [2, 41, 7, 46], "r1": [1.0, 1.2], "pd": 0.69, "t2": 70.0},
     "cortex": {"ids": [3, 42, 17, 18, 53, 54], "r1": [0.6, 0.75], "pd": 0.82, "t2": 95.0},
     "cerebellum_cortex": {"ids": [8, 47], "r1": [0.65, 0.75], "pd": 0.82, "t2": 90.0},
-    "thalamus": {"ids": [10, 49], "r1": [0.8, 0.95], "pd": 0.77, "t2": 80.0},
+    "thalamus": {"ids": [10, 49], "r1": [0.8, 0.95], "pd": 0.745, "t2": 80.0},
     "caudate_putamen": {"ids": [11, 50, 12, 51, 26, 58], "r1": [0.7, 0.75], "pd": 0.80, "t2": 85.0},
     "pallidum": {"ids": [13, 52], "r1": [0.9, 1.0], "pd": 0.74, "t2": 65.0},
     "brainstem": {"ids": [16, 28, 60], "r1": [0.9, 1.05], "pd": 0.72, "t2": 75.0},
@@ -98,7 +98,7 @@ _DEFAULTS: dict = {
                      "timepoints": ["baseline"]},
     "contrasts": {
         # signal equations; see thaldask.synth.images
-        "t1w": {"ti_s": 1.2, "tr_s": 2.3, "pv_fwhm_vox": 1.0, "reference": 1000.0},
+        "t1w": {"ti_s": 1.1, "tr_s": 2.3, "pv_fwhm_vox": 1.0, "reference": 1000.0},
         "flair": {"tr_s": 9.0, "te_ms": 100.0, "csf_r1": 0.25, "pv_fwhm_vox": 1.4,
                   "reference": 600.0},
         "r1": {"pv_fwhm_mm": 2.0, "bias": 0.02},
