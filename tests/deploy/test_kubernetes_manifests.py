@@ -66,6 +66,7 @@ def test_overlay_builtin_kinds_strict_schema_validate(overlay, rendered):
         kv.validate(obj, K8S_VERSION, strict=True)
 
 
+@pytest.mark.requires_kubernetes
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_dask_resources_match_crd_schemas(overlay, rendered, crd_schemas):
     jsonschema = pytest.importorskip("jsonschema")
@@ -80,6 +81,7 @@ def test_overlay_dask_resources_match_crd_schemas(overlay, rendered, crd_schemas
         assert not errors, f"{overlay} {obj['kind']}/{obj['metadata']['name']}: {errors[:3]}"
 
 
+@pytest.mark.requires_kubernetes
 def test_crd_schema_typo_in_resources_rejected(rendered, crd_schemas):
     """The operator silently drops unknown fields; the strict schema must catch them."""
     jsonschema = pytest.importorskip("jsonschema")
