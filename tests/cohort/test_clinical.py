@@ -44,3 +44,23 @@ def test_validate_clinical_subjects_absent_from_manifest_warned(tmp_path):
     with pytest.warns(ThaldaskWarning, match="subjects absent from the manifest: s9.*scans absent.*s1/m12"):
         df = validate_clinical(p, manifest=man)
     assert len(df) == 3
+
+
+def test_validate_clinical_group_and_sex_case_normalised(tmp_path):
+    p = tmp_path / "clinical.csv"
+    p.write_text("subject,timepoint,group,sex\ns1,baseline,ms,f\ns2,baseline,Hc,M\n")
+    df = validate_clinical(p)
+    assert df["group"].tolist() == ["MS", "HC"] and df["sex"].tolist() == ["F", "M"]
+
+
+def test_manifest_check_cli_lists_every_problem(tmp_path):
+    from click.testing import CliRunner
+
+    from thaldask.cli import main
+
+    man = tmp_path / "m.csv"
+    man.write_text("subject,timepoint,kind,contrast,path\ns1,t,image,T1w,a.nii.gz\ns2,t,image,T1w,b.nii.gz\n")
+    res = CliRunner().invoke(main, ["manifest", "check", str(man)])
+    assert res.exit_code == 2
+    assert "m.csv row 2: 'a.nii.gz': file not found" in res.output
+    assert "m.csv row 3: 'b.nii.gz': file not found" in res.output

@@ -2,7 +2,7 @@
 
 Columns (DESIGN.md): ``subject``, ``timepoint`` required; known covariates are checked for
 type and range when present: ``site`` (str), ``group`` (MS, NMOSD, MOGAD, HC), ``age``
-(years, 0-120), ``sex`` (F, M), ``disease_duration`` (years, >= 0), ``edss`` (0-10 in 0.5
+(years, 0-120), ``sex`` (F, M; group and sex are case-insensitive and upper-cased), ``disease_duration`` (years, >= 0), ``edss`` (0-10 in 0.5
 steps), ``sdmt`` (0-110), ``years_since_baseline`` (>= 0), ``icv_mm3`` (> 0). Other columns
 are kept as they are. Empty cells are missing values (NaN).
 """
@@ -114,6 +114,7 @@ def validate_clinical(
         if col not in out.columns:
             continue
         vals = out[col].astype(str).str.strip()
+        vals = vals.where(~vals.str.upper().isin(allowed), vals.str.upper())  # 'f' -> 'F'
         for r, v in zip(out["row"], vals, strict=False):
             if v and v not in allowed:
                 bad(r, f"{col}: {v!r} is not one of {', '.join(allowed)}")
