@@ -76,6 +76,7 @@ def test_compute_metrics_keeps_scan_coords_and_flags_empty_prediction():
     assert (ds.dice.sel(side="total").values[:-1] > 0.3).all()
 
 
+@pytest.mark.slow  # a fresh interpreter importing dask, xarray and zarr
 def test_metrics_import_never_pulls_torch():
     import subprocess
     import sys

@@ -152,7 +152,9 @@ def test_pair_raw_random_blobs_match_bruteforce_oracle(seed):
             assert raw[s, 6] == pytest.approx(assd, rel=1e-12)
 
 
+@pytest.mark.slow  # importing MONAI (and torch) takes seconds
 @pytest.mark.requires_monai
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("seed", range(3))
 def test_pair_metrics_random_blobs_match_monai(seed):
     monai_metrics = pytest.importorskip("monai.metrics")
