@@ -373,12 +373,12 @@ class CohortStore:
     def load_prob(self, method: str, contrast: str, i: int) -> np.ndarray | None:
         """Scan ``i``'s left/right probabilities, float32 (2, *shape) in [0, 1], or None."""
         name = f"probs/{method}/{contrast}"
-        rec = self._record(f"masks/{method}/{contrast}")
-        if not (int(rec[i, 0]) & HAS_PROB):
-            return None
         try:
+            flags = int(self._array(f"_meta/masks/{method}/{contrast}/record")[int(i), 0])
             z = self._array(name)
         except KeyError:
+            return None
+        if not flags & HAS_PROB:
             return None
         sx, sy, sz = (int(v) for v in self.shapes[i])
         q = np.asarray(z[int(i), :, :sx, :sy, :sz])
