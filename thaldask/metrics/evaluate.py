@@ -64,38 +64,41 @@ def _single(block):
     return block
 
 
-def _eval_block(gt, pred, spacing, scan, token, *, store_path, cache, with_gt, surface, storage_options=None):
-    """Compute raw fields for a block of scans and write them to the per-scan cache.
+def _eval_block(gt, spacing, scan, token, *preds, store_path, caches, with_gt, surface, storage_options=None):
+    """Compute raw fields of one block of scans for every prediction sharing this GT, and
+    write each (scan, prediction) row to its per-scan cache.
 
-    Runs inside a Dask task. A scan that fails (unreadable data, bad labels) gets NaN and no
-    token, so it is retried on the next run; the others are kept.
+    Runs inside a Dask task; returns (scan, prediction, side, field). A row that fails
+    (unreadable data, bad labels) stays NaN without a token, so the next run retries it.
     """
     import zarr
 
     # blockwise without concatenation hands single-chunk contracted dims as nested lists
-    gt, pred, spacing, scan, token = (_single(a) for a in (gt, pred, spacing, scan, token))
-    n = gt.shape[0]
-    out = np.full((n, 3, len(RAW_FIELDS)), np.nan)
-    ok = np.zeros(n, bool)
+    gt, spacing, scan, token = (_single(a) for a in (gt, spacing, scan, token))
+    preds = [_single(p) for p in preds]
+    n, k = gt.shape[0], len(preds)
+    out = np.full((n, k, 3, len(RAW_FIELDS)), np.nan)
+    ok = np.zeros((n, k), bool)
+    pv = RAW_FIELDS.index("pred_voxels")
     for i in range(n):  # the scans of one block
-        try:
-            if with_gt:
-                out[i] = pair_raw(gt[i], pred[i], spacing[i], surface=surface)
-            else:  # no ground truth: volumes only
-                r = pair_raw(pred[i], pred[i], spacing[i], surface=False)
-                out[i, :, RAW_FIELDS.index("pred_voxels")] = r[:, RAW_FIELDS.index("pred_voxels")]
-            ok[i] = True
-        except Exception as exc:  # one bad scan never stops the cohort
-            log.warning("evaluate: scan %d of %s failed: %s", int(scan[i, 0, 0]), cache, exc)
+        for j, pred in enumerate(preds):  # the predictions compared with this GT
+            try:
+                if with_gt:
+                    out[i, j] = pair_raw(gt[i], pred[i], spacing[i], surface=surface)
+                else:  # no ground truth: volumes only
+                    out[i, j, :, pv] = pair_raw(pred[i], pred[i], spacing[i], surface=False)[:, pv]
+                ok[i, j] = True
+            except Exception as exc:  # one bad scan never stops the cohort
+                log.warning("evaluate: scan %d of %s failed: %s", int(scan[i, 0]), caches[j], exc)
     zs = _zarr_store(store_path, storage_options)
-    raw_z = zarr.open_array(store=zs, path=f"{cache}/raw", mode="r+")
-    tok_z = zarr.open_array(store=zs, path=f"{cache}/token", mode="r+")
-    for i in range(n):
-        if not ok[i]:
-            continue
-        s = int(scan[i, 0, 0])
-        raw_z[s] = out[i]
-        tok_z[s] = token[i, 0, 0]  # token last: it marks the row complete
+    for j, cache in enumerate(caches):
+        raw_z = zarr.open_array(store=zs, path=f"{cache}/raw", mode="r+")
+        tok_z = zarr.open_array(store=zs, path=f"{cache}/token", mode="r+")
+        for i in range(n):
+            if ok[i, j]:
+                s = int(scan[i, 0])
+                raw_z[s] = out[i, j]
+                tok_z[s] = token[i, j]  # token last: it marks the row complete
     return out
 
 
@@ -268,50 +271,52 @@ def _scan_loader(st, name: str, idx: np.ndarray, chunks: tuple[int, ...]):
 
 
 def _compute_arrays(st, entries, *, surface: bool, block: int):
-    """Lazy raw arrays for every scan whose cached token is stale."""
+    """Lazy raw arrays for every (scan, mask) row whose cached token is stale.
+
+    Rows are grouped by (ground-truth contrast, scan set): each group is one blockwise
+    computation whose tasks read a block of scans' GT once for all its predictions.
+    """
     import dask.array as da
 
-
-    todo = []  # (entry index, scan indices, dask array)
+    groups: dict[tuple, list[int]] = {}
     for k, e in enumerate(entries):
         raw, tok = _ensure_cache(st, e["cache"])
         e["raw"] = raw
         stale = e["has"] & ~np.all(tok == e["tokens"], axis=1)
         e["n_stale"] = int(stale.sum())
-        if not stale.any():
-            continue
         for g in sorted(set(e["gt"][stale])):
             idx = np.flatnonzero(stale & (e["gt"] == g))
-            chunks = tuple(min(block, len(idx) - s) for s in range(0, len(idx), block))
-            p = _scan_loader(st, f"masks/{e['method']}/{e['contrast']}", idx, chunks)
-            gt = _scan_loader(st, f"masks/gt/{g}", idx, chunks) if g else p
-            sp = da.from_array(st.spacing[idx], chunks=(chunks, 3))
-            sc = da.from_array(idx.astype(np.int64)[:, None, None], chunks=(chunks, 1, 1))
-            tk = da.from_array(e["tokens"][idx][:, None, None, :], chunks=(chunks, 1, 1, TOKEN_LEN))
-            arr = da.blockwise(
-                _eval_block,
-                "sfk",
-                gt,
-                "sxyz",
-                p,
-                "sxyz",
-                sp,
-                "sd",
-                sc,
-                "sab",
-                tk,
-                "sabt",
-                new_axes={"f": 3, "k": len(RAW_FIELDS)},
-                concatenate=False,  # one chunk along x, y, z: no copy
-                dtype=np.float64,
-                meta=np.empty((0, 0, 0), np.float64),
-                store_path=st.path,
-                cache=e["cache"],
-                with_gt=bool(g),
-                surface=surface,
-                storage_options=st.storage_options or None,
-            )
-            todo.append((k, idx, arr))
+            groups.setdefault((g, idx.tobytes()), []).append(k)
+    todo = []  # (entry indices, scan indices, dask array (scan, entry, side, field))
+    for (g, idx_b), ks in groups.items():
+        idx = np.frombuffer(idx_b, dtype=np.intp)
+        chunks = tuple(min(block, len(idx) - s) for s in range(0, len(idx), block))
+        preds = [
+            _scan_loader(st, f"masks/{entries[k]['method']}/{entries[k]['contrast']}", idx, chunks) for k in ks
+        ]
+        gt = _scan_loader(st, f"masks/gt/{g}", idx, chunks) if g else preds[0]
+        sp = da.from_array(st.spacing[idx], chunks=(chunks, 3))
+        sc = da.from_array(idx.astype(np.int64)[:, None], chunks=(chunks, 1))
+        tok = np.stack([entries[k]["tokens"][idx] for k in ks], axis=1)  # (scan, entry, 32)
+        tk = da.from_array(tok, chunks=(chunks, len(ks), TOKEN_LEN))
+        args = [gt, "sxyz", sp, "sd", sc, "sa", tk, "sjt"]
+        for p in preds:
+            args += [p, "sxyz"]
+        arr = da.blockwise(
+            _eval_block,
+            "sjfk",
+            *args,
+            new_axes={"f": 3, "k": len(RAW_FIELDS)},
+            concatenate=False,  # one chunk along x, y, z: no copy
+            dtype=np.float64,
+            meta=np.empty((0, 0, 0, 0), np.float64),
+            store_path=st.path,
+            caches=[entries[k]["cache"] for k in ks],
+            with_gt=bool(g),
+            surface=surface,
+            storage_options=st.storage_options or None,
+        )
+        todo.append((ks, idx, arr))
     return todo
 
 
@@ -577,10 +582,11 @@ def evaluate(
     todo = _compute_arrays(st, entries, surface=surface, block=block)
     results = _run(todo, client, progress)
     n_computed = n_failed = 0
-    for (k, idx, _), res in zip(todo, results, strict=True):
-        entries[k]["raw"][idx] = res
-        n_computed += len(idx)
-        n_failed += int(np.isnan(res[:, 2, RAW_FIELDS.index("pred_voxels")]).sum())
+    for (ks, idx, _), res in zip(todo, results, strict=True):
+        for j, k in enumerate(ks):
+            entries[k]["raw"][idx] = res[:, j]
+            n_computed += len(idx)
+            n_failed += int(np.isnan(res[:, j, 2, RAW_FIELDS.index("pred_voxels")]).sum())
     n_rows = int(sum(e["has"].sum() for e in entries))
     ds = _assemble(
         st, entries, gt_main, synthetic=_is_synthetic(st) if synthetic is None else synthetic
