@@ -12,6 +12,11 @@ Resumable and incremental: each scan's raw numbers are written to a small per-sc
 of what they were computed from (the stored content hashes of both masks, the GT contrast,
 the voxel size and the kernel version). A re-run recomputes only scans whose token is
 missing (interrupted run) or different (a mask changed); the rest is read back.
+
+Graph: rows are grouped by (GT contrast, scan set); each group is one ``blockwise`` over
+blocks of ``thaldask.metrics.scans-per-task`` scans whose task reads the block's GT once,
+every prediction compared with it, computes, and writes its rows. Tasks receive the store
+path and open it themselves; no array travels through the scheduler.
 """
 
 from __future__ import annotations
