@@ -45,11 +45,12 @@ def test_export_mgz_input_keeps_grid_and_labels(tmp_path):
     rep = ingest(man, store, progress=False)
     assert (rep.status == "written").all(), rep.reason.tolist()
     (p,) = export_masks(store, "gt", "T1w", tmp_path / "out", labels="freesurfer")
+    assert p.endswith("s1_baseline_gt_T1w.mgz")
     orig = nib.load(tmp_path / "in" / "s1_baseline_gt.mgz")
     out = nib.load(p)
+    assert isinstance(out, nib.MGHImage)
     np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
-    # NIfTI stores the affine as float32; the MGH affine survives at that precision
-    np.testing.assert_allclose(out.affine, orig.affine, atol=1e-5)
+    assert out.affine.tobytes() == orig.affine.tobytes()
 
 
 def test_ingest_private_header_fields_not_stored(small_cohort, tmp_path):

@@ -21,9 +21,9 @@ def _safe(s: str) -> str:
 def to_original_image(st: CohortStore, i: int, sides: np.ndarray):
     """A nibabel image holding ``sides`` (RAS, cropped) on scan ``i``'s original grid.
 
-    NIfTI references reuse their (scrubbed) header, so the affine, qform/sform codes and
-    voxel order are those of the original file, bit for bit; MGH references become NIfTI
-    with the MGH affine.
+    The reference file's (scrubbed) header is reused, so the affine, qform/sform codes and
+    voxel order are those of the original file, bit for bit: NIfTI-1/NIfTI-2 references give
+    NIfTI images, FreeSurfer MGH references MGH images (written as ``.mgz``).
     """
     import nibabel as nib
 
@@ -46,7 +46,15 @@ def to_original_image(st: CohortStore, i: int, sides: np.ndarray):
         hdr["intent_p1"] = hdr["intent_p2"] = hdr["intent_p3"] = 0
         img = icls(data, None, header=hdr)
         return img
-    return nib.Nifti1Image(data, st.orig_affines[i])
+    from nibabel.freesurfer.mghformat import MGHHeader
+
+    hdr = MGHHeader(binaryblock=hb, check=False)
+    hdr.set_data_dtype(np.uint8 if data.dtype == np.uint8 else np.int32)
+    if tuple(hdr.get_data_shape()[:3]) != data.shape:  # pragma: no cover - same grid by design
+        zooms = hdr.get_zooms()[:3]
+        hdr.set_data_shape(data.shape)  # resets voxel sizes
+        hdr.set_zooms(zooms)
+    return nib.MGHImage(data.astype(hdr.get_data_dtype()), None, header=hdr)
 
 
 def export_masks(
@@ -58,7 +66,8 @@ def export_masks(
     labels: str | None = None,
     scans=None,
 ) -> list[str]:
-    """Write each stored mask of (method, contrast) as ``<subject>_<timepoint>_<method>_<contrast>.nii.gz``.
+    """Write each stored mask of (method, contrast) as ``<subject>_<timepoint>_<method>_<contrast>.nii.gz``
+    (``.mgz`` for scans whose reference image was FreeSurfer MGH).
 
     Parameters
     ----------
@@ -92,7 +101,8 @@ def export_masks(
             sides = from_sides(sides, labels)
         img = to_original_image(st, int(i), sides)
         s = st.scans.iloc[int(i)]
-        name = f"{_safe(s.subject)}_{_safe(s.timepoint)}_{_safe(method)}_{_safe(contrast)}.nii.gz"
+        ext = ".mgz" if isinstance(img, nib.MGHImage) else ".nii.gz"
+        name = f"{_safe(s.subject)}_{_safe(s.timepoint)}_{_safe(method)}_{_safe(contrast)}{ext}"
         p = os.path.join(str(out), name)
         nib.save(img, p)
         paths.append(p)
