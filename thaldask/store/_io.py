@@ -44,14 +44,20 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+try:  # ISA-L inflates gzip about twice as fast as zlib
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - isal is a dependency; zlib still works
+    _gzip = gzip
+
+
 def decompress(raw: bytes) -> bytes:
-    """gunzip if gzip-compressed; a truncated stream raises ScanError."""
+    """gunzip if gzip-compressed (ISA-L when available); a truncated stream raises ScanError."""
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise ScanError(f"corrupt or truncated gzip stream ({exc})") from None
+        return _gzip.decompress(raw)
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        raise ScanError(f"corrupt or truncated gzip stream ({_first_line(exc)})") from None
 
 
 def _nifti_class(raw: bytes):
