@@ -98,3 +98,27 @@ def test_run_demo_two_subjects_process_cluster_outputs(tmp_path):
     assert float(tot.max()) <= 1.0 and int(tot.notnull().sum()) > 0
     df = pd.read_csv(out / "metrics.csv")
     assert len(df) == ds.sizes["subject"] * ds.sizes["timepoint"] * ds.sizes["method"] * ds.sizes["contrast"] * 3
+
+
+@pytest.mark.slow
+def test_run_cli_manifest_ingests_and_evaluates(tmp_path):
+    from distributed import LocalCluster
+
+    from thaldask.synth import make_cohort
+
+    cohort = make_cohort(tmp_path / "cohort", n_subjects=2, shape="small", progress=False, gt_fraction=1.0)
+    cfg = tmp_path / "cohort" / "run.yaml"
+    cfg.write_text(
+        "store: cohort.zarr\nmanifest: manifest.csv\nclinical: clinical.csv\n"
+        "stages:\n  evaluate: {surface: true}\n"
+        "  segment: {enabled: false}\n  stats: {enabled: false}\n  report: {enabled: false}\n"
+    )
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", dashboard_address=":0") as cl:
+        out = CliRunner().invoke(main, ["run", str(cfg), "--no-progress", "--scheduler", cl.scheduler_address])
+    assert out.exit_code == 0, out.output
+    df = pd.read_csv(tmp_path / "cohort" / "metrics.csv")
+    manifest = pd.read_csv(cohort.manifest)
+    preds = manifest[(manifest.kind == "mask") & (manifest.method != "gt")]
+    n_pairs = len(preds.groupby(["subject", "timepoint", "method", "contrast"]))
+    assert int(df[df.side == "total"].volume_mm3.notna().sum()) == n_pairs
+    assert df["edss"].notna().any()  # clinical covariates joined
