@@ -209,7 +209,12 @@ class ThalNet:
         ref = next(t for t in tens if t is not None)
         if float(ref.max()) == float(ref.min()):
             raise ScanError("image is constant (empty or blank scan)")
-        center = self.localise(ref, affine)
+        extent = np.sqrt((affine[:3, :3] ** 2).sum(0)) * np.asarray(shape)
+        if extent.min() < 110:
+            # a small field of view (already around the deep grey matter): start at its centre
+            center = (affine @ np.append((np.asarray(shape) - 1) / 2, 1))[:3]
+        else:
+            center = self.localise(ref, affine)
         prob, box = self.predict_roi(tens, affine, center)
         # refine: recentre on the predicted thalami once if the localiser was off
         fg = (prob[1] + prob[2]).numpy() > 0.5

@@ -384,3 +384,55 @@ def _progress(iterable, show: bool, description: str, total: int | None = None):
         for x in items:
             yield x
             prog.advance(task)
+
+
+# ---------------------------------------------------------------- pipeline stage
+
+
+def pipeline_stage(ctx) -> None:
+    """The pipeline's segment stage (section ``segment``: model, contrasts, ensembles,
+    device, batch_size, options). Default: ``thalnet`` on every stored T1w/FLAIR/R1 and the
+    ensemble of all of them."""
+    from thaldask.store import open_store
+
+    sec = ctx.section("segment")
+    st = open_store(ctx.store)
+    contrasts = sec.get("contrasts") or [c for c in ("T1w", "FLAIR", "R1") if c in st.contrasts]
+    if not contrasts:
+        from thaldask.pipeline import SkipStage
+
+        raise SkipStage("no T1w, FLAIR or R1 images in the store")
+    ensembles = sec.get("ensembles")
+    if ensembles is None:
+        ensembles = ["+".join(contrasts)] if len(contrasts) > 1 else []
+    t0 = time.perf_counter()
+    df = segment_store(
+        ctx.store,
+        sec.get("model", "thalnet"),
+        contrasts,
+        ensembles,
+        client=ctx.client,
+        device=sec.get("device", "auto"),
+        options=sec.get("options"),
+        batch_size=int(sec.get("batch_size", 1)),
+        progress=ctx.progress,
+    )
+    ctx.outputs["segment"] = dict(table=df, seconds=time.perf_counter() - t0,
+                                  model=sec.get("model", "thalnet"), contrasts=contrasts, ensembles=ensembles)
+    n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
+    if n_fail:
+        ctx.outputs.setdefault("warnings", []).append(f"segment: {n_fail} outputs failed")
+
+
+def pipeline_summary(ctx, console) -> None:
+    out = ctx.outputs["segment"]
+    df = out["table"]
+    what = ", ".join(out["contrasts"] + out["ensembles"])
+    if df.empty:
+        console.print(f"[bold]segment:[/bold] {out['model']} on {what}: all masks already in the store")
+        return
+    counts = df["status"].value_counts().to_dict()
+    single = df[~df["contrast"].str.contains("+", regex=False) & (df["status"] == "written")]
+    per = f", {single['seconds'].mean():.1f} s per scan and contrast" if len(single) else ""
+    console.print(f"[bold]segment:[/bold] {out['model']} on {what}: "
+                  + ", ".join(f"{v} {k}" for k, v in counts.items()) + per)
