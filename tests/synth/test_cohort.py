@@ -250,3 +250,10 @@ def test_synth_cli_writes_cohort_and_rejects_bad_shape(tmp_path):
     assert (man.kind == "image").sum() == 3
     r = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "p"), "--shape", "huge"])
     assert r.exit_code == 2
+
+
+def test_make_cohort_unknown_shape_raises_config_error(tmp_path):
+    from thaldask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shape 'huge'"):
+        make_cohort(tmp_path, n_subjects=1, shape="huge", progress=False)

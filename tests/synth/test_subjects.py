@@ -94,3 +94,12 @@ def test_make_subject_table_clinical_associations_planted():
     step = np.where(b == 0, 1.5, np.where(b <= 5.5, 1.0, 0.5))
     confirmed = (e1 - b) >= step
     assert (confirmed == f.set_index("subject").worsened).mean() > 0.99
+
+
+def test_make_subject_table_bad_sizes_raise_config_error():
+    import pytest
+
+    from thaldask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_subjects=0"):
+        make_subject_table(0)

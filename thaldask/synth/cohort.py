@@ -281,8 +281,10 @@ def make_cohort(out, *, n_subjects: int, n_timepoints: int = 2, n_sites: int = 2
     -------
     SynthCohort with the paths of ``manifest.csv``, ``clinical.csv`` and ``truth.json``.
     """
+    from thaldask.errors import ConfigError
+
     if shape not in SHAPES:
-        raise ValueError(f"shape {shape!r} is not one of {sorted(SHAPES)}")
+        raise ConfigError(f"synth: shape {shape!r} is not one of {', '.join(sorted(SHAPES))}")
     p = merge_params(params)
     if gt_fraction is not None:
         p["ground_truth"]["fraction_of_patients"] = float(gt_fraction)

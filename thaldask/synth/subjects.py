@@ -81,7 +81,11 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
     ``worsened`` (confirmed EDSS worsening since the previous visit).
     """
     if n_subjects < 1 or n_timepoints < 1 or n_sites < 1:
-        raise ValueError("n_subjects, n_timepoints and n_sites must be at least 1")
+        from thaldask.errors import ConfigError
+
+        raise ConfigError(
+            f"synth: n_subjects={n_subjects}, n_timepoints={n_timepoints}, n_sites={n_sites}; "
+            "each must be at least 1")
     p = merge_params(params)
     if n_templates is None:
         from thaldask.synth.anatomy import list_templates
