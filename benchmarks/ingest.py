@@ -21,24 +21,29 @@ images are then synthesised from real anatomy (random intensity per label, smoot
 noise; int16), masks are the label maps themselves (256^3 LIA, FreeSurfer labels). Without
 it a phantom of ellipsoids on a 182x218x182 RAS grid is used.
 
-Measured (2-core Xeon shared with other jobs, load ~12; 3 label-map scans, 201 MB of
-voxels, 49 MB .nii.gz; CPU-time throughput, best of 2)::
+Measured (2-core Xeon shared with other jobs, load ~6-9; 3 label-map scans, 201 MB of
+voxels, 49 MB .nii.gz; best of 2; ratios of CPU-time throughput, which is per core and
+robust to the other load)::
 
-    run                                  CPU s  CPU MB/s  x gunzip  size/gz  read MB/s (CPU)
-    gunzip (bound)                        0.80     251     1.00        -        -
-    nibabel + np.save (naive)             1.13     178     0.71      6.11       -
-    ingest, scan chunk, zstd-3 shuffle    3.06      66     0.26      0.71      727
-    ingest, scan chunk, zstd-3 bitshuffle 2.57      79     0.31      0.69      500
-    ingest, scan chunk, zstd-1 bitshuffle 2.69      75     0.30      0.69      551
-    ingest, scan chunk, lz4-5 shuffle     2.61      77     0.31      1.01      894
-    ingest, scan chunk, lz4-5 bitshuffle  2.25      90     0.36      0.86      892
-    ingest, 64^3 chunks, zstd-3 bitshuffle 2.76     73     0.29      0.68      636
+    run                                    CPU s  CPU MB/s  x gunzip  x naive  size/gz  read MB/s (CPU)
+    gunzip (zlib; the bound)                0.83     244     1.00      1.44       -        -
+    nibabel + np.save (naive)               1.19     170     0.70      1.00     6.11       -
+    isal gunzip (what ingest inflates with) 0.40     510     2.09      3.01       -        -
+    ingest, scan chunk, zstd-3 shuffle      2.33      86     0.35      0.51     0.71      775
+    ingest, scan chunk, zstd-3 bitshuffle   1.94     104     0.43      0.61     0.69      722
+    ingest, scan chunk, zstd-1 bitshuffle   1.72     117     0.48      0.69     0.69      595
+    ingest, scan chunk, lz4-5 shuffle       1.71     118     0.48      0.69     1.01     1044
+    ingest, scan chunk, lz4-5 bitshuffle    1.69     119     0.49      0.70     0.86      947
+    ingest, 64^3 chunks, zstd-3 bitshuffle  1.99     101     0.41      0.60     0.68      581
 
 The store default (thaldask/store/core.py ``DEFAULT_LAYOUT``) follows from it: one chunk
-per scan, blosc lz4 level 5 with bitshuffle. Ingest is below the 0.8x-gunzip goal: after
-the decompression (at the bound) each scan still needs a reorienting copy, label mapping,
-a content hash and blosc compression, each of the same order as inflating gzip.
-"""
+per scan, blosc lz4 level 5 with bitshuffle: the fastest ingest together with zstd-1, 1.6x
+faster reads than any zstd setting, and smaller than the inputs. Ingest stays below the
+0.8x-gunzip goal (0.47-0.49x): after inflating (ISA-L, twice zlib's speed) each scan
+still needs a reorienting copy, label mapping and blosc compression, each of the order of
+inflating gzip. Float maps (R1) compress worse than gzip with every blosc codec tried
+(1.10-1.13x the .nii.gz size on the synthetic cohort's R1 maps).
+""""""
 
 from __future__ import annotations
 

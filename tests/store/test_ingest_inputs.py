@@ -332,3 +332,16 @@ def test_export_nifti2_and_uncompressed_inputs_roundtrip(tmp_path):
     assert isinstance(out, nib.Nifti2Image)
     np.testing.assert_array_equal(np.asarray(out.dataobj), np.asarray(orig.dataobj))
     assert out.affine.tobytes() == orig.affine.tobytes()
+
+
+def test_ingest_rewritten_file_same_voxels_skipped_by_content(tmp_path):
+    root = tmp_path / "in"
+    man = make_cohort(root, [{"subject": "s0", "timepoint": "baseline", "shape": (14, 12, 10)}])
+    store = str(tmp_path / "c.zarr")
+    ingest(man, store, progress=False)
+    img = nib.load(root / "s0_baseline_gt.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), root / "s0_baseline_gt.nii")
+    (root / "manifest.csv").write_text((root / "manifest.csv").read_text().replace("gt.nii.gz", "gt.nii"))
+    rep = ingest(man, store, progress=False)
+    assert rep.status.tolist() == ["skipped", "skipped"]
+    assert rep.reason.tolist() == ["same file already stored", "same content already stored"]

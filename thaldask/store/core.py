@@ -46,10 +46,10 @@ RECORD_LEN = 20
 HASH_LEN = 64
 
 #: spatial chunking and compression of scan arrays, chosen by benchmarks/ingest.py (3 real
-#: 256^3 label maps with synthetic int16 images, one core): lz4 + bitshuffle ingested at
-#: 0.36x the gunzip bound (zstd-3 + bitshuffle 0.31x), read 890 MB/s (zstd 500 MB/s) and
-#: took 0.86x the .nii.gz size (zstd 0.69x). One chunk per scan: whole-scan reads are the
-#: access pattern of every stage, and 64^3 chunks multiply file counts without a gain.
+#: 256^3 label maps with synthetic int16 images, one core): lz4-5 + bitshuffle ingested at
+#: 0.49x the zlib-gunzip bound (zstd-3 + bitshuffle 0.43x), read 950 MB/s (zstd 600-770)
+#: and took 0.86x the .nii.gz size (zstd 0.69x). One chunk per scan: whole-scan reads are
+#: the access pattern of every stage, and 64^3 chunks multiply file counts without a gain.
 #: Overridden by ``thaldask.store.{compressor,clevel,shuffle,spatial-chunks}`` in dask.config.
 DEFAULT_LAYOUT = {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
 
@@ -437,11 +437,16 @@ class CohortStore:
         source_shape=None,
         source_affine=None,
         file_sha256: bytes = b"",
-        content_sha256: bytes,
+        content_sha256,
         overwrite: bool = False,
         extra: dict | None = None,
     ) -> str:
         """Write one scan's (cropped) data into its chunk-aligned region, idempotently.
+
+        ``content_sha256`` is the digest of the padded region as stored (with
+        :func:`~thaldask.store._io.content_hash` and ``affines[i]``), or a function giving it:
+        then it is computed only when something is already stored (a first write records
+        the source file's digest only, and the stored region is hashed if ever needed).
 
         Returns ``"written"`` or ``"skipped"`` (same content already stored).
 
@@ -455,8 +460,14 @@ class CohortStore:
         hash_z = self._array(f"_meta/{name}/hash", mode="r+")
         old_flags = int(rec_z[i, 0])
         if old_flags & WRITTEN:
-            old_hash = bytes(np.asarray(hash_z[i], dtype=np.uint8))
-            if old_hash[32:] == content_sha256:
+            old_hash = bytes(np.asarray(hash_z[i], dtype=np.uint8))[32:]
+            if callable(content_sha256):
+                content_sha256 = content_sha256()
+            if not any(old_hash):  # recorded lazily: hash what is stored
+                from thaldask.store._io import content_hash
+
+                old_hash = content_hash(np.asarray(self._array(name)[i]), self.affines[i])
+            if old_hash == content_sha256:
                 return "skipped"
             if not overwrite:
                 raise StoreConflictError(
@@ -487,7 +498,8 @@ class CohortStore:
         h = np.zeros(HASH_LEN, dtype=np.uint8)
         if file_sha256:
             h[:32] = np.frombuffer(file_sha256, dtype=np.uint8)
-        h[32:] = np.frombuffer(content_sha256, dtype=np.uint8)
+        if not callable(content_sha256):
+            h[32:] = np.frombuffer(content_sha256, dtype=np.uint8)
         hash_z[i] = h
         rec_z[i] = rec  # written flag last: a crash before this line means "not written"
         return "written"

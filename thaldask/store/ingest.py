@@ -272,10 +272,10 @@ def _ingest_file(
             else:
                 flags |= BINARY
         full = _io.c_copy(ras, grid, np.uint8)
-    digest = _io.content_hash(full, aff_ras)  # of the padded grid, as stored
     status = st.write_scan_array(
         name, i, full, flags=flags, source_shape=vol.data.shape, source_affine=vol.affine,
-        file_sha256=vol.file_sha256, content_sha256=digest, overwrite=overwrite,
+        file_sha256=vol.file_sha256, overwrite=overwrite,
+        content_sha256=lambda: _io.content_hash(full, aff_ras),  # only needed on re-runs
     )
     if status == "skipped":
         note = "same content already stored"
