@@ -43,7 +43,7 @@ faster reads than any zstd setting, and smaller than the inputs. Ingest stays be
 still needs a reorienting copy, label mapping and blosc compression, each of the order of
 inflating gzip. Float maps (R1) compress worse than gzip with every blosc codec tried
 (1.10-1.13x the .nii.gz size on the synthetic cohort's R1 maps).
-""""""
+"""
 
 from __future__ import annotations
 
