@@ -2,8 +2,8 @@
 
 Anchors, measured on the same files in the same process, one core:
 
-- ``gunzip``: ``gzip.decompress`` of every file (the decompression bound: ingest cannot beat
-  it without a faster inflater);
+- ``gunzip``: ``gzip.decompress`` (zlib) of every file, the decompression bound; ingest
+  inflates with ISA-L (``isal``), shown as a second anchor;
 - ``nibabel+np.save``: ``nibabel.load(...).get_fdata(float32)`` then ``np.save`` (the naive
   converter).
 
