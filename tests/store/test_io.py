@@ -46,3 +46,13 @@ def test_c_copy_reoriented_view_equals_numpy_copy(axcodes, dtype):
     assert out.sum() == view.sum()
     back = _io.from_ras(np.ascontiguousarray(view), _io.ras_orientation(aff))
     np.testing.assert_array_equal(back, data)
+
+
+def test_batches_group_small_scans_and_keep_large_ones_alone():
+    from thaldask.store.ingest import batches
+
+    small = [{"scan": i, "voxels": 1_000} for i in range(40)]
+    big = [{"scan": 100 + i, "voxels": 30_000_000} for i in range(3)]
+    got = batches(small + big, voxels=24_000_000, scans=16)
+    assert [len(g) for g in got] == [16, 16, 9, 1, 1]
+    assert [sp["scan"] for g in got for sp in g] == list(range(40)) + [100, 101, 102]

@@ -116,7 +116,8 @@ def plan_ingest(df: pd.DataFrame) -> _Plan:
                     "is_ref": k == int(ref.name),
                 }
             )
-        specs.append({"scan": i, "subject": s, "timepoint": t, "entries": entries})
+        specs.append({"scan": i, "subject": s, "timepoint": t, "entries": entries,
+                      "voxels": int(np.prod(rshape)) * len(entries)})
     grid = tuple(int(v) for v in meta["shape"].max(0))
     return _Plan(scans, ref_contrast, grid, meta, axc, specs, _image_dtypes(df, specs, meta))
 
@@ -171,10 +172,11 @@ def ingest_scan(
     overwrite: bool = False,
     split_binary: bool = False,
     storage_options=None,
+    store: CohortStore | None = None,
 ) -> list[dict]:
     """Decode, reorient/resample and write every file of one scan. Never raises for bad
     input: each file's outcome is a report row (status written/skipped/failed)."""
-    st = open_store(store_path, storage_options=storage_options)
+    st = store or open_store(store_path, storage_options=storage_options)
     i = spec["scan"]
     aff_ras = st.affines[i]
     shape_ras = tuple(int(v) for v in st.shapes[i])
@@ -203,6 +205,35 @@ def ingest_scan(
             row["reason"] = _reason(exc)
             if e["is_ref"]:
                 ref_failed = row["reason"]
+    return out
+
+
+def ingest_batch(store_path: str, specs: list[dict], **kwargs) -> list[dict]:
+    """:func:`ingest_scan` for a few scans in one task (the store opened once)."""
+    st = open_store(store_path, storage_options=kwargs.get("storage_options"))
+    rows: list[dict] = []
+    for sp in specs:
+        rows.extend(ingest_scan(store_path, sp, store=st, **kwargs))
+    return rows
+
+
+#: a task gets scans until it holds this many voxels (~ one 256^3 image and its mask) ...
+BATCH_VOXELS = 24_000_000
+#: ... or this many scans: tasks of ~0.1-1 s, few enough for a small graph
+BATCH_SCANS = 16
+
+
+def batches(specs: list[dict], *, voxels: int = BATCH_VOXELS, scans: int = BATCH_SCANS):
+    """Group consecutive scans into tasks of at least ``voxels`` voxels or ``scans`` scans."""
+    out, cur, n = [], [], 0
+    for sp in specs:
+        cur.append(sp)
+        n += sp.get("voxels", voxels)
+        if n >= voxels or len(cur) >= scans:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
     return out
 
 
@@ -526,6 +557,14 @@ def _run(store, specs, *, client, progress, kwargs):
         except (ImportError, ValueError):
             client = None
     rows: list[dict] = []
+    if client is not None:
+        slots = max(1, sum(client.nthreads().values()))
+    else:
+        import dask
+
+        slots = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    # at least two tasks per thread when the cohort allows, so that all workers stay busy
+    groups = batches(specs, scans=max(1, min(BATCH_SCANS, -(-len(specs) // (2 * slots)))))
     bar = _Bar(len(specs), "ingest", enabled=progress)
     if client is not None:
         import uuid
@@ -534,27 +573,33 @@ def _run(store, specs, *, client, progress, kwargs):
 
         run = uuid.uuid4().hex[:12]  # a fresh key per run: a re-run must re-check the store
         futs = {}
-        for sp in specs:
-            key = f"thaldask-ingest-{run}-{sp['scan']}"
-            f = client.submit(ingest_scan, store, sp, key=key, pure=False, retries=1, **kwargs)
-            futs[f] = sp
+        for grp in groups:
+            key = f"thaldask-ingest-{run}-{grp[0]['scan']}"
+            f = client.submit(ingest_batch, store, grp, key=key, pure=False, retries=1, **kwargs)
+            futs[f] = grp
         with bar:
             for fut in as_completed(list(futs)):
-                sp = futs[fut]
+                grp = futs[fut]
                 try:
                     rows.extend(fut.result())
                 except Exception as exc:  # worker died or task crashed
-                    rows.extend(_failed_rows(sp, f"task failed: {_reason(exc)}"))
-                bar.advance()
+                    for sp in grp:
+                        rows.extend(_failed_rows(sp, f"task failed: {_reason(exc)}"))
+                bar.advance(len(grp))
         return rows
     import dask
 
-    tasks = [dask.delayed(ingest_scan, pure=False)(store, sp, **kwargs) for sp in specs]
+    sizes = {}
+    tasks = []
+    for k, grp in enumerate(groups):
+        name = f"thaldask-ingest-{k}"
+        sizes[name] = len(grp)
+        tasks.append(dask.delayed(ingest_batch, pure=False)(store, grp, dask_key_name=name, **kwargs))
     from dask.callbacks import Callback
 
     class _CB(Callback):
         def _posttask(self, key, result, dsk, state, id):
-            bar.advance()
+            bar.advance(sizes.get(key, 0))
 
     with bar, _CB():
         results = dask.compute(*tasks, scheduler=dask.config.get("scheduler", None) or "threads")
