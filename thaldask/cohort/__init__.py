@@ -1,5 +1,6 @@
 """Cohort manifest and clinical table: parse, validate, BIDS discovery."""
 
+from thaldask.cohort.bids import manifest_from_bids, write_manifest
 from thaldask.cohort.clinical import read_clinical, validate_clinical
 from thaldask.cohort.labels import (
     CONVENTIONS,
@@ -17,6 +18,7 @@ __all__ = [
     "LabelConvention",
     "detect_convention",
     "from_sides",
+    "manifest_from_bids",
     "parse_labels",
     "read_clinical",
     "read_manifest",
@@ -25,4 +27,5 @@ __all__ = [
     "validate_clinical",
     "split_binary_by_midline",
     "to_sides",
+    "write_manifest",
 ]
