@@ -342,9 +342,16 @@ def test_ingest_rewritten_file_same_voxels_skipped_by_content(tmp_path):
     img = nib.load(root / "s0_baseline_gt.nii.gz")
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), root / "s0_baseline_gt.nii")
     (root / "manifest.csv").write_text((root / "manifest.csv").read_text().replace("gt.nii.gz", "gt.nii"))
+    tok = open_store(store).content_tokens("masks/gt/T1w").copy()
+    assert tok.any()
     rep = ingest(man, store, progress=False)
     assert rep.status.tolist() == ["skipped", "skipped"]
     assert rep.reason.tolist() == ["same file already stored", "same content already stored"]
+    st = open_store(store)
+    np.testing.assert_array_equal(st.content_tokens("masks/gt/T1w"), tok)
+    st.write_mask("gt", "T1w", 0, np.zeros(tuple(st.shapes[0]), np.uint8), overwrite=True)
+    assert (open_store(store).content_tokens("masks/gt/T1w") != tok).any()
+    assert not open_store(store).content_tokens("masks/none/T1w").any()
 
 
 def test_ingest_private_fields_and_extensions_not_stored(tmp_path):

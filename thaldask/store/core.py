@@ -14,6 +14,8 @@ Layout (internal; use :class:`CohortStore`)::
     probs/<method>/<contrast>     (scan, 2, x, y, z) uint8, probability * 255
     _meta/<array>/record          (scan, 20) float64: flags, source shape (3), source affine (16)
     _meta/<array>/hash            (scan, 64) uint8: source-file sha256 | content sha256
+                                  (the file's sha256 again while flagged FILE_DIGEST_ONLY:
+                                  either way bytes 32: change exactly when the data do)
     results/<name>                xarray datasets (write_results)
 
 Every per-scan write touches only chunks that belong to that scan, so scans can be written
@@ -42,6 +44,8 @@ FORMAT_VERSION = 1
 
 # record flags
 WRITTEN, RESAMPLED, SCALED, HAS_PROB, NAN_REPLACED, BINARY = 1, 2, 4, 8, 16, 32
+#: the content slot of the hash holds the source file's sha256 (content not hashed yet)
+FILE_DIGEST_ONLY = 64
 RECORD_LEN = 20
 HASH_LEN = 64
 
@@ -463,7 +467,7 @@ class CohortStore:
             old_hash = bytes(np.asarray(hash_z[i], dtype=np.uint8))[32:]
             if callable(content_sha256):
                 content_sha256 = content_sha256()
-            if not any(old_hash):  # recorded lazily: hash what is stored
+            if old_flags & FILE_DIGEST_ONLY or not any(old_hash):  # hash what is stored
                 from thaldask.store._io import content_hash
 
                 old_hash = content_hash(np.asarray(self._array(name)[i]), self.affines[i])
@@ -490,7 +494,8 @@ class CohortStore:
             efull[tuple(slice(0, s) for s in arr.shape)] = arr
             ez[i] = efull
         rec = np.zeros(RECORD_LEN)
-        rec[0] = flags | WRITTEN
+        lazy = callable(content_sha256)
+        rec[0] = flags | WRITTEN | (FILE_DIGEST_ONLY if lazy else 0)
         rec[1:4] = np.asarray(source_shape if source_shape is not None else data.shape[-3:])
         rec[4:20] = np.asarray(
             source_affine if source_affine is not None else self.affines[i], dtype=np.float64
@@ -498,11 +503,20 @@ class CohortStore:
         h = np.zeros(HASH_LEN, dtype=np.uint8)
         if file_sha256:
             h[:32] = np.frombuffer(file_sha256, dtype=np.uint8)
-        if not callable(content_sha256):
-            h[32:] = np.frombuffer(content_sha256, dtype=np.uint8)
+        # the content slot changes exactly when the stored content does (caches key on it)
+        h[32:] = np.frombuffer(file_sha256 if lazy else content_sha256, dtype=np.uint8) if (
+            file_sha256 or not lazy) else 0
         hash_z[i] = h
         rec_z[i] = rec  # written flag last: a crash before this line means "not written"
         return "written"
+
+    def content_tokens(self, name: str) -> np.ndarray:
+        """(scan, 32) uint8 per-scan digests of one array's stored content; they change
+        exactly when a scan's data are rewritten (zeros: never written). For caches."""
+        try:
+            return np.asarray(self._array(f"_meta/{name}/hash")[...], dtype=np.uint8)[:, 32:]
+        except KeyError:
+            return np.zeros((self.n_scans, 32), np.uint8)
 
     def stored_file_hash(self, name: str, i: int) -> bytes | None:
         """Source-file sha256 of a written scan array, else None."""
