@@ -31,6 +31,8 @@ __all__ = [
 
 _LOADED: dict[str, object] = {}
 _LOAD_LOCK = threading.Lock()
+#: how many times this process loaded a model (a worker should load each model once)
+LOAD_COUNT = 0
 
 
 def _key(model: str, options: dict, device: str) -> str:
@@ -43,9 +45,11 @@ def loaded_segmenter(model: str, options: dict | None = None, device: str = "aut
     with _LOAD_LOCK:
         seg = _LOADED.get(k)
         if seg is None:
+            global LOAD_COUNT
             seg = get_segmenter(model, **(options or {}))
             seg.load(device)
             _LOADED[k] = seg
+            LOAD_COUNT += 1
         return seg
 
 
