@@ -23,8 +23,9 @@ from thaldask.cohort.labels import parse_labels, to_sides
 from thaldask.synth import CLINICAL_COLUMNS, default_params, make_cohort
 
 N = 32
-ALL_GT = {"ground_truth": {"fraction_of_patients": 1.0, "include_controls": True,
-                           "timepoints": "all"}}
+ALL_GT = {
+    "ground_truth": {"fraction_of_patients": 1.0, "include_controls": True, "timepoints": "all"}
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,17 @@ def client():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory, client):
     out = tmp_path_factory.mktemp("synth") / "cohort"
-    res = make_cohort(out, n_subjects=N, n_timepoints=2, n_sites=2, seed=7, shape="tiny",
-                      client=client, params=ALL_GT, progress=False)
+    res = make_cohort(
+        out,
+        n_subjects=N,
+        n_timepoints=2,
+        n_sites=2,
+        seed=7,
+        shape="tiny",
+        client=client,
+        params=ALL_GT,
+        progress=False,
+    )
     man = pd.read_csv(res.manifest, keep_default_na=False, dtype=str)
     truth = json.loads(res.truth.read_text())
     return res, man, truth
@@ -76,10 +86,20 @@ def _overlap(cohort):
             if sides.shape != gt.shape or not np.allclose(aff, gaff):
                 sides = _on_grid(sides, aff, gaff, gt.shape)
             m = sides > 0
-            rows.append({"subject": sub, "timepoint": tp, "site": r.site, "method": r.method,
-                         "contrast": r.contrast, "tp": int((m & gt).sum()),
-                         "fp": int((m & ~gt).sum()), "fn": int((~m & gt).sum()),
-                         "gt_mm3": gt.sum() * vvox, "vol_mm3": m.sum() * vvox})
+            rows.append(
+                {
+                    "subject": sub,
+                    "timepoint": tp,
+                    "site": r.site,
+                    "method": r.method,
+                    "contrast": r.contrast,
+                    "tp": int((m & gt).sum()),
+                    "fp": int((m & ~gt).sum()),
+                    "fn": int((~m & gt).sum()),
+                    "gt_mm3": gt.sum() * vvox,
+                    "vol_mm3": m.sum() * vvox,
+                }
+            )
     df = pd.DataFrame(rows)
     df["dice"] = 2 * df.tp / (2 * df.tp + df.fp + df.fn)
     df["sensitivity"] = df.tp / (df.tp + df.fn)
@@ -96,8 +116,16 @@ def overlap(cohort):
 @pytest.mark.slow
 def test_make_cohort_files_follow_manifest_and_clinical_contract(cohort):
     res, man, truth = cohort
-    assert list(man.columns) == ["subject", "timepoint", "site", "kind", "contrast", "method",
-                                 "labels", "path"]
+    assert list(man.columns) == [
+        "subject",
+        "timepoint",
+        "site",
+        "kind",
+        "contrast",
+        "method",
+        "labels",
+        "path",
+    ]
     assert all((res.out / p).is_file() for p in man.path)
     clin = pd.read_csv(res.clinical)
     assert list(clin.columns) == CLINICAL_COLUMNS
@@ -106,13 +134,21 @@ def test_make_cohort_files_follow_manifest_and_clinical_contract(cohort):
     assert set(img.contrast) == {"T1w", "FLAIR", "R1"}
     assert len(img) == 3 * 2 * N
     masks = man[man.kind == "mask"]
-    assert set(zip(masks.method, masks.contrast)) == {
-        ("gt", "T1w"), ("freesurfer-sim", "T1w"), ("first-sim", "T1w"), ("dbsegment-sim", "T1w"),
-        ("mindglide-sim", "T1w"), ("mindglide-sim", "FLAIR"), ("mindglide-sim", "R1")}
+    assert set(zip(masks.method, masks.contrast, strict=True)) == {
+        ("gt", "T1w"),
+        ("freesurfer-sim", "T1w"),
+        ("first-sim", "T1w"),
+        ("dbsegment-sim", "T1w"),
+        ("mindglide-sim", "T1w"),
+        ("mindglide-sim", "FLAIR"),
+        ("mindglide-sim", "R1"),
+    }
     for lab in masks.labels.unique():
         parse_labels(lab)
     # images of a scan share a grid; freesurfer-sim is an aseg on a larger LIA 1 mm grid
-    r = man[(man.subject == "sub-001") & (man.timepoint == "baseline")].set_index(["method", "contrast"])
+    r = man[(man.subject == "sub-001") & (man.timepoint == "baseline")].set_index(
+        ["method", "contrast"]
+    )
     t1 = nib.load(str(res.out / r.loc[("", "T1w"), "path"]))
     fl = nib.load(str(res.out / r.loc[("", "FLAIR"), "path"]))
     assert t1.shape == fl.shape and np.allclose(t1.affine, fl.affine)
@@ -147,8 +183,9 @@ def test_make_cohort_gt_volumes_match_truth_json(cohort):
         assert (data == 2).sum() * vvox == pytest.approx(want["right"], rel=1e-9)
         assert data.sum() > 0
     # the realised volumes follow the planted ones up to voxel discretisation
-    ratio = np.array([s["thalamus_mm3"]["total"] / s["planted_thalamus_mm3"]["total"]
-                      for s in truth["scans"]])
+    ratio = np.array(
+        [s["thalamus_mm3"]["total"] / s["planted_thalamus_mm3"]["total"] for s in truth["scans"]]
+    )
     assert abs(np.median(ratio) - 1) < 0.01 and ratio.std() < 0.02
 
 
@@ -156,7 +193,9 @@ def test_make_cohort_gt_volumes_match_truth_json(cohort):
 def test_make_cohort_group_difference_and_atrophy_recovered_from_gt_masks(cohort, overlap):
     res, man, truth = cohort
     p = default_params()
-    gt = overlap.drop_duplicates(["subject", "timepoint"]).set_index(["subject", "timepoint"]).gt_mm3
+    gt = (
+        overlap.drop_duplicates(["subject", "timepoint"]).set_index(["subject", "timepoint"]).gt_mm3
+    )
     subj = pd.DataFrame(truth["subjects"]).set_index("subject")
     clin = pd.read_csv(res.clinical).set_index(["subject", "timepoint"])
     base = clin.xs("baseline", level="timepoint").copy()
@@ -182,8 +221,11 @@ def test_make_cohort_group_difference_and_atrophy_recovered_from_gt_masks(cohort
 
 @pytest.mark.slow
 def test_make_cohort_simulated_methods_show_documented_signatures(overlap):
-    t1 = overlap[overlap.contrast == "T1w"].groupby("method")[
-        ["dice", "sensitivity", "precision", "vol_err_pct"]].mean()
+    t1 = (
+        overlap[overlap.contrast == "T1w"]
+        .groupby("method")[["dice", "sensitivity", "precision", "vol_err_pct"]]
+        .mean()
+    )
     # atlas methods: highest sensitivity, lowest precision, volume over-estimated
     for atlas in ("first-sim", "freesurfer-sim"):
         assert t1.loc[atlas, "sensitivity"] > t1.loc["dbsegment-sim", "sensitivity"]
@@ -198,8 +240,10 @@ def test_make_cohort_simulated_methods_show_documented_signatures(overlap):
     assert abs_err.idxmin() == "mindglide-sim"
     assert abs(t1.loc["mindglide-sim", "vol_err_pct"]) < 2.5
     # proportional bias: error grows with volume (freesurfer +, dbsegment -), not for first
-    slope = {m: np.polyfit(g.gt_mm3, g.vol_mm3 - g.gt_mm3, 1)[0]
-             for m, g in overlap[overlap.contrast == "T1w"].groupby("method")}
+    slope = {
+        m: np.polyfit(g.gt_mm3, g.vol_mm3 - g.gt_mm3, 1)[0]
+        for m, g in overlap[overlap.contrast == "T1w"].groupby("method")
+    }
     assert slope["freesurfer-sim"] > 0.1 and slope["dbsegment-sim"] < -0.05
     assert abs(slope["first-sim"]) < slope["freesurfer-sim"]
     # mindglide-sim by contrast: R1 sharper than T1w, FLAIR roughest
@@ -213,7 +257,7 @@ def test_make_cohort_simulated_methods_show_documented_signatures(overlap):
 @pytest.mark.slow
 def test_make_cohort_r1_thalamus_values_in_range(cohort):
     res, man, _ = cohort
-    for (sub, tp), g in list(man.groupby(["subject", "timepoint"]))[:12]:
+    for _, g in list(man.groupby(["subject", "timepoint"]))[:12]:
         r1, _ = _load(res.out, g[(g.kind == "image") & (g.contrast == "R1")].path.iloc[0])
         gt, _ = _load(res.out, g[g.method == "gt"].path.iloc[0])
         core = ndi.binary_erosion(gt > 0, iterations=2)
@@ -221,8 +265,11 @@ def test_make_cohort_r1_thalamus_values_in_range(cohort):
 
 
 def _digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -234,16 +281,34 @@ def test_make_cohort_same_seed_same_bytes_serial_or_parallel(tmp_path, client):
     da, db, dc = _digest(a.out), _digest(b.out), _digest(c.out)
     assert da == db and len(da) > 20
     assert da["truth.json"] != dc["truth.json"]
-    assert da["sub-001/ses-baseline/anat/sub-001_ses-baseline_T1w.nii.gz"] != \
-        dc["sub-001/ses-baseline/anat/sub-001_ses-baseline_T1w.nii.gz"]
+    assert (
+        da["sub-001/ses-baseline/anat/sub-001_ses-baseline_T1w.nii.gz"]
+        != dc["sub-001/ses-baseline/anat/sub-001_ses-baseline_T1w.nii.gz"]
+    )
 
 
 def test_synth_cli_writes_cohort_and_rejects_bad_shape(tmp_path):
     from thaldask.cli import main
 
-    r = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "o"), "--subjects", "1",
-                                  "--timepoints", "1", "--sites", "1", "--seed", "3",
-                                  "--shape", "tiny", "--local"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "o"),
+            "--subjects",
+            "1",
+            "--timepoints",
+            "1",
+            "--sites",
+            "1",
+            "--seed",
+            "3",
+            "--shape",
+            "tiny",
+            "--local",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 1 scans" in r.output
     man = pd.read_csv(tmp_path / "o" / "manifest.csv", keep_default_na=False)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from thaldask.synth.anatomy import load_template, make_geometry, sample_labels
+from thaldask.synth.anatomy import make_geometry, sample_labels
 from thaldask.synth.cohort import _grid
 from thaldask.synth.images import draw_tissue, render_contrasts
 from thaldask.synth.params import SITE_PRESETS, TISSUE, default_params
 
 RANGES = {  # the documented R1 ranges at 3 T (s^-1)
-    "white_matter": (1.0, 1.2), "cortex": (0.6, 0.75), "thalamus": (0.8, 0.95),
-    "caudate_putamen": (0.7, 0.75), "csf": (0.2, 0.3),
+    "white_matter": (1.0, 1.2),
+    "cortex": (0.6, 0.75),
+    "thalamus": (0.8, 0.95),
+    "caudate_putamen": (0.7, 0.75),
+    "csf": (0.2, 0.3),
 }
 
 
@@ -22,14 +25,21 @@ def _render(seed):
     aff, shape = _grid("small", (1.0, 1.0, 1.0))
     labels = sample_labels(geom, aff, shape, pose=np.eye(4))
     tissue = draw_tissue(rng)
-    imgs = render_contrasts(labels, (1, 1, 1), tissue, SITE_PRESETS[0],
-                            default_params()["contrasts"], rng)
+    imgs = render_contrasts(
+        labels, (1, 1, 1), tissue, SITE_PRESETS[0], default_params()["contrasts"], rng
+    )
     return labels, tissue, imgs
 
 
 def _core(labels, ids, erode=1):
     m = np.isin(labels, ids)
     return ndi.binary_erosion(m, iterations=erode) if erode else m
+
+
+def _rel_noise(img, region, pair):
+    """Noise SD from neighbour differences, relative to the region's median."""
+    x = img.astype(np.float64)
+    return np.std((x[1:] - x[:-1])[pair]) / np.sqrt(2) / np.median(x[region])
 
 
 def test_render_contrasts_r1_tissue_values_in_documented_ranges():
@@ -49,11 +59,7 @@ def test_render_contrasts_r1_tissue_values_in_documented_ranges():
         wm = _core(labels, TISSUE["white_matter"]["ids"], 2)
         pair = wm[1:] & wm[:-1]
 
-        def rel_noise(img):
-            x = img.astype(np.float64)
-            return np.std((x[1:] - x[:-1])[pair]) / np.sqrt(2) / np.median(x[wm])
-
-        assert rel_noise(r1) > 1.3 * rel_noise(imgs["T1w"])
+        assert _rel_noise(r1, wm, pair) > 1.3 * _rel_noise(imgs["T1w"], wm, pair)
 
 
 def test_render_contrasts_t1w_weak_thalamus_contrast_flair_nulls_csf():

@@ -59,10 +59,12 @@ def test_make_subject_table_group_effect_recovered_within_ci():
 
 def test_make_subject_table_atrophy_rate_by_group_and_severity():
     t = make_subject_table(2000, n_timepoints=2, seed=3)
-    w = t.pivot(index="subject", columns="timepoint",
-                values=["thalamus_total_mm3", "years_since_baseline"])
+    w = t.pivot(
+        index="subject", columns="timepoint", values=["thalamus_total_mm3", "years_since_baseline"]
+    )
     rate = (w["thalamus_total_mm3"]["m12"] / w["thalamus_total_mm3"]["baseline"]) ** (
-        1 / w["years_since_baseline"]["m12"]) - 1
+        1 / w["years_since_baseline"]["m12"]
+    ) - 1
     base = t[t.timepoint == "baseline"].set_index("subject")
     p = default_params()["atrophy"]
     hc = rate[base.group == "HC"]
@@ -88,7 +90,9 @@ def test_make_subject_table_clinical_associations_planted():
     # EDSS worsening at follow-up is more likely with faster thalamic loss
     f = t[(t.group != "HC") & (t.timepoint == "m12")]
     assert f.worsened.mean() > 0.05
-    assert f.loc[f.worsened, "atrophy_rate"].mean() < f.loc[~f.worsened, "atrophy_rate"].mean() - 0.001
+    assert (
+        f.loc[f.worsened, "atrophy_rate"].mean() < f.loc[~f.worsened, "atrophy_rate"].mean() - 0.001
+    )
     b = t[(t.group != "HC") & (t.timepoint == "baseline")].set_index("subject").edss_true
     e1 = f.set_index("subject").edss_true
     step = np.where(b == 0, 1.5, np.where(b <= 5.5, 1.0, 0.5))

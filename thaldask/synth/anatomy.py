@@ -99,7 +99,7 @@ def load_template(index: int) -> Template:
     tijk = np.argwhere(thal)
     tlo = np.maximum(tijk.min(axis=0) - 4, 0)
     thi = np.minimum(tijk.max(axis=0) + 5, labels.shape)
-    box = tuple(slice(a, b) for a, b in zip(tlo, thi))
+    box = tuple(slice(a, b) for a, b in zip(tlo, thi, strict=True))
     idx = ndi.distance_transform_edt(thal[box], return_distances=False, return_indices=True)
     filled = labels.copy()
     filled[box] = labels[box][tuple(idx)]
@@ -165,9 +165,7 @@ class SubjectGeometry:
     def field_at(self, head_xyz: np.ndarray) -> np.ndarray:
         """Displacement (mm) at points (3, N) of the head frame, trilinear."""
         c = (head_xyz - self.field_origin) / self.field_spacing
-        return np.stack(
-            [ndi.map_coordinates(f, c, order=1, mode="nearest") for f in self.field]
-        )
+        return np.stack([ndi.map_coordinates(f, c, order=1, mode="nearest") for f in self.field])
 
     def jacobian_at(self, head_xyz: np.ndarray, h: float = 4.0, radius: float = 6.0) -> float:
         """Local volume factor (subject / template) around a head-frame point.
@@ -206,9 +204,16 @@ class SubjectGeometry:
         return t.inv_affine[:3, :3] @ world + t.inv_affine[:3, 3:4]
 
 
-def make_geometry(template: int, icv_scale: float, rng: np.random.Generator, *,
-                  field_mm: float = 1.5, field_smooth_mm: float = 24.0,
-                  shape_jitter: float = 0.03, rotation_deg: float = 4.0) -> SubjectGeometry:
+def make_geometry(
+    template: int,
+    icv_scale: float,
+    rng: np.random.Generator,
+    *,
+    field_mm: float = 1.5,
+    field_smooth_mm: float = 24.0,
+    shape_jitter: float = 0.03,
+    rotation_deg: float = 4.0,
+) -> SubjectGeometry:
     """Random smooth deformation of ``template`` whose volume is scaled by ``icv_scale``.
 
     Parameters
@@ -232,8 +237,15 @@ def make_geometry(template: int, icv_scale: float, rng: np.random.Generator, *,
     return SubjectGeometry(template, scale, rot, field.astype(np.float32), spacing, -half)
 
 
-def sample_labels(geom: SubjectGeometry, affine: np.ndarray, shape, *, pose: np.ndarray,
-                  thalamus_thresholds=(0.0, 0.0), slab_voxels: int = 2_000_000) -> np.ndarray:
+def sample_labels(
+    geom: SubjectGeometry,
+    affine: np.ndarray,
+    shape,
+    *,
+    pose: np.ndarray,
+    thalamus_thresholds=(0.0, 0.0),
+    slab_voxels: int = 2_000_000,
+) -> np.ndarray:
     """The subject's label map on a voxel grid (nearest neighbour; thalamus from its distance map).
 
     Parameters
@@ -260,14 +272,36 @@ def sample_labels(geom: SubjectGeometry, affine: np.ndarray, shape, *, pose: np.
     # the displacement field, sampled on the grid by an affine resampling of the coarse field
     Fm = M[:3, :3] / geom.field_spacing
     nz_per_slab = max(1, slab_voxels // (shape[0] * shape[1]))
-    ii, jj = np.meshgrid(np.arange(shape[0], dtype=np.float32),
-                         np.arange(shape[1], dtype=np.float32), indexing="ij")
+    ii, jj = np.meshgrid(
+        np.arange(shape[0], dtype=np.float32), np.arange(shape[1], dtype=np.float32), indexing="ij"
+    )
     for z0 in range(0, shape[2], nz_per_slab):
         z1 = min(shape[2], z0 + nz_per_slab)
         sshape = (shape[0], shape[1], z1 - z0)
-        Fo = (M[:3, :3] @ np.array([0.0, 0.0, z0]) + M[:3, 3] - geom.field_origin) / geom.field_spacing
-        u = [ndi.affine_transform(f, Fm, offset=Fo, output_shape=sshape, order=1, mode="nearest")
-             for f in geom.field]
+        Fo = (
+            M[:3, :3] @ np.array([0.0, 0.0, z0]) + M[:3, 3] - geom.field_origin
+        ) / geom.field_spacing
+        # the field is smooth (tens of mm): sample it on every 2nd voxel and repeat
+        # (error below 0.1 mm), which costs an eighth of a per-voxel resampling
+        half = tuple((n + 1) // 2 for n in sshape)
+        u = [
+            np.repeat(
+                np.repeat(
+                    np.repeat(
+                        ndi.affine_transform(
+                            f, 2 * Fm, offset=Fo, output_shape=half, order=1, mode="nearest"
+                        ),
+                        2,
+                        0,
+                    ),
+                    2,
+                    1,
+                ),
+                2,
+                2,
+            )[: sshape[0], : sshape[1], : sshape[2]]
+            for f in geom.field
+        ]
         kk = np.arange(z0, z1, dtype=np.float32)
         vox = np.empty((3,) + sshape, dtype=np.float32)
         for r in range(3):

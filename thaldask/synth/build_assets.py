@@ -32,8 +32,44 @@ import numpy as np
 OTHER = 90
 EXTRA_BELOW_100 = (25, 30, 57, 62, 72, 85)
 #: FreeSurfer ids counted as intracranial (brain tissue and CSF)
-INTRACRANIAL = (2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28,
-                41, 42, 43, 44, 46, 47, 49, 50, 51, 52, 53, 54, 58, 60, 72, 85, 30, 62)
+INTRACRANIAL = (
+    2,
+    3,
+    4,
+    5,
+    7,
+    8,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    24,
+    26,
+    28,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    58,
+    60,
+    72,
+    85,
+    30,
+    62,
+)
 DEFAULT_MAPS = (1, 2, 3, 4, 5)
 
 
@@ -102,8 +138,10 @@ def build_assets(source: str | Path, out: str | Path, maps=DEFAULT_MAPS) -> list
         _write_npz(p, arrays)
         written.append(p)
         digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-        print(f"{p}  {arrays['labels'].shape}  icv={float(arrays['icv_mm3']) / 1e3:.0f} cm3  "
-              f"{p.stat().st_size / 1e3:.0f} kB  sha256:{digest}")
+        print(
+            f"{p}  {arrays['labels'].shape}  icv={float(arrays['icv_mm3']) / 1e3:.0f} cm3  "
+            f"{p.stat().st_size / 1e3:.0f} kB  sha256:{digest}"
+        )
     return written
 
 

@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thaldask.synth.anatomy import THALAMUS, list_templates, load_template, make_geometry, sample_labels
+from thaldask.synth.anatomy import (
+    THALAMUS,
+    list_templates,
+    load_template,
+    make_geometry,
+    sample_labels,
+)
 from thaldask.synth.images import draw_tissue, render_contrasts
 from thaldask.synth.methods import encode_labels, method_spec, prepare_truth, simulate_sides
 from thaldask.synth.params import METHOD_NAMES, merge_params
@@ -90,7 +96,7 @@ def _grid(shape_name: str, voxel_mm) -> tuple[np.ndarray, tuple[int, int, int]]:
     """RAS affine and shape of a scan grid (FOV centred on the scanner origin's offset)."""
     spec = SHAPES[shape_name]
     v = np.asarray(voxel_mm, dtype=float)
-    shape = tuple(int(math.ceil(f / s - 1e-6)) for f, s in zip(spec["fov_mm"], v))
+    shape = tuple(int(math.ceil(f / s - 1e-6)) for f, s in zip(spec["fov_mm"], v, strict=True))
     aff = np.diag([*v, 1.0])
     centre = np.asarray(spec["centre_mm"])
     aff[:3, 3] = centre - v * (np.asarray(shape) - 1) / 2.0
@@ -119,8 +125,9 @@ def _conformed_labels(geom, aff, shape, caff, cshape, pose, thr) -> np.ndarray:
     sub = caff.copy()
     sub[:3, 3] = caff[:3, :3] @ lo + caff[:3, 3]
     out = np.zeros(cshape, dtype=np.uint8)
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = sample_labels(
-        geom, sub, tuple(hi - lo), pose=pose, thalamus_thresholds=thr)
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sample_labels(
+        geom, sub, tuple(hi - lo), pose=pose, thalamus_thresholds=thr
+    )
     return out
 
 
@@ -148,8 +155,9 @@ def _mask_rel(method: str, sub: str, tp: str, contrast: str) -> str:
     return f"derivatives/{method}/{sub}/ses-{tp}/anat/{stem}{space}_desc-thalamus_dseg.nii.gz"
 
 
-def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: str,
-                   seed: int) -> list[dict]:
+def render_subject(
+    out: str, rows: list[dict], site: dict, params: dict, shape: str, seed: int
+) -> list[dict]:
     """Render every scan of one subject; returns one record per scan (truth + manifest rows).
 
     Deterministic in (seed, subject index); safe to run on any worker.
@@ -161,8 +169,11 @@ def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: 
     rng_subj = np.random.default_rng([int(seed), i, 1])
     tmpl = load_template(int(first["template"]))
     geom = make_geometry(
-        int(first["template"]), float(first["icv_true_mm3"]) / tmpl.icv_mm3, rng_subj,
-        field_mm=an["deformation_sd_mm"], field_smooth_mm=an["deformation_smoothness_mm"],
+        int(first["template"]),
+        float(first["icv_true_mm3"]) / tmpl.icv_mm3,
+        rng_subj,
+        field_mm=an["deformation_sd_mm"],
+        field_smooth_mm=an["deformation_smoothness_mm"],
         shape_jitter=an["shape_jitter"],
     )
     tissue = draw_tissue(rng_subj, params["contrasts"]["tissue_jitter"])
@@ -191,13 +202,21 @@ def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: 
         for contrast, data in images.items():
             rel = f"{sub}/ses-{tp}/anat/{sub}_ses-{tp}_{_IMAGE_FILES[contrast]}.nii.gz"
             _save_nifti(out / rel, data, aff)
-            manifest.append({"kind": "image", "contrast": contrast, "method": "", "labels": "",
-                             "path": rel})
+            manifest.append(
+                {"kind": "image", "contrast": contrast, "method": "", "labels": "", "path": rel}
+            )
         if row["has_gt"]:
             rel = _mask_rel("gt", sub, tp, "T1w")
             _save_nifti(out / rel, gt, aff)
-            manifest.append({"kind": "mask", "contrast": "T1w", "method": "gt",
-                             "labels": GT_LABELS, "path": rel})
+            manifest.append(
+                {
+                    "kind": "mask",
+                    "contrast": "T1w",
+                    "method": "gt",
+                    "labels": GT_LABELS,
+                    "path": rel,
+                }
+            )
         method_volumes = {}
         ref = params["methods"]["reference_volume_mm3"]
         prep = prepare_truth(labels, voxel)
@@ -211,35 +230,61 @@ def render_subject(out: str, rows: list[dict], site: dict, params: dict, shape: 
                     if clab is None:
                         clab = _conformed_labels(geom, aff, grid_shape, caff, cshape, pose, thr)
                         cprep = prepare_truth(clab, (1.0, 1.0, 1.0))
-                    sides = simulate_sides(cprep, spec, reference_volume_mm3=ref,
-                                           site_shift_mm=site["volume_shift_mm"], rng=mrng)
+                    sides = simulate_sides(
+                        cprep,
+                        spec,
+                        reference_volume_mm3=ref,
+                        site_shift_mm=site["volume_shift_mm"],
+                        rng=mrng,
+                    )
                     data = encode_labels(sides, method, clab)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_mgz(out / rel, data, caff)
                     method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, 1.0)
                 else:
-                    sides = simulate_sides(prep, spec, reference_volume_mm3=ref,
-                                           site_shift_mm=site["volume_shift_mm"], rng=mrng)
+                    sides = simulate_sides(
+                        prep,
+                        spec,
+                        reference_volume_mm3=ref,
+                        site_shift_mm=site["volume_shift_mm"],
+                        rng=mrng,
+                    )
                     data = encode_labels(sides, method)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_nifti(out / rel, data, aff)
                     method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, vvox)
-                manifest.append({"kind": "mask", "contrast": contrast, "method": method,
-                                 "labels": spec["labels"], "path": rel})
+                manifest.append(
+                    {
+                        "kind": "mask",
+                        "contrast": contrast,
+                        "method": method,
+                        "labels": spec["labels"],
+                        "path": rel,
+                    }
+                )
         for m in manifest:
             m.update({"subject": sub, "timepoint": tp, "site": row["site"]})
-        records.append({
-            "subject": sub, "timepoint": tp, "site": row["site"],
-            "subject_index": i, "timepoint_index": k,
-            "years_since_baseline": row["years_since_baseline"],
-            "voxel_mm": voxel.tolist(), "shape": list(grid_shape),
-            "planted_thalamus_mm3": {"left": targets[0], "right": targets[1],
-                                     "total": targets[0] + targets[1]},
-            "thalamus_mm3": _side_volumes(gt, vvox),
-            "method_volume_mm3": method_volumes,
-            "has_gt": bool(row["has_gt"]),
-            "manifest": manifest,
-        })
+        records.append(
+            {
+                "subject": sub,
+                "timepoint": tp,
+                "site": row["site"],
+                "subject_index": i,
+                "timepoint_index": k,
+                "years_since_baseline": row["years_since_baseline"],
+                "voxel_mm": voxel.tolist(),
+                "shape": list(grid_shape),
+                "planted_thalamus_mm3": {
+                    "left": targets[0],
+                    "right": targets[1],
+                    "total": targets[0] + targets[1],
+                },
+                "thalamus_mm3": _side_volumes(gt, vvox),
+                "method_volume_mm3": method_volumes,
+                "has_gt": bool(row["has_gt"]),
+                "manifest": manifest,
+            }
+        )
     return records
 
 
@@ -258,9 +303,19 @@ def _clean(x):
     return x
 
 
-def make_cohort(out, *, n_subjects: int, n_timepoints: int = 2, n_sites: int = 2, seed: int = 0,
-                shape: str = "small", client=None, params: dict | None = None,
-                gt_fraction: float | None = None, progress: bool = True) -> SynthCohort:
+def make_cohort(
+    out,
+    *,
+    n_subjects: int,
+    n_timepoints: int = 2,
+    n_sites: int = 2,
+    seed: int = 0,
+    shape: str = "small",
+    client=None,
+    params: dict | None = None,
+    gt_fraction: float | None = None,
+    progress: bool = True,
+) -> SynthCohort:
     """Write a synthetic cohort with planted truths to the folder ``out``.
 
     Parameters
@@ -290,30 +345,39 @@ def make_cohort(out, *, n_subjects: int, n_timepoints: int = 2, n_sites: int = 2
         p["ground_truth"]["fraction_of_patients"] = float(gt_fraction)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = make_subject_table(n_subjects, n_timepoints=n_timepoints, n_sites=n_sites,
-                               seed=seed, params=p)
+    table = make_subject_table(
+        n_subjects, n_timepoints=n_timepoints, n_sites=n_sites, seed=seed, params=p
+    )
     sites = make_sites(n_sites, np.random.default_rng([int(seed), 0, 9]))
     by_subject = [grp.to_dict("records") for _, grp in table.groupby("subject_index", sort=True)]
-    args = [(str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed))
-            for rows in by_subject]
+    args = [
+        (str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed))
+        for rows in by_subject
+    ]
     results = _run(args, client, progress)
-    records = sorted((r for res in results for r in res),
-                     key=lambda r: (r["subject_index"], r["timepoint_index"]))
+    records = sorted(
+        (r for res in results for r in res),
+        key=lambda r: (r["subject_index"], r["timepoint_index"]),
+    )
 
     manifest = pd.DataFrame([m for r in records for m in r["manifest"]])[MANIFEST_COLUMNS]
     manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
     table[CLINICAL_COLUMNS].to_csv(out / "clinical.csv", index=False, lineterminator="\n")
     truth = _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites)
     (out / "truth.json").write_text(json.dumps(_clean(truth), indent=1, sort_keys=True) + "\n")
-    return SynthCohort(out, out / "manifest.csv", out / "clinical.csv", out / "truth.json",
-                       len(records))
+    return SynthCohort(
+        out, out / "manifest.csv", out / "clinical.csv", out / "truth.json", len(records)
+    )
 
 
 def _run(args, client, progress):
     from rich.progress import Progress
 
-    with Progress(transient=True, disable=not progress,
-                  console=__import__("rich.console").console.Console(stderr=True)) as bar:
+    with Progress(
+        transient=True,
+        disable=not progress,
+        console=__import__("rich.console").console.Console(stderr=True),
+    ) as bar:
         task = bar.add_task("synthesising subjects", total=len(args))
         if client is None:
             results = []
@@ -335,27 +399,54 @@ def _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_si
     from thaldask import __version__
 
     base = table[table["timepoint_index"] == 0]
-    subjects = [{
-        "subject": r.subject, "group": r.group, "site": r.site, "sex": r.sex,
-        "template": list_templates()[r.template] if list_templates() else r.template,
-        "severity": r.severity, "atrophy_rate_per_year": r.atrophy_rate,
-        "icv_mm3": r.icv_true_mm3, "has_gt": bool(table[(table.subject == r.subject)].has_gt.any()),
-    } for r in base.itertuples()]
+    subjects = [
+        {
+            "subject": r.subject,
+            "group": r.group,
+            "site": r.site,
+            "sex": r.sex,
+            "template": list_templates()[r.template] if list_templates() else r.template,
+            "severity": r.severity,
+            "atrophy_rate_per_year": r.atrophy_rate,
+            "icv_mm3": r.icv_true_mm3,
+            "has_gt": bool(table[(table.subject == r.subject)].has_gt.any()),
+        }
+        for r in base.itertuples()
+    ]
     lat = table.set_index(["subject", "timepoint"])
     scans = []
     for r in records:
         row = lat.loc[(r["subject"], r["timepoint"])]
-        rec = {k: v for k, v in r.items() if k not in ("manifest", "subject_index", "timepoint_index")}
-        rec.update({"thalamus_z": row["thalamus_z"], "edss_true": row["edss_true"],
-                    "sdmt_true": row["sdmt_true"], "worsened": bool(row["worsened"])})
+        rec = {
+            k: v for k, v in r.items() if k not in ("manifest", "subject_index", "timepoint_index")
+        }
+        rec.update(
+            {
+                "thalamus_z": row["thalamus_z"],
+                "edss_true": row["edss_true"],
+                "sdmt_true": row["sdmt_true"],
+                "worsened": bool(row["worsened"]),
+            }
+        )
         scans.append(rec)
     return {
-        "generator": "thaldask.synth", "thaldask_version": __version__, "seed": int(seed),
-        "shape": shape, "fov": SHAPES[shape], "n_subjects": n_subjects,
-        "n_timepoints": n_timepoints, "n_sites": n_sites,
-        "params": p, "sites": sites, "methods": {m: p["methods"][m] for m in METHOD_NAMES},
-        "gt_labels": GT_LABELS, "subjects": subjects, "scans": scans,
-        "notes": ("thalamus_mm3 is the exact volume of the ground-truth label map of each scan "
-                  "(voxel count x voxel volume); planted_thalamus_mm3 the volume the generator "
-                  "aimed at; method_volume_mm3 the volume of each simulated mask on its own grid."),
+        "generator": "thaldask.synth",
+        "thaldask_version": __version__,
+        "seed": int(seed),
+        "shape": shape,
+        "fov": SHAPES[shape],
+        "n_subjects": n_subjects,
+        "n_timepoints": n_timepoints,
+        "n_sites": n_sites,
+        "params": p,
+        "sites": sites,
+        "methods": {m: p["methods"][m] for m in METHOD_NAMES},
+        "gt_labels": GT_LABELS,
+        "subjects": subjects,
+        "scans": scans,
+        "notes": (
+            "thalamus_mm3 is the exact volume of the ground-truth label map of each scan "
+            "(voxel count x voxel volume); planted_thalamus_mm3 the volume the generator "
+            "aimed at; method_volume_mm3 the volume of each simulated mask on its own grid."
+        ),
     }

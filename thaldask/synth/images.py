@@ -54,8 +54,13 @@ def draw_tissue(rng: np.random.Generator, jitter: float = 0.25) -> dict[str, np.
     return {"r1": r1, "pd": pd, "t2": t2}
 
 
-def bias_field(shape, strength: float, rng: np.random.Generator,
-               affine: np.ndarray | None = None, head_radius_mm: float = 100.0) -> np.ndarray:
+def bias_field(
+    shape,
+    strength: float,
+    rng: np.random.Generator,
+    affine: np.ndarray | None = None,
+    head_radius_mm: float = 100.0,
+) -> np.ndarray:
     """A smooth multiplicative field ``exp(f)``, ``f`` a random quadratic polynomial of space.
 
     ``f`` has standard deviation ``strength`` over a head-sized cube (±``head_radius_mm``
@@ -65,18 +70,22 @@ def bias_field(shape, strength: float, rng: np.random.Generator,
     if affine is None:
         axes = [np.linspace(-1, 1, s) for s in shape]
     else:
-        axes = [(affine[k, k] * np.arange(shape[k]) + affine[k, 3]) / head_radius_mm
-                for k in range(3)]
-    terms = [(a, b, c) for a in range(3) for b in range(3 - a) for c in range(3 - a - b)
-             if a + b + c > 0]
+        axes = [
+            (affine[k, k] * np.arange(shape[k]) + affine[k, 3]) / head_radius_mm for k in range(3)
+        ]
+    terms = [
+        (a, b, c) for a in range(3) for b in range(3 - a) for c in range(3 - a - b) if a + b + c > 0
+    ]
     coef = rng.normal(size=len(terms))
     ref = np.linspace(-1, 1, 9)
-    fr = sum(w * np.multiply.outer(np.multiply.outer(ref**a, ref**b), ref**c)
-             for w, (a, b, c) in zip(coef, terms))
+    fr = sum(
+        w * np.multiply.outer(np.multiply.outer(ref**a, ref**b), ref**c)
+        for w, (a, b, c) in zip(coef, terms, strict=True)
+    )
     sd = float(fr.std())
     scale = strength / sd if sd > 0 else 0.0
     f = np.zeros(shape, dtype=np.float64)
-    for w, (a, b, c) in zip(coef, terms):
+    for w, (a, b, c) in zip(coef, terms, strict=True):
         f += w * np.multiply.outer(np.multiply.outer(axes[0] ** a, axes[1] ** b), axes[2] ** c)
     return np.exp(scale * f).astype(np.float32)
 
@@ -96,9 +105,15 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 32767).astype(np.int16)
 
 
-def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, params: dict,
-                     rng: np.random.Generator, affine: np.ndarray | None = None
-                     ) -> dict[str, np.ndarray]:
+def render_contrasts(
+    labels: np.ndarray,
+    voxel_mm,
+    tissue: dict,
+    site: dict,
+    params: dict,
+    rng: np.random.Generator,
+    affine: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """T1w (int16), FLAIR (int16) and R1 (float32, s⁻¹) images of a label map.
 
     Parameters
@@ -119,8 +134,10 @@ def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, par
     p = params["t1w"]
     t1w = pd * (1 - 2 * np.exp(-p["ti_s"] * r1) + np.exp(-p["tr_s"] * r1))
     t1w = np.clip(t1w, 0, None)
-    wm = float(tissue["pd"][2] * (1 - 2 * np.exp(-p["ti_s"] * tissue["r1"][2])
-                                   + np.exp(-p["tr_s"] * tissue["r1"][2])))
+    wm = float(
+        tissue["pd"][2]
+        * (1 - 2 * np.exp(-p["ti_s"] * tissue["r1"][2]) + np.exp(-p["tr_s"] * tissue["r1"][2]))
+    )
     t1w = _blur(t1w, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng, affine)
     t1w = _rician(t1w, site["noise"] * wm, rng)
     out["T1w"] = _to_int16(t1w * (p["reference"] * site["scale"] / wm))
@@ -128,15 +145,19 @@ def render_contrasts(labels: np.ndarray, voxel_mm, tissue: dict, site: dict, par
     p = params["flair"]
     ti = np.log(2.0 / (1.0 + np.exp(-p["tr_s"] * p["csf_r1"]))) / p["csf_r1"]
     fl = pd * np.abs(1 - 2 * np.exp(-ti * r1) + np.exp(-p["tr_s"] * r1)) * np.exp(-p["te_ms"] / t2)
-    wmf = float(tissue["pd"][2] * abs(1 - 2 * np.exp(-ti * tissue["r1"][2])
-                                       + np.exp(-p["tr_s"] * tissue["r1"][2]))
-                * np.exp(-p["te_ms"] / tissue["t2"][2]))
+    wmf = float(
+        tissue["pd"][2]
+        * abs(1 - 2 * np.exp(-ti * tissue["r1"][2]) + np.exp(-p["tr_s"] * tissue["r1"][2]))
+        * np.exp(-p["te_ms"] / tissue["t2"][2])
+    )
     fl = _blur(fl, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng, affine)
     fl = _rician(fl, site["noise"] * wmf, rng)
     out["FLAIR"] = _to_int16(fl * (p["reference"] * site["scale"] / wmf))
 
     p = params["r1"]
     r1m = _blur(r1, p["pv_fwhm_mm"] / voxel_mm) * bias_field(labels.shape, p["bias"], rng, affine)
-    r1m = r1m * site.get("r1_scale", 1.0) + rng.normal(0, site["r1_noise"], r1m.shape).astype(np.float32)
+    r1m = r1m * site.get("r1_scale", 1.0) + rng.normal(0, site["r1_noise"], r1m.shape).astype(
+        np.float32
+    )
     out["R1"] = np.round(r1m.astype(np.float32), 4)
     return out

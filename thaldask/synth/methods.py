@@ -66,7 +66,7 @@ def prepare_truth(labels: np.ndarray, voxel_mm) -> dict:
     m = np.ceil(_MARGIN_MM / voxel_mm).astype(int)
     lo = np.maximum(ijk.min(axis=0) - m, 0)
     hi = np.minimum(ijk.max(axis=0) + m + 1, labels.shape)
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     lab = labels[sl]
     prep["slice"] = sl
     prep["wm"] = ndi.gaussian_filter(np.isin(lab, WHITE_MATTER).astype(np.float32), 1.5 / voxel_mm)
@@ -80,8 +80,14 @@ def prepare_truth(labels: np.ndarray, voxel_mm) -> dict:
     return prep
 
 
-def simulate_sides(prep: dict, spec: dict, *, reference_volume_mm3: float,
-                   site_shift_mm: float, rng: np.random.Generator) -> np.ndarray:
+def simulate_sides(
+    prep: dict,
+    spec: dict,
+    *,
+    reference_volume_mm3: float,
+    site_shift_mm: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """A simulated thalamus mask (uint8 0/1 left/2 right) on the grid of :func:`prepare_truth`."""
     out = np.zeros(prep["shape"], dtype=np.uint8)
     if not prep["sides"]:
@@ -100,9 +106,13 @@ def simulate_sides(prep: dict, spec: dict, *, reference_volume_mm3: float,
         if entry is None:
             continue
         vol, sdt = entry
-        thr = (spec["offset_mm"] + spec["wm_offset_mm"] * wm
-               + spec["prop_bias_mm"] * (vol / reference_volume_mm3 - 1.0)
-               + site_shift_mm + jitter[side])
+        thr = (
+            spec["offset_mm"]
+            + spec["wm_offset_mm"] * wm
+            + spec["prop_bias_mm"] * (vol / reference_volume_mm3 - 1.0)
+            + site_shift_mm
+            + jitter[side]
+        )
         score = sdt + spec["roughness_mm"] * noise - thr
         sel = (score < 0) & (score < best)
         pred[sel] = side + 1

@@ -31,14 +31,42 @@ TISSUE: dict[str, dict] = {
 
 #: acquisition sites cycled through; later sites get random variations of these
 SITE_PRESETS = [
-    {"voxel_mm": [1.0, 1.0, 1.0], "scale": 1.0, "bias": 0.15, "noise": 0.025,
-     "r1_noise": 0.045, "r1_scale": 1.0, "volume_shift_mm": 0.0},
-    {"voxel_mm": [0.8, 0.8, 0.8], "scale": 1.35, "bias": 0.25, "noise": 0.035,
-     "r1_noise": 0.055, "r1_scale": 1.01, "volume_shift_mm": 0.12},
-    {"voxel_mm": [1.0, 1.0, 1.2], "scale": 0.8, "bias": 0.2, "noise": 0.03,
-     "r1_noise": 0.05, "r1_scale": 0.99, "volume_shift_mm": -0.1},
-    {"voxel_mm": [0.9, 0.9, 0.9], "scale": 1.15, "bias": 0.3, "noise": 0.028,
-     "r1_noise": 0.05, "r1_scale": 1.0, "volume_shift_mm": 0.06},
+    {
+        "voxel_mm": [1.0, 1.0, 1.0],
+        "scale": 1.0,
+        "bias": 0.15,
+        "noise": 0.025,
+        "r1_noise": 0.045,
+        "r1_scale": 1.0,
+        "volume_shift_mm": 0.0,
+    },
+    {
+        "voxel_mm": [0.8, 0.8, 0.8],
+        "scale": 1.35,
+        "bias": 0.25,
+        "noise": 0.035,
+        "r1_noise": 0.055,
+        "r1_scale": 1.01,
+        "volume_shift_mm": 0.12,
+    },
+    {
+        "voxel_mm": [1.0, 1.0, 1.2],
+        "scale": 0.8,
+        "bias": 0.2,
+        "noise": 0.03,
+        "r1_noise": 0.05,
+        "r1_scale": 0.99,
+        "volume_shift_mm": -0.1,
+    },
+    {
+        "voxel_mm": [0.9, 0.9, 0.9],
+        "scale": 1.15,
+        "bias": 0.3,
+        "noise": 0.028,
+        "r1_noise": 0.05,
+        "r1_scale": 1.0,
+        "volume_shift_mm": 0.06,
+    },
 ]
 
 _DEFAULTS: dict = {
@@ -94,13 +122,21 @@ _DEFAULTS: dict = {
     },
     # manual ground truth: a share of patients (controls too if asked) at the listed
     # timepoints ("all" for every visit)
-    "ground_truth": {"fraction_of_patients": 0.5, "include_controls": False,
-                     "timepoints": ["baseline"]},
+    "ground_truth": {
+        "fraction_of_patients": 0.5,
+        "include_controls": False,
+        "timepoints": ["baseline"],
+    },
     "contrasts": {
         # signal equations; see thaldask.synth.images
         "t1w": {"ti_s": 1.1, "tr_s": 2.3, "pv_fwhm_vox": 1.0, "reference": 1000.0},
-        "flair": {"tr_s": 9.0, "te_ms": 100.0, "csf_r1": 0.25, "pv_fwhm_vox": 1.4,
-                  "reference": 600.0},
+        "flair": {
+            "tr_s": 9.0,
+            "te_ms": 100.0,
+            "csf_r1": 0.25,
+            "pv_fwhm_vox": 1.4,
+            "reference": 600.0,
+        },
         "r1": {"pv_fwhm_mm": 2.0, "bias": 0.02},
         "tissue_jitter": 0.25,  # subject R1 drawn in the central share of each range
     },
@@ -110,22 +146,50 @@ _DEFAULTS: dict = {
         #                                           + prop_bias_mm * (V / V_ref - 1) + jitter
         # where sdt is the signed distance to the true boundary (mm, negative inside)
         "reference_volume_mm3": 5800.0,
-        "freesurfer-sim": {"contrasts": ["T1w"], "offset_mm": 0.4, "wm_offset_mm": 0.6,
-                           "roughness_mm": 1.1, "scale_mm": 2.5, "prop_bias_mm": 1.2,
-                           "jitter_mm": 0.08, "labels": "freesurfer"},
-        "first-sim": {"contrasts": ["T1w"], "offset_mm": 0.45, "wm_offset_mm": 0.5,
-                      "roughness_mm": 1.2, "scale_mm": 3.0, "prop_bias_mm": 0.0,
-                      "jitter_mm": 0.1, "labels": "first"},
-        "dbsegment-sim": {"contrasts": ["T1w"], "offset_mm": -0.2, "wm_offset_mm": 0.0,
-                          "roughness_mm": 0.7, "scale_mm": 2.0, "prop_bias_mm": -1.0,
-                          "jitter_mm": 0.05, "labels": "dbsegment"},
+        "freesurfer-sim": {
+            "contrasts": ["T1w"],
+            "offset_mm": 0.4,
+            "wm_offset_mm": 0.6,
+            "roughness_mm": 1.1,
+            "scale_mm": 2.5,
+            "prop_bias_mm": 1.2,
+            "jitter_mm": 0.08,
+            "labels": "freesurfer",
+        },
+        "first-sim": {
+            "contrasts": ["T1w"],
+            "offset_mm": 0.45,
+            "wm_offset_mm": 0.5,
+            "roughness_mm": 1.2,
+            "scale_mm": 3.0,
+            "prop_bias_mm": 0.0,
+            "jitter_mm": 0.1,
+            "labels": "first",
+        },
+        "dbsegment-sim": {
+            "contrasts": ["T1w"],
+            "offset_mm": -0.2,
+            "wm_offset_mm": 0.0,
+            "roughness_mm": 0.7,
+            "scale_mm": 2.0,
+            "prop_bias_mm": -1.0,
+            "jitter_mm": 0.05,
+            "labels": "dbsegment",
+        },
         "mindglide-sim": {
-            "contrasts": ["T1w", "FLAIR", "R1"], "offset_mm": -0.14, "wm_offset_mm": 0.0,
-            "roughness_mm": 1.0, "scale_mm": 2.0, "prop_bias_mm": 0.0, "jitter_mm": 0.06,
+            "contrasts": ["T1w", "FLAIR", "R1"],
+            "offset_mm": -0.14,
+            "wm_offset_mm": 0.0,
+            "roughness_mm": 1.0,
+            "scale_mm": 2.0,
+            "prop_bias_mm": 0.0,
+            "jitter_mm": 0.06,
             "labels": "mindglide:L:5;R:6",
             # per contrast changes to the values above (FLAIR rougher, R1 slightly sharper)
-            "by_contrast": {"FLAIR": {"roughness_mm": 1.2, "offset_mm": -0.19},
-                            "R1": {"roughness_mm": 0.9, "offset_mm": -0.12}},
+            "by_contrast": {
+                "FLAIR": {"roughness_mm": 1.2, "offset_mm": -0.19},
+                "R1": {"roughness_mm": 0.9, "offset_mm": -0.12},
+            },
         },
     },
 }

@@ -18,8 +18,17 @@ from thaldask.synth.params import SITE_PRESETS, merge_params
 __all__ = ["CLINICAL_COLUMNS", "make_sites", "make_subject_table", "timepoint_names"]
 
 CLINICAL_COLUMNS = [
-    "subject", "timepoint", "site", "group", "age", "sex", "disease_duration", "edss",
-    "sdmt", "years_since_baseline", "icv_mm3",
+    "subject",
+    "timepoint",
+    "site",
+    "group",
+    "age",
+    "sex",
+    "disease_duration",
+    "edss",
+    "sdmt",
+    "years_since_baseline",
+    "icv_mm3",
 ]
 GROUPS = ("MS", "NMOSD", "MOGAD", "HC")
 
@@ -39,7 +48,9 @@ def make_sites(n_sites: int, rng) -> list[dict]:
         if k >= len(SITE_PRESETS):
             s["scale"] = float(round(s["scale"] * np.exp(rng.normal(0, 0.2)), 3))
             s["bias"] = float(round(np.clip(s["bias"] + rng.normal(0, 0.05), 0.05, 0.4), 3))
-            s["noise"] = float(round(np.clip(s["noise"] * np.exp(rng.normal(0, 0.2)), 0.01, 0.06), 4))
+            s["noise"] = float(
+                round(np.clip(s["noise"] * np.exp(rng.normal(0, 0.2)), 0.01, 0.06), 4)
+            )
             s["volume_shift_mm"] = float(round(rng.normal(0, 0.1), 3))
             s["r1_scale"] = float(round(np.clip(rng.normal(1.0, 0.01), 0.98, 1.02), 4))
         s["name"] = f"site-{k + 1}"
@@ -59,8 +70,15 @@ def _worsening_step(edss: np.ndarray) -> np.ndarray:
     return np.where(edss == 0, 1.5, np.where(edss <= 5.5, 1.0, 0.5))
 
 
-def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int = 2, seed=0,
-                       params: dict | None = None, n_templates: int | None = None) -> pd.DataFrame:
+def make_subject_table(
+    n_subjects: int,
+    *,
+    n_timepoints: int = 2,
+    n_sites: int = 2,
+    seed=0,
+    params: dict | None = None,
+    n_templates: int | None = None,
+) -> pd.DataFrame:
     """Subject-level truth and clinical table of a synthetic cohort (no images).
 
     Parameters
@@ -85,7 +103,8 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
 
         raise ConfigError(
             f"synth: n_subjects={n_subjects}, n_timepoints={n_timepoints}, n_sites={n_sites}; "
-            "each must be at least 1")
+            "each must be at least 1"
+        )
     p = merge_params(params)
     if n_templates is None:
         from thaldask.synth.anatomy import list_templates
@@ -143,7 +162,8 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
             1.0 + rng.normal(0, at["followup_years_sd"], n), 0.7, 1.4
         )
     duration0 = np.where(
-        patient, 0.5 + rng.gamma(2.0, cl["disease_duration_mean"] / 2.0, n) + 1.5 * np.clip(sev0, 0, None),
+        patient,
+        0.5 + rng.gamma(2.0, cl["disease_duration_mean"] / 2.0, n) + 1.5 * np.clip(sev0, 0, None),
         np.nan,
     )
 
@@ -173,11 +193,18 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
         age = age0 + yrs
         thal = thal0 * (1.0 + rate) ** yrs
         # thalamic volume adjusted for age and head size, in units of the control SD
-        z = (np.log(thal / icv) - np.log(an["thalamus_icv_ratio"])
-             - an["thalamus_age_effect_log_per_year"] * (age - 40.0)) / sd_nat
-        cont = (np.array([cl["edss_intercept"].get(x, 0.0) for x in group])
-                + cl["edss_per_thalamus_sd"] * z + cl["edss_severity"] * sev0
-                + edss_subject + visit_e[:, k])
+        z = (
+            np.log(thal / icv)
+            - np.log(an["thalamus_icv_ratio"])
+            - an["thalamus_age_effect_log_per_year"] * (age - 40.0)
+        ) / sd_nat
+        cont = (
+            np.array([cl["edss_intercept"].get(x, 0.0) for x in group])
+            + cl["edss_per_thalamus_sd"] * z
+            + cl["edss_severity"] * sev0
+            + edss_subject
+            + visit_e[:, k]
+        )
         if k == 0:
             edss = np.where(patient, _edss_round(cont), 0.0)
             worsened = np.zeros(n, dtype=bool)
@@ -193,41 +220,51 @@ def make_subject_table(n_subjects: int, *, n_timepoints: int = 2, n_sites: int =
             stay = np.where((edss_prev == 0) & (drift != 0), 0.0, stay)
             stay = np.where((edss_prev == 1.0) & (drift < 0), 1.0, stay)
             edss = np.where(patient, np.where(worsened, np.minimum(up, 9.5), stay), 0.0)
-        sdmt = (cl["sdmt_intercept"] + cl["sdmt_age_per_year"] * (age - 40.0)
-                + cl["sdmt_per_thalamus_sd"] * z + np.where(patient, cl["sdmt_patient_offset"], 0.0)
-                + cl["sdmt_practice_per_year"] * yrs + sdmt_subject + visit_s[:, k])
+        sdmt = (
+            cl["sdmt_intercept"]
+            + cl["sdmt_age_per_year"] * (age - 40.0)
+            + cl["sdmt_per_thalamus_sd"] * z
+            + np.where(patient, cl["sdmt_patient_offset"], 0.0)
+            + cl["sdmt_practice_per_year"] * yrs
+            + sdmt_subject
+            + visit_s[:, k]
+        )
         sdmt = np.clip(np.round(sdmt), 0, 110)
         edss_prev = edss
         for i in range(n):
             left = thal[i] * left_share[i]
-            rows.append({
-                "subject": f"sub-{i + 1:0{width}d}",
-                "timepoint": tp,
-                "site": f"site-{site_idx[i] + 1}",
-                "group": group[i],
-                "age": round(float(age[i]), 2),
-                "sex": sex[i],
-                "disease_duration": round(float(duration0[i] + yrs[i]), 2) if patient[i] else np.nan,
-                "edss": np.nan if miss[i, k, 0] else float(edss[i]),
-                "sdmt": np.nan if miss[i, k, 1] else float(sdmt[i]),
-                "years_since_baseline": round(float(yrs[i]), 3),
-                "icv_mm3": round(float(icv[i]), 1),
-                "severity": float(severity[i]),
-                "atrophy_rate": float(rate[i]),
-                "thalamus_left_mm3": float(left),
-                "thalamus_right_mm3": float(thal[i] - left),
-                "thalamus_total_mm3": float(thal[i]),
-                "thalamus_z": float(z[i]),
-                "icv_true_mm3": float(icv[i]),
-                "template": int(template[i]),
-                "site_index": int(site_idx[i]),
-                "subject_index": i,
-                "timepoint_index": k,
-                "has_gt": bool(has_gt[i] and (gt_tps == "all" or tp in gt_tps)),
-                "edss_true": float(edss[i]),
-                "sdmt_true": float(sdmt[i]),
-                "worsened": bool(worsened[i]),
-            })
+            rows.append(
+                {
+                    "subject": f"sub-{i + 1:0{width}d}",
+                    "timepoint": tp,
+                    "site": f"site-{site_idx[i] + 1}",
+                    "group": group[i],
+                    "age": round(float(age[i]), 2),
+                    "sex": sex[i],
+                    "disease_duration": round(float(duration0[i] + yrs[i]), 2)
+                    if patient[i]
+                    else np.nan,
+                    "edss": np.nan if miss[i, k, 0] else float(edss[i]),
+                    "sdmt": np.nan if miss[i, k, 1] else float(sdmt[i]),
+                    "years_since_baseline": round(float(yrs[i]), 3),
+                    "icv_mm3": round(float(icv[i]), 1),
+                    "severity": float(severity[i]),
+                    "atrophy_rate": float(rate[i]),
+                    "thalamus_left_mm3": float(left),
+                    "thalamus_right_mm3": float(thal[i] - left),
+                    "thalamus_total_mm3": float(thal[i]),
+                    "thalamus_z": float(z[i]),
+                    "icv_true_mm3": float(icv[i]),
+                    "template": int(template[i]),
+                    "site_index": int(site_idx[i]),
+                    "subject_index": i,
+                    "timepoint_index": k,
+                    "has_gt": bool(has_gt[i] and (gt_tps == "all" or tp in gt_tps)),
+                    "edss_true": float(edss[i]),
+                    "sdmt_true": float(sdmt[i]),
+                    "worsened": bool(worsened[i]),
+                }
+            )
     df = pd.DataFrame(rows)
     df = df.sort_values(["subject_index", "timepoint_index"], kind="stable").reset_index(drop=True)
     return df
