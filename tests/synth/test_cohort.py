@@ -322,3 +322,45 @@ def test_make_cohort_unknown_shape_raises_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="shape 'huge'"):
         make_cohort(tmp_path, n_subjects=1, shape="huge", progress=False)
+
+
+@pytest.mark.slow
+def test_make_cohort_r1_own_grid_ingests_with_exact_gt_volume(tmp_path, client):
+    from thaldask.store import ingest, open_store
+
+    res = make_cohort(
+        tmp_path / "c",
+        n_subjects=2,
+        n_timepoints=1,
+        n_sites=1,
+        seed=5,
+        shape="tiny",
+        params={"contrasts": {"r1": {"voxel_mm": [1.5, 1.5, 1.5]}}, **ALL_GT},
+        progress=False,
+    )
+    man = pd.read_csv(res.manifest, keep_default_na=False, dtype=str)
+    r1 = nib.load(str(res.out / man[man.contrast.eq("R1") & man.kind.eq("image")].path.iloc[0]))
+    t1 = nib.load(str(res.out / man[man.contrast.eq("T1w") & man.kind.eq("image")].path.iloc[0]))
+    assert np.allclose(r1.header.get_zooms(), 1.5) and r1.shape != t1.shape
+    truth = json.loads(res.truth.read_text())
+    report = ingest(
+        res.manifest,
+        str(tmp_path / "st.zarr"),
+        clinical=res.clinical,
+        client=client,
+        progress=False,
+    )
+    assert (report.status == "written").all(), report[report.status != "written"]
+    st = open_store(str(tmp_path / "st.zarr"))
+    assert st.n_scans == 2 and "R1" in st.contrasts
+    assert ("freesurfer-sim", "T1w") in st.methods and ("mindglide-sim", "R1") in st.methods
+    for i, row in st.scans.iterrows():
+        want = next(s for s in truth["scans"] if s["subject"] == row.subject)["thalamus_mm3"]
+        gt = st.load_mask("gt", "T1w", i)
+        vvox = float(np.prod(st.spacing[i]))
+        assert (gt == 1).sum() * vvox == pytest.approx(want["left"], rel=1e-6)
+        assert (gt == 2).sum() * vvox == pytest.approx(want["right"], rel=1e-6)
+        # the resampled R1 map keeps thalamic values in range on the T1w grid
+        r1_img = st.load_image("R1", i)
+        core = ndi.binary_erosion(gt > 0, iterations=2)
+        assert 0.78 <= float(np.median(r1_img[core])) <= 0.97

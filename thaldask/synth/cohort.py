@@ -183,6 +183,12 @@ def render_subject(
     # the voxel volume a reader of the file computes (NIfTI stores the affine as float32)
     vvox = float(abs(np.linalg.det(aff[:3, :3].astype(np.float32).astype(np.float64))))
     caff, cshape = _conformed_grid(shape)
+    r1_voxel = params["contrasts"]["r1"].get("voxel_mm")
+    r1_aff = r1_shape = r1_vvox = None
+    if r1_voxel is not None:
+        r1_voxel = np.asarray(r1_voxel, dtype=float)
+        r1_aff, r1_shape = _grid(shape, r1_voxel)
+        r1_vvox = float(abs(np.linalg.det(r1_aff[:3, :3].astype(np.float32).astype(np.float64))))
     records = []
     for row in rows:
         k = int(row["timepoint_index"])
@@ -198,10 +204,29 @@ def render_subject(
         gt[labels == THALAMUS[0]] = 1
         gt[labels == THALAMUS[1]] = 2
         manifest = []
-        images = render_contrasts(labels, voxel, tissue, site, params["contrasts"], rng, aff)
+        grids = {"T1w": (aff, labels, voxel, vvox), "FLAIR": (aff, labels, voxel, vvox)}
+        if r1_voxel is None:
+            grids["R1"] = grids["T1w"]
+            images = render_contrasts(labels, voxel, tissue, site, params["contrasts"], rng, aff)
+        else:  # R1 acquired on its own, coarser grid: the ingest resamples it
+            images = render_contrasts(
+                labels, voxel, tissue, site, params["contrasts"], rng, aff, which=("T1w", "FLAIR")
+            )
+            r1_labels = sample_labels(geom, r1_aff, r1_shape, pose=pose, thalamus_thresholds=thr)
+            images["R1"] = render_contrasts(
+                r1_labels,
+                r1_voxel,
+                tissue,
+                site,
+                params["contrasts"],
+                np.random.default_rng([int(seed), i, 4, k]),
+                r1_aff,
+                which=("R1",),
+            )["R1"]
+            grids["R1"] = (r1_aff, r1_labels, r1_voxel, r1_vvox)
         for contrast, data in images.items():
             rel = f"{sub}/ses-{tp}/anat/{sub}_ses-{tp}_{_IMAGE_FILES[contrast]}.nii.gz"
-            _save_nifti(out / rel, data, aff)
+            _save_nifti(out / rel, data, grids[contrast][0])
             manifest.append(
                 {"kind": "image", "contrast": contrast, "method": "", "labels": "", "path": rel}
             )
@@ -220,6 +245,7 @@ def render_subject(
         method_volumes = {}
         ref = params["methods"]["reference_volume_mm3"]
         prep = prepare_truth(labels, voxel)
+        preps = {}
         clab = cprep = None
         for mi, method in enumerate(METHOD_NAMES):
             mp = params["methods"][method]
@@ -242,8 +268,12 @@ def render_subject(
                     _save_mgz(out / rel, data, caff)
                     method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, 1.0)
                 else:
+                    # a method runs on its contrast's image, so its mask is on that grid
+                    g_aff, g_labels, g_voxel, g_vvox = grids[contrast]
+                    if g_labels is not labels and contrast not in preps:
+                        preps[contrast] = prepare_truth(g_labels, g_voxel)
                     sides = simulate_sides(
-                        prep,
+                        preps.get(contrast, prep),
                         spec,
                         reference_volume_mm3=ref,
                         site_shift_mm=site["volume_shift_mm"],
@@ -251,8 +281,8 @@ def render_subject(
                     )
                     data = encode_labels(sides, method)
                     rel = _mask_rel(method, sub, tp, contrast)
-                    _save_nifti(out / rel, data, aff)
-                    method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, vvox)
+                    _save_nifti(out / rel, data, g_aff)
+                    method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, g_vvox)
                 manifest.append(
                     {
                         "kind": "mask",
@@ -274,6 +304,7 @@ def render_subject(
                 "years_since_baseline": row["years_since_baseline"],
                 "voxel_mm": voxel.tolist(),
                 "shape": list(grid_shape),
+                "r1_voxel_mm": None if r1_voxel is None else r1_voxel.tolist(),
                 "planted_thalamus_mm3": {
                     "left": targets[0],
                     "right": targets[1],

@@ -113,6 +113,7 @@ def render_contrasts(
     params: dict,
     rng: np.random.Generator,
     affine: np.ndarray | None = None,
+    which=("T1w", "FLAIR", "R1"),
 ) -> dict[str, np.ndarray]:
     """T1w (int16), FLAIR (int16) and R1 (float32, s⁻¹) images of a label map.
 
@@ -124,6 +125,7 @@ def render_contrasts(
     site : site dict (``scale``, ``bias``, ``noise``, ``r1_noise``, ``r1_scale``)
     params : the ``contrasts`` section of the cohort parameters
     affine : the grid's RAS affine (axis-aligned); bias fields are defined over the head
+    which : the contrasts to render
     """
     voxel_mm = np.asarray(voxel_mm, dtype=float)
     r1 = tissue["r1"][labels].astype(np.float32)
@@ -131,18 +133,33 @@ def render_contrasts(
     t2 = tissue["t2"][labels].astype(np.float32)
     out = {}
 
-    p = params["t1w"]
+    if "T1w" in which:
+        out["T1w"] = _t1w(pd, r1, labels.shape, tissue, site, params["t1w"], rng, affine)
+    if "FLAIR" in which:
+        out["FLAIR"] = _flair(pd, r1, t2, labels.shape, tissue, site, params["flair"], rng, affine)
+    if "R1" in which:
+        p = params["r1"]
+        r1m = _blur(r1, p["pv_fwhm_mm"] / voxel_mm) * bias_field(
+            labels.shape, p["bias"], rng, affine
+        )
+        noise = rng.normal(0, site["r1_noise"], r1m.shape).astype(np.float32)
+        out["R1"] = np.round((r1m * site.get("r1_scale", 1.0) + noise).astype(np.float32), 4)
+    return out
+
+
+def _t1w(pd, r1, shape, tissue, site, p, rng, affine):
     t1w = pd * (1 - 2 * np.exp(-p["ti_s"] * r1) + np.exp(-p["tr_s"] * r1))
     t1w = np.clip(t1w, 0, None)
     wm = float(
         tissue["pd"][2]
         * (1 - 2 * np.exp(-p["ti_s"] * tissue["r1"][2]) + np.exp(-p["tr_s"] * tissue["r1"][2]))
     )
-    t1w = _blur(t1w, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng, affine)
+    t1w = _blur(t1w, p["pv_fwhm_vox"]) * bias_field(shape, site["bias"], rng, affine)
     t1w = _rician(t1w, site["noise"] * wm, rng)
-    out["T1w"] = _to_int16(t1w * (p["reference"] * site["scale"] / wm))
+    return _to_int16(t1w * (p["reference"] * site["scale"] / wm))
 
-    p = params["flair"]
+
+def _flair(pd, r1, t2, shape, tissue, site, p, rng, affine):
     ti = np.log(2.0 / (1.0 + np.exp(-p["tr_s"] * p["csf_r1"]))) / p["csf_r1"]
     fl = pd * np.abs(1 - 2 * np.exp(-ti * r1) + np.exp(-p["tr_s"] * r1)) * np.exp(-p["te_ms"] / t2)
     wmf = float(
@@ -150,14 +167,6 @@ def render_contrasts(
         * abs(1 - 2 * np.exp(-ti * tissue["r1"][2]) + np.exp(-p["tr_s"] * tissue["r1"][2]))
         * np.exp(-p["te_ms"] / tissue["t2"][2])
     )
-    fl = _blur(fl, p["pv_fwhm_vox"]) * bias_field(labels.shape, site["bias"], rng, affine)
+    fl = _blur(fl, p["pv_fwhm_vox"]) * bias_field(shape, site["bias"], rng, affine)
     fl = _rician(fl, site["noise"] * wmf, rng)
-    out["FLAIR"] = _to_int16(fl * (p["reference"] * site["scale"] / wmf))
-
-    p = params["r1"]
-    r1m = _blur(r1, p["pv_fwhm_mm"] / voxel_mm) * bias_field(labels.shape, p["bias"], rng, affine)
-    r1m = r1m * site.get("r1_scale", 1.0) + rng.normal(0, site["r1_noise"], r1m.shape).astype(
-        np.float32
-    )
-    out["R1"] = np.round(r1m.astype(np.float32), 4)
-    return out
+    return _to_int16(fl * (p["reference"] * site["scale"] / wmf))

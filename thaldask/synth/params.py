@@ -137,7 +137,9 @@ _DEFAULTS: dict = {
             "pv_fwhm_vox": 1.4,
             "reference": 600.0,
         },
-        "r1": {"pv_fwhm_mm": 2.0, "bias": 0.02},
+        # voxel_mm: None writes R1 on the T1w grid; e.g. [1.5, 1.5, 1.5] acquires it on its
+        # own coarser grid (the ingest then resamples it, and mindglide-sim's R1 mask)
+        "r1": {"pv_fwhm_mm": 2.0, "bias": 0.02, "voxel_mm": None},
         "tissue_jitter": 0.25,  # subject R1 drawn in the central share of each range
     },
     "methods": {
