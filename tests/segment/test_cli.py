@@ -1,0 +1,114 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from thaldask.cli import main
+
+
+@pytest.fixture()
+def t1_file(tmp_path, small_scans):
+    img, truth, aff = small_scans["T1w"]
+    # stored LAS on disk: the mask must come back on this grid
+    flip = np.diag([-1.0, 1, 1, 1])
+    flip[0, 3] = img.shape[0] - 1
+    path = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(img[::-1]), aff @ flip), path)
+    return path, np.ascontiguousarray(truth[::-1])
+
+
+def test_segment_file_writes_mask_on_input_grid(tmp_path, t1_file):
+    from thaldask.segment.validate import dice
+
+    path, truth = t1_file
+    out, prob = tmp_path / "mask.nii.gz", tmp_path / "prob.nii.gz"
+    r = CliRunner().invoke(main, ["segment-file", str(path), str(out), "--contrast", "T1w",
+                                  "--device", "cpu", "--prob", str(prob)])
+    assert r.exit_code == 0, r.output
+    m = nib.load(out)
+    assert m.shape == nib.load(path).shape
+    assert np.allclose(m.affine, nib.load(path).affine)
+    lab = np.asarray(m.dataobj)
+    assert lab.dtype == np.uint8 and set(np.unique(lab)) <= {0, 1, 2}
+    assert min(dice(lab, truth, 1), dice(lab, truth, 2)) > 0.6
+    assert nib.load(prob).shape == (*m.shape, 2)
+
+
+def test_segment_file_missing_input_one_line_exit_2(tmp_path):
+    r = CliRunner().invoke(main, ["segment-file", str(tmp_path / "nope.nii.gz"), str(tmp_path / "o.nii.gz")])
+    assert r.exit_code == 2
+    assert r.output.strip().count("\n") == 0 and "file not found" in r.output
+
+
+def test_segment_file_cuda_without_gpu_one_line_exit_2(tmp_path, t1_file):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = CliRunner().invoke(main, ["segment-file", str(t1_file[0]), str(tmp_path / "o.nii.gz"), "--device", "cuda"])
+    assert r.exit_code == 2 and "CUDA" in r.output
+
+
+def test_segment_command_unknown_model_one_line_exit_2(tmp_path):
+    r = CliRunner().invoke(main, ["segment", str(tmp_path / "none.zarr"), "--model", "nope",
+                                  "--contrast", "T1w", "FLAIR"])
+    assert r.exit_code == 2
+    assert r.output.startswith("thaldask: error:")
+
+
+def test_segment_command_greedy_contrasts_parse():
+    from thaldask.segment.commands import segment_command
+
+    ctx = segment_command.make_context(
+        "segment", ["S", "--contrast", "T1w", "FLAIR", "R1", "--ensemble", "T1w+R1", "T1w+FLAIR+R1",
+                    "--device", "cpu"])
+    assert ctx.params["contrasts"] == ("T1w", "FLAIR", "R1")
+    assert ctx.params["ensembles"] == ("T1w+R1", "T1w+FLAIR+R1")
+    assert ctx.params["store"] == "S"
+
+
+@pytest.mark.slow
+def test_train_label_maps_two_steps_writes_weights_that_load(tmp_path, anatomy):
+    from seg_helpers import crop_around_thalami
+
+    from thaldask.segment.inference import load_thalnet
+
+    labels, affine = crop_around_thalami(*anatomy, size_mm=(140, 140, 130))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for k in range(2):
+        nib.save(nib.Nifti1Image(labels.astype(np.int16), affine), maps / f"m{k}.nii.gz")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--label-maps", str(maps), "--out", str(out), "--steps", "2",
+                                  "--seed", "3", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    model = load_thalnet("cpu", path=out / "thalnet.pt")
+    assert model.meta["steps"] == 2 and model.meta["seed"] == 3
+    assert model.meta["label_maps"] == ["m0"] and model.meta["held_out"] == ["m1"]
+    assert json.loads(json.dumps(model.meta["validation"]))
+
+
+@pytest.mark.slow
+def test_train_manifest_finetunes_from_shipped_weights(tmp_path, small_scans):
+    img, truth, aff = small_scans["T1w"]
+    nib.save(nib.Nifti1Image(img, aff), tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(truth, aff), tmp_path / "a_gt.nii.gz")
+    (tmp_path / "m.csv").write_text(
+        "subject,timepoint,site,kind,contrast,method,labels,path\n"
+        "a,baseline,X,image,T1w,,,a.nii.gz\n"
+        'a,baseline,X,mask,T1w,gt,"1,2",a_gt.nii.gz\n'
+    )
+    r = CliRunner().invoke(main, ["train", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "ft"),
+                                  "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    from thaldask.segment.inference import load_thalnet
+
+    model = load_thalnet("cpu", path=tmp_path / "ft" / "thalnet.pt")
+    assert model.meta["fine_tune_steps"] == 2 and model.meta["fine_tune_pairs"] == 1
+
+
+def test_train_needs_exactly_one_source(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "exactly one" in r.output
