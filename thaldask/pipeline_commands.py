@@ -22,7 +22,10 @@ def demo_command(out, subjects, full, seed, no_progress, scheduler, cluster_file
     from thaldask.pipeline import _client, print_summary, run_demo
 
     with _client(None, scheduler, cluster_config=cluster_file, progress=not no_progress) as client:
-        ctx = run_demo(out, subjects, full=full, client=client, progress=not no_progress, seed=seed)
+        # a very small demo cohort might draw no patient with manual ground truth
+        gt_fraction = 1.0 if subjects <= 4 else None
+        ctx = run_demo(out, subjects, full=full, client=client, progress=not no_progress, seed=seed,
+                       gt_fraction=gt_fraction)
     print_summary(ctx)
     click.echo(f"outputs in {out}/ (README.txt says what each file is; the data are synthetic)")
 
