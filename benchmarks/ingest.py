@@ -21,25 +21,27 @@ images are then synthesised from real anatomy (random intensity per label, smoot
 noise; int16), masks are the label maps themselves (256^3 LIA, FreeSurfer labels). Without
 it a phantom of ellipsoids on a 182x218x182 RAS grid is used.
 
-Measured (2-core Xeon shared with other jobs, load ~6-9; 3 label-map scans, 201 MB of
+Measured (2-core Xeon shared with other jobs, load ~6; 3 label-map scans, 201 MB of
 voxels, 49 MB .nii.gz; best of 2; ratios of CPU-time throughput, which is per core and
 robust to the other load)::
 
     run                                    CPU s  CPU MB/s  x gunzip  x naive  size/gz  read MB/s (CPU)
-    gunzip (zlib; the bound)                0.83     244     1.00      1.44       -        -
-    nibabel + np.save (naive)               1.19     170     0.70      1.00     6.11       -
-    isal gunzip (what ingest inflates with) 0.40     510     2.09      3.01       -        -
-    ingest, scan chunk, zstd-3 shuffle      2.33      86     0.35      0.51     0.71      775
-    ingest, scan chunk, zstd-3 bitshuffle   1.94     104     0.43      0.61     0.69      722
-    ingest, scan chunk, zstd-1 bitshuffle   1.72     117     0.48      0.69     0.69      595
-    ingest, scan chunk, lz4-5 shuffle       1.71     118     0.48      0.69     1.01     1044
-    ingest, scan chunk, lz4-5 bitshuffle    1.69     119     0.49      0.70     0.86      947
-    ingest, 64^3 chunks, zstd-3 bitshuffle  1.99     101     0.41      0.60     0.68      581
+    gunzip (zlib; the bound)                0.87     232     1.00      1.56       -        -
+    nibabel + np.save (naive)               1.36     148     0.64      1.00     6.11       -
+    isal gunzip (what ingest inflates with) 0.40     508     2.19      3.43       -        -
+    ingest, default (= lz4-5 bitshuffle)    1.70     118     0.51      0.80     0.86      805
+    ingest, scan chunk, zstd-3 shuffle      2.35      86     0.37      0.58     0.71      762
+    ingest, scan chunk, zstd-3 bitshuffle   1.78     113     0.49      0.76     0.69      721
+    ingest, scan chunk, zstd-1 bitshuffle   1.65     122     0.53      0.82     0.69      577
+    ingest, scan chunk, lz4-5 shuffle       1.64     123     0.53      0.83     1.01     1053
+    ingest, scan chunk, lz4-5 bitshuffle    1.51     134     0.58      0.90     0.86      917
+    ingest, 64^3 chunks, zstd-3 bitshuffle  1.77     114     0.49      0.77     0.68      638
 
 The store default (thaldask/store/core.py ``DEFAULT_LAYOUT``) follows from it: one chunk
-per scan, blosc lz4 level 5 with bitshuffle: the fastest ingest together with zstd-1, 1.6x
-faster reads than any zstd setting, and smaller than the inputs. Ingest stays below the
-0.8x-gunzip goal (0.47-0.49x): after inflating (ISA-L, twice zlib's speed) each scan
+per scan, blosc lz4 level 5 with bitshuffle: the fastest ingest, 1.2-1.6x faster reads
+than the zstd settings, and smaller than the inputs. Ingest stays below the
+0.8x-gunzip goal (0.51-0.58x per core; by wall clock 0.56-0.69x, and faster than the naive
+converter): after inflating (ISA-L, twice zlib's speed) each scan
 still needs a reorienting copy, label mapping and blosc compression, each of the order of
 inflating gzip. Float maps (R1) compress worse than gzip with every blosc codec tried
 (1.10-1.13x the .nii.gz size on the synthetic cohort's R1 maps).

@@ -51,8 +51,8 @@ HASH_LEN = 64
 
 #: spatial chunking and compression of scan arrays, chosen by benchmarks/ingest.py (3 real
 #: 256^3 label maps with synthetic int16 images, one core): lz4-5 + bitshuffle ingested at
-#: 0.49x the zlib-gunzip bound (zstd-3 + bitshuffle 0.43x), read 950 MB/s (zstd 600-770)
-#: and took 0.86x the .nii.gz size (zstd 0.69x). One chunk per scan: whole-scan reads are
+#: 0.51-0.58x the zlib-gunzip bound (zstd-3 + bitshuffle 0.49x), read 800-920 MB/s (zstd
+#: 580-760) and took 0.86x the .nii.gz size (zstd 0.69x). One chunk per scan: whole-scan reads are
 #: the access pattern of every stage, and 64^3 chunks multiply file counts without a gain.
 #: Overridden by ``thaldask.store.{compressor,clevel,shuffle,spatial-chunks}`` in dask.config.
 DEFAULT_LAYOUT = {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
