@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 import thaldask.segment.base as base
-from thaldask.errors import MissingDependencyError, ModelWeightsError, SegmenterError, SegmenterImportWarning
+from thaldask.errors import (
+    MissingDependencyError,
+    ModelWeightsError,
+    SegmenterError,
+    SegmenterImportWarning,
+)
 from thaldask.segment import Segmenter, get_segmenter, list_segmenters, register_segmenter
 
 

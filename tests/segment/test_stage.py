@@ -1,11 +1,9 @@
 """The segmentation stage on a real store with a real LocalCluster of worker processes."""
 
-import os
 
 import nibabel as nib
 import numpy as np
 import pytest
-
 from seg_helpers import crop_around_thalami
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from thaldask.errors import ScanError
-from thaldask.segment.base import get_segmenter, split_contrast
+from thaldask.segment.base import split_contrast
 
 __all__ = ["segment_image", "segment_file"]
 

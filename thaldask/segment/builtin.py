@@ -85,7 +85,7 @@ class ThalNetMultiSegmenter(ThalNetSegmenter):
         if len(set(parts)) != len(parts):
             raise SegmenterError(f"thalnet-multi: contrast {'+'.join(parts)!r} repeats a channel")
         channels = [None] * len(SLOTS)
-        for p, a in zip(parts, arr):
+        for p, a in zip(parts, arr, strict=False):
             channels[SLOTS.index(p)] = a
         return channels
 

@@ -90,7 +90,7 @@ def _pool_to(img: torch.Tensor, affine: np.ndarray, target_mm: float):
     """Average-pool by integer factors so voxels approach ``target_mm`` (anti-aliasing)."""
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
     k = [max(1, int(np.floor(target_mm / s + 1e-3))) for s in spacing]
-    k = [min(kk, n) for kk, n in zip(k, img.shape)]
+    k = [min(kk, n) for kk, n in zip(k, img.shape, strict=False)]
     if max(k) == 1:
         return img, affine
     pooled = F.avg_pool3d(img[None, None], kernel_size=k, stride=k, ceil_mode=True)[0, 0]
@@ -253,7 +253,7 @@ class ThalNet:
             m = lab == side
             if m.any():
                 out[_largest_component(m)] = side
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
         labels[sl] = out
         if return_prob:
             full_prob[(slice(None),) + sl] = np.clip(p, 0, 1)

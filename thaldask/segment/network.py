@@ -86,7 +86,7 @@ class UNet3D(nn.Module):
             if i < len(self.down) - 1:
                 skips.append(x)
                 x = F.max_pool3d(x, 2)
-        for upconv, block in zip(self.upconv, self.up):
+        for upconv, block in zip(self.upconv, self.up, strict=False):
             x = upconv(x)
             x = block(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)

@@ -69,8 +69,8 @@ def render_scan(labels: np.ndarray, affine: np.ndarray, contrast: str, *, spacin
     # thick slices: slab profile blur then sampling every `spacing` mm
     sig = [0.42 * max(s - 1.0, 0.0) * 1.2 for s in spacing]
     img = synth.blur(img, sig)
-    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(img.shape, spacing))
-    grids = [torch.arange(m, dtype=torch.float32) * s for m, s in zip(shape, spacing)]
+    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(img.shape, spacing, strict=False))
+    grids = [torch.arange(m, dtype=torch.float32) * s for m, s in zip(shape, spacing, strict=False)]
     ijk = torch.stack(torch.meshgrid(*grids, indexing="ij"), dim=-1)
     size = torch.tensor(img.shape, dtype=torch.float32)
     g = (2 * ijk / (size - 1) - 1).flip(-1)[None]
