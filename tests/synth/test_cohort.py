@@ -364,3 +364,23 @@ def test_make_cohort_r1_own_grid_ingests_with_exact_gt_volume(tmp_path, client):
         r1_img = st.load_image("R1", i)
         core = ndi.binary_erosion(gt > 0, iterations=2)
         assert 0.78 <= float(np.median(r1_img[core])) <= 0.97
+
+
+def test_make_cohort_failure_rate_drops_one_side(tmp_path):
+    res = make_cohort(
+        tmp_path / "f",
+        n_subjects=1,
+        n_timepoints=2,
+        n_sites=1,
+        seed=2,
+        shape="tiny",
+        params={"methods": {"dbsegment-sim": {"failure_rate": 1.0}}},
+        progress=False,
+    )
+    man = pd.read_csv(res.manifest, keep_default_na=False, dtype=str)
+    for rel in man[man.method == "dbsegment-sim"].path:
+        sides = to_sides(np.asarray(nib.load(str(res.out / rel)).dataobj), "dbsegment")
+        assert len(set(np.unique(sides).tolist()) - {0}) == 1
+    for rel in man[man.method == "first-sim"].path:  # the others are untouched
+        sides = to_sides(np.asarray(nib.load(str(res.out / rel)).dataobj), "first")
+        assert set(np.unique(sides).tolist()) == {0, 1, 2}

@@ -131,6 +131,19 @@ def _conformed_labels(geom, aff, shape, caff, cshape, pose, thr) -> np.ndarray:
     return out
 
 
+def _maybe_fail(sides: np.ndarray, spec: dict, key: list) -> np.ndarray:
+    """With probability ``failure_rate`` a method misses one whole side (an empty label)."""
+    rate = float(spec.get("failure_rate", 0.0))
+    if rate <= 0:
+        return sides
+    rng = np.random.default_rng(key)
+    if rng.random() >= rate:
+        return sides
+    out = sides.copy()
+    out[out == 1 + int(rng.integers(2))] = 0
+    return out
+
+
 def _pose(rng: np.random.Generator, rot_deg: float, trans_mm: float) -> np.ndarray:
     """Rigid scanner -> head transform of one session."""
     from thaldask.synth.anatomy import _rotation
@@ -263,6 +276,7 @@ def render_subject(
                         site_shift_mm=site["volume_shift_mm"],
                         rng=mrng,
                     )
+                    sides = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
                     data = encode_labels(sides, method, clab)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_mgz(out / rel, data, caff)
@@ -279,6 +293,7 @@ def render_subject(
                         site_shift_mm=site["volume_shift_mm"],
                         rng=mrng,
                     )
+                    sides = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
                     data = encode_labels(sides, method)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_nifti(out / rel, data, g_aff)

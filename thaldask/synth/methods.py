@@ -15,6 +15,9 @@ Every simulated method labels a voxel as thalamus (per side) when
 - ``site_shift_mm``: the site's shift of measured volumes (what harmonisation removes);
 - ``e ~ N(0, jitter_mm)``: per-scan variation.
 
+and, with probability ``failure_rate`` per scan (default 0), the method misses one whole side
+(an empty left or right label, as failed runs do), to exercise empty-mask handling.
+
 Defaults (``thaldask.synth.params``): ``freesurfer-sim`` and ``first-sim`` over-segment
 (positive offset, WM leakage: highest sensitivity, lowest precision, volume over-estimated);
 ``freesurfer-sim`` and ``dbsegment-sim`` carry proportional bias (positive and negative);

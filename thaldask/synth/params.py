@@ -147,6 +147,7 @@ _DEFAULTS: dict = {
         #   sdt + roughness_mm * noise(scale_mm) < offset_mm + wm_offset_mm * WM_nearby
         #                                           + prop_bias_mm * (V / V_ref - 1) + jitter
         # where sdt is the signed distance to the true boundary (mm, negative inside)
+        # optional per method: "failure_rate" (share of scans where one side is missed)
         "reference_volume_mm3": 5800.0,
         "freesurfer-sim": {
             "contrasts": ["T1w"],
