@@ -84,9 +84,12 @@ def bias_field(
     )
     sd = float(fr.std())
     scale = strength / sd if sd > 0 else 0.0
-    f = np.zeros(shape, dtype=np.float64)
+    # separable evaluation: f = P0(x, y) + z P1(x, y) + z^2 P2(x, y)
+    planes = np.zeros((3, len(axes[0]), len(axes[1])))
     for w, (a, b, c) in zip(coef, terms, strict=True):
-        f += w * np.multiply.outer(np.multiply.outer(axes[0] ** a, axes[1] ** b), axes[2] ** c)
+        planes[c] += w * np.multiply.outer(axes[0] ** a, axes[1] ** b)
+    z = np.asarray(axes[2], dtype=np.float64)
+    f = planes[0][:, :, None] + z * (planes[1][:, :, None] + z * planes[2][:, :, None])
     return np.exp(scale * f).astype(np.float32)
 
 
