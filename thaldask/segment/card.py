@@ -47,13 +47,19 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
             log(f"rendering {n}")
             yield n, lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], aff
 
+    from thaldask.segment.inference import SLOTS
+
     def predict(img, aff, contrast):
         t0 = time.perf_counter()
-        lab = model.segment([img, None, None], aff)
-        log(f"  {contrast} {img.shape}: {time.perf_counter() - t0:.1f} s")
+        channels = [None] * len(SLOTS)
+        parts = contrast.split("+")
+        for p, im in zip(parts, img if len(parts) > 1 else [img], strict=True):
+            channels[SLOTS.index(p)] = im
+        lab = model.segment(channels, aff)
+        log(f"  {contrast} {np.shape(img)}: {time.perf_counter() - t0:.1f} s")
         return lab
 
-    rows = evaluate_segmenter(predict, maps())
+    rows = evaluate_segmenter(predict, maps(), contrasts=("T1w", "FLAIR", "R1", "T1w+FLAIR+R1"))
     import pandas as pd
 
     df = pd.DataFrame(rows)

@@ -91,13 +91,19 @@ def evaluate_segmenter(predict, maps, *, contrasts=("T1w", "FLAIR", "R1"),
                        spacings=((1.0, 1.0, 1.0), (1.0, 1.0, 1.5)), seed=0):
     """Dice per (map, contrast, spacing, side) of ``predict(image, affine, contrast) -> labels``.
 
-    ``maps``: iterable of (name, labels, affine). Returns a list of dict rows.
+    ``maps``: iterable of (name, labels, affine). A contrast like ``"T1w+FLAIR+R1"`` passes
+    co-registered renders stacked as (C, X, Y, Z). Returns a list of dict rows.
     """
     rows = []
     for k, (name, labels, affine) in enumerate(maps):
         for ci, c in enumerate(contrasts):
             for si, sp in enumerate(spacings):
-                img, truth, aff = render_scan(labels, affine, c, spacing=sp, rng=seed + 100 * k + 10 * ci + si)
+                parts = c.split("+")
+                renders = [render_scan(labels, affine, p, spacing=sp, rng=seed + 100 * k + 10 * ci + si + 1000 * j)
+                           for j, p in enumerate(parts)]
+                img, truth, aff = renders[0]
+                if len(parts) > 1:  # co-registered channels of one anatomy
+                    img = np.stack([r[0] for r in renders])
                 pred = predict(img, aff, c)
                 for side, sname in ((1, "left"), (2, "right")):
                     rows.append(dict(map=name, contrast=c, spacing="x".join(f"{v:g}" for v in sp),
