@@ -208,10 +208,17 @@ def summary_report(ctx: Context, console) -> None:
     console.print(f"[bold]report:[/bold] {ctx.outputs['report']}")
 
 
+def _segment():
+    from thaldask.segment import stage
+
+    return stage
+
+
 #: the pipeline, in order; later stages (segment, stats, report) are inserted at their place
 STAGES: list[Stage] = [
     Stage("synth", stage_synth),
     Stage("ingest", stage_ingest),
+    Stage("segment", lambda ctx: _segment().pipeline_stage(ctx), lambda ctx, c: _segment().pipeline_summary(ctx, c)),
     Stage("evaluate", stage_evaluate, summary_evaluate),
     Stage("stats", stage_stats, summary_stats),
     Stage("report", stage_report, summary_report),
