@@ -278,6 +278,6 @@ def fixture_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     ds = make_results()
     stats = make_stats()
-    stats["agreement"] = fit_agreement(ds)
+    stats["agreement"] = fit_agreement(ds, as_frame=True)
     index = build_report(out, results=ds, stats=stats, progress=False)
     return index, stats

@@ -67,7 +67,7 @@ def test_metric_combos_missing_combination_excluded(ds):
 def test_bland_altman_lines_equal_agreement_table(ds):
     from thaldask.stats import fit_agreement
 
-    ag = fit_agreement(ds)
+    ag = fit_agreement(ds, as_frame=True)
     fig = F.plot_bland_altman(ds, ag)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert len(panels) == len(ag)
@@ -180,7 +180,7 @@ def test_annualised_change_group_means_equal_longitudinal_table(ds):
     """The figure's per-subject values and the stats stage's group means use one definition."""
     from thaldask.stats import fit_longitudinal
 
-    lg = fit_longitudinal(ds, mixed=False)
+    lg = fit_longitudinal(ds, mixed=False, as_frame=True)
     per_subject = F.annualised_change(ds)
     fig = F.plot_annualised_change(ds, longitudinal=lg)
     ax = next(a for a in fig.axes if a.get_title() == "mindglide-sim · R1")

@@ -73,7 +73,7 @@ def test_icc_a1_equals_pingouin_icc_a1():
 
 def test_fit_agreement_columns_ci_follow_estimates_and_formula_n_present():
     ds, _ = build_results(0, n_subjects=40)
-    t = fit_agreement(ds, side="all")
+    t = fit_agreement(ds, side="all", as_frame=True)
     cols = list(t.columns)
     for est in ("dice_mean", "bias_mm3", "loa_lower_mm3", "loa_upper_mm3", "icc_a1", "ccc", "pearson_r",
                 "prop_bias_slope"):
@@ -87,13 +87,13 @@ def test_fit_agreement_columns_ci_follow_estimates_and_formula_n_present():
 
 def test_fit_agreement_uses_earliest_gt_scan_and_skips_subjects_without_gt():
     ds, _ = build_results(1, n_subjects=50, n_gt=30)
-    t = fit_agreement(ds)
+    t = fit_agreement(ds, as_frame=True)
     assert (t.n == 30).all()
     # ground truth only at follow-up for one subject: that scan is used
     gt = ds["gt_volume_mm3"].values.copy()
     gt[35, 1, :] = gt[0, 0, :]
     ds2 = ds.assign(gt_volume_mm3=(ds["gt_volume_mm3"].dims, gt))
-    assert (fit_agreement(ds2).n == 31).all()
+    assert (fit_agreement(ds2, as_frame=True).n == 31).all()
 
 
 def test_fit_agreement_planted_bias_loa_ccc_inside_ci_in_90pct_of_20_seeds():
@@ -104,7 +104,7 @@ def test_fit_agreement_planted_bias_loa_ccc_inside_ci_in_90pct_of_20_seeds():
     sd_d = np.hypot(sd_m, sd_g)
     for seed in SEEDS:
         ds, _ = build_results(seed, n_subjects=120, specs=specs, gt_noise=sd_g, followup=False)
-        r = fit_agreement(ds).iloc[0]
+        r = fit_agreement(ds, as_frame=True).iloc[0]
         hits["bias"] += r.bias_mm3_ci_lower <= bias <= r.bias_mm3_ci_upper
         hits["loa_lower"] += r.loa_lower_mm3_ci_lower <= bias - z * sd_d <= r.loa_lower_mm3_ci_upper
         hits["loa_upper"] += r.loa_upper_mm3_ci_lower <= bias + z * sd_d <= r.loa_upper_mm3_ci_upper
@@ -122,7 +122,7 @@ def test_fit_agreement_proportional_bias_found_where_planted_absent_where_not():
     cover = 0
     for seed in SEEDS:
         ds, truth = build_results(seed, n_subjects=100, specs=specs, followup=False)
-        t = fit_agreement(ds).set_index("method")
+        t = fit_agreement(ds, as_frame=True).set_index("method")
         for m in found:
             found[m] += bool(t.loc[m, "prop_bias"])
         s = truth["prop_slope"][("planted", "T1w")]

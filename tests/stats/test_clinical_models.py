@@ -24,7 +24,7 @@ def test_fit_clinical_equals_statsmodels_formula_on_same_rows():
     edss = ds["edss"].values.copy()
     edss[:7] = np.nan
     ds = ds.assign(edss=(ds["edss"].dims, edss))
-    t = fit_clinical(ds, extra_covariates=["group"])
+    t = fit_clinical(ds, extra_covariates=["group"], as_frame=True)
     assert set(t.outcome) == {"edss", "sdmt"}
     for _, r in t.iterrows():
         df = _baseline_frame(ds, r.method, r.contrast).dropna(subset=[r.outcome])
@@ -53,7 +53,7 @@ def test_fit_clinical_methods_share_rows_when_one_method_misses_scans():
     vol = ds["volume_mm3"].values.copy()
     vol[:10, :, 0] = np.nan
     ds = ds.assign(volume_mm3=(ds["volume_mm3"].dims, vol))
-    t = fit_clinical(ds)
+    t = fit_clinical(ds, as_frame=True)
     assert (t.n == 50).all()
 
 
@@ -63,7 +63,7 @@ def test_fit_clinical_planted_standardised_beta_inside_ci_in_90pct_of_20_seeds()
     for seed in range(20):
         ds, _ = build_results(seed, n_subjects=300, specs=specs, beta_sdmt=0.3, group_effect=0.0,
                               followup=False)
-        r = fit_clinical(ds, outcomes=["sdmt"]).iloc[0]
+        r = fit_clinical(ds, outcomes=["sdmt"], as_frame=True).iloc[0]
         hits += r.beta_std_ci_lower <= 0.3 <= r.beta_std_ci_upper
     assert hits >= 18
 
@@ -79,7 +79,7 @@ def test_fit_clinical_null_false_positive_rate_about_5pct():
         null = ds.drop_vars("volume_mm3").drop_dims("method").assign_coords(
             method=[f"m{k}" for k in range(K)])
         null["volume_mm3"] = (("subject", "timepoint", "method", "contrast", "side"), vol)
-        t = fit_clinical(null)
+        t = fit_clinical(null, as_frame=True)
         rejections += int((t.p < 0.05).sum())
         total += len(t)
     assert total == 2400
@@ -91,7 +91,7 @@ def test_fit_clinical_fdr_over_whole_family_is_nan_safe():
     vol = ds["volume_mm3"].values.copy()
     vol[:, :, 0, 0, :] = vol[0, 0, 0, 0, :]  # constant volume: that model cannot be fitted
     ds = ds.assign(volume_mm3=(ds["volume_mm3"].dims, vol))
-    t = fit_clinical(ds)
+    t = fit_clinical(ds, as_frame=True)
     bad = t.method == str(ds.method.values[0])
     assert t.loc[bad, "p_fdr"].isna().all()
     assert t.loc[~bad, "p_fdr"].notna().all()
@@ -110,7 +110,7 @@ def test_adjust_head_size_ratio_and_residual_remove_icv_dependence():
 
 def test_fit_clinical_ratio_option_in_formula():
     ds, _ = build_results(3, n_subjects=50, followup=False)
-    t = fit_clinical(ds, head_size="ratio")
+    t = fit_clinical(ds, head_size="ratio", as_frame=True)
     assert t.formula.str.contains("volume_mm3 / icv_mm3").all()
 
 
@@ -120,7 +120,7 @@ def test_fit_clinical_all_timepoints_equals_statsmodels_mixedlm():
 
     specs = {("m", "T1w"): (0.0, 0.0, 300.0, 0.9)}
     ds, _ = build_results(5, n_subjects=60, specs=specs)
-    r = fit_clinical(ds, outcomes=["sdmt"], timepoint="all").iloc[0]
+    r = fit_clinical(ds, outcomes=["sdmt"], timepoint="all", as_frame=True).iloc[0]
     s = ds.sel(side="total").sel({"method": "m", "contrast": "T1w"})
     df = pd.DataFrame({
         "v": s.volume_mm3.values.ravel(), "icv": s.icv_mm3.values.ravel(), "age": s.age.values.ravel(),
@@ -140,7 +140,7 @@ def test_fit_clinical_all_timepoints_equals_statsmodels_mixedlm():
 
 def test_fit_clinical_bootstrap_ci_close_to_analytic_ci():
     ds, _ = build_results(6, n_subjects=200, followup=False)
-    t = fit_clinical(ds, outcomes=["sdmt"], bootstrap=400, rng=1)
+    t = fit_clinical(ds, outcomes=["sdmt"], bootstrap=400, rng=1, as_frame=True)
     w_a = t.beta_std_ci_upper - t.beta_std_ci_lower
     w_b = t.beta_std_boot_ci_upper - t.beta_std_boot_ci_lower
     assert ((w_b / w_a) > 0.7).all() and ((w_b / w_a) < 1.3).all()
@@ -150,4 +150,4 @@ def test_fit_clinical_bootstrap_ci_close_to_analytic_ci():
 def test_fit_clinical_unknown_timepoint_raises_stats_error():
     ds, _ = build_results(7, n_subjects=20, followup=False)
     with pytest.raises(StatsError, match="timepoint 'm36' not in the results dataset"):
-        fit_clinical(ds, timepoint="m36")
+        fit_clinical(ds, timepoint="m36", as_frame=True)

@@ -9,7 +9,7 @@ from thaldask.stats.multitest import holm
 
 def test_fit_method_comparison_equals_scipy_friedman_wilcoxon_and_holm():
     ds, _ = build_results(0, n_subjects=60, followup=False)
-    t = fit_method_comparison(ds, metrics=("dice",))
+    t = fit_method_comparison(ds, metrics=("dice",), as_frame=True)
     fr = t[t.test == "friedman"].iloc[0]
     d = ds["dice"].sel(side="total", timepoint="baseline").transpose("subject", "method", "contrast").values
     keys = [(m, c) for m, c in zip(t[t.test == "wilcoxon"].method_a, t[t.test == "wilcoxon"].contrast_a, strict=True)]
@@ -37,7 +37,7 @@ def test_fit_method_comparison_missing_values_never_nan_the_family():
     dice[:5, :, 0] = np.nan  # first method missing for five subjects
     dice[:, :, 1, 0] = np.nan  # second method never has Dice (dropped from the family)
     ds = ds.assign(dice=(ds["dice"].dims, dice))
-    t = fit_method_comparison(ds, metrics=("dice",))
+    t = fit_method_comparison(ds, metrics=("dice",), as_frame=True)
     assert t[t.test == "friedman"].n.iloc[0] == 35
     w = t[t.test == "wilcoxon"]
     assert np.isfinite(w.p_holm).all() and len(w) == 6
@@ -45,7 +45,7 @@ def test_fit_method_comparison_missing_values_never_nan_the_family():
 
 def test_fit_method_comparison_abs_volume_error_ranks_planted_bias():
     ds, _ = build_results(2, n_subjects=80, followup=False)
-    t = fit_method_comparison(ds, metrics=("abs_volume_error_mm3",))
+    t = fit_method_comparison(ds, metrics=("abs_volume_error_mm3",), as_frame=True)
     r = t[(t.method_a == "first-sim") & (t.method_b == "mindglide-sim") & (t.contrast_b == "T1w")].iloc[0]
     assert r.p_holm < 1e-6 and r.effect_size > 0.9 and r.median_diff > 1000
 

@@ -40,7 +40,7 @@ def test_annualised_change_and_hedges_g_hand_values():
 
 def test_fit_longitudinal_logistic_equals_statsmodels_logit():
     ds, _ = build_results(0, n_subjects=200)
-    t = fit_longitudinal(ds, mixed=False)
+    t = fit_longitudinal(ds, mixed=False, as_frame=True)
     lg = t[t.analysis == "worsening_logistic"]
     b = ds.sel(timepoint="baseline")
     f = ds.sel(timepoint="m12")
@@ -69,7 +69,7 @@ def test_fit_longitudinal_planted_or_and_rate_inside_ci_in_90pct_of_20_seeds():
     hit_or = hit_rate = 0
     for seed in range(20):
         ds, truth = build_results(seed, n_subjects=300, specs=EXACT, or_worsening=0.4, atrophy_rate=-0.8)
-        t = fit_longitudinal(ds, mixed=False)
+        t = fit_longitudinal(ds, mixed=False, as_frame=True)
         r = t[t.analysis == "worsening_logistic"].iloc[0]
         hit_or += r.ci_lower <= 0.4 <= r.ci_upper
         c = t[(t.analysis == "annualised_change") & (t.term == "all")].iloc[0]
@@ -81,7 +81,7 @@ def test_fit_longitudinal_planted_or_and_rate_inside_ci_in_90pct_of_20_seeds():
 
 def test_fit_longitudinal_effect_size_negative_when_worsening_follows_atrophy():
     ds, _ = build_results(3, n_subjects=300, specs=EXACT, or_worsening=0.3)
-    t = fit_longitudinal(ds, mixed=False)
+    t = fit_longitudinal(ds, mixed=False, as_frame=True)
     g = t[t.analysis == "worsening_effect_size"].iloc[0]
     assert g.estimate < 0 and g.ci_upper < 0 and g.p < 0.05
 
@@ -89,7 +89,7 @@ def test_fit_longitudinal_effect_size_negative_when_worsening_follows_atrophy():
 def test_fit_longitudinal_one_timepoint_raises_stats_error():
     ds, _ = build_results(0, n_subjects=20, followup=False)
     with pytest.raises(StatsError, match="2 timepoints"):
-        fit_longitudinal(ds)
+        fit_longitudinal(ds, as_frame=True)
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ def test_fit_longitudinal_mixed_random_slope_converges_and_is_reported():
     ds, _ = build_results(4, n_subjects=80, specs=specs, n_followups=2, group_effect=800.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ConvergenceWarning expected here
-        t = fit_longitudinal(ds, mixed=True)
+        t = fit_longitudinal(ds, mixed=True, as_frame=True)
     m = t[t.analysis == "mixed_volume"]
     assert set(m.term) == {"Intercept", "group[T.MS]", "years", "years:group[T.MS]"}
     assert (m.random_effects == "intercept+slope").all() and m.converged.all()
@@ -116,7 +116,7 @@ def test_fit_longitudinal_mixed_random_slope_converges_and_is_reported():
 
 def test_fit_longitudinal_two_timepoints_use_random_intercept_only():
     ds, _ = build_results(5, n_subjects=40, specs=EXACT)
-    t = fit_longitudinal(ds, mixed=True)
+    t = fit_longitudinal(ds, mixed=True, as_frame=True)
     m = t[t.analysis == "mixed_volume"]
     assert len(m) and (m.random_effects == "intercept").all()
 
@@ -155,7 +155,7 @@ def test_fit_longitudinal_synth_planted_worsening_or_and_control_rate_in_ci_over
     hit_or = hit_hc = 0
     for seed in range(20):
         ds = _synth_results(seed)
-        t = fit_longitudinal(ds, mixed=False, groups=["MS", "NMOSD", "MOGAD"])
+        t = fit_longitudinal(ds, mixed=False, groups=["MS", "NMOSD", "MOGAD"], as_frame=True)
         r = t[t.analysis == "worsening_logistic"].iloc[0]
         hit_or += r.ci_lower <= or_truth <= r.ci_upper
         c = t[(t.analysis == "annualised_change") & (t.term == "HC")].iloc[0]

@@ -246,7 +246,8 @@ def fit_agreement(
     side=None,
     alpha: float = 0.05,
     prop_alpha: float = 0.05,
-) -> pd.DataFrame:
+    as_frame: bool = False,
+) -> xr.Dataset | pd.DataFrame:
     """Agreement of every method × contrast with the ground truth.
 
     Parameters
@@ -261,11 +262,20 @@ def fit_agreement(
     prop_alpha : float
         Level at which proportional bias counts as present (regression-based limits are
         then reported).
+    as_frame : bool
+        Return the table as a pandas DataFrame instead of an xarray Dataset.
 
     Returns
     -------
+    xarray.Dataset
+        Default: an ``xarray.Dataset`` (:func:`thaldask.stats.table_to_xarray`) with dims
+        ``method``, ``contrast``, ``side``; every column below is a variable over them (NaN
+        where a method/contrast has no volumes), including ``n`` and the ``model`` formula.
+        ``attrs`` hold ``table`` (``"agreement"``), ``alpha`` and ``prop_alpha``.
+        Select with a dict (``x.sel({"method": "thalnet"})``): ``method`` is also an
+        argument of ``Dataset.sel``.
     pandas.DataFrame
-        One row per method/contrast/side: ``n`` (subjects with both volumes; one scan per
+        With ``as_frame=True``: one row per method/contrast/side: ``n`` (subjects with both volumes; one scan per
         subject, the earliest with ground truth), overlap summaries ``dice_mean`` (CI),
         ``dice_sd``, ``dice_median``, ``dice_q1``, ``dice_q3`` (and for sensitivity,
         precision), volumes in mm³, Bland–Altman ``bias_mm3``, ``sd_diff_mm3``,
@@ -333,4 +343,7 @@ def fit_agreement(
                 row["pearson_p"] = r[3]
                 row["model"] = BA_MODEL
                 rows.append(row)
-    return pd.DataFrame(rows)
+    from thaldask.stats.run import as_result
+
+    return as_result("agreement", pd.DataFrame(rows), as_frame=as_frame,
+                     attrs={"alpha": alpha, "prop_alpha": prop_alpha})

@@ -87,7 +87,8 @@ def fit_clinical(
     alpha: float = 0.05,
     bootstrap: int = 0,
     rng=0,
-) -> pd.DataFrame:
+    as_frame: bool = False,
+) -> xr.Dataset | pd.DataFrame:
     """Association of each method's thalamic volume with each clinical outcome.
 
     Parameters
@@ -117,11 +118,22 @@ def fit_clinical(
         (cross-sectional OLS only; 0 = off). The head-size adjustment is held fixed.
     rng : int or numpy.random.Generator
         Seed of the bootstrap.
+    as_frame : bool
+        Return the table as a pandas DataFrame instead of an xarray Dataset.
 
     Returns
     -------
+    xarray.Dataset
+        Default: an ``xarray.Dataset`` (:func:`thaldask.stats.table_to_xarray`) with dims
+        ``outcome``, ``method``, ``contrast``, ``side``; every other column below is a
+        variable over them (NaN where a combination has no row), including ``n``,
+        ``timepoint`` and the model ``formula``. ``attrs`` hold ``table``
+        (``"clinical_cross"``), ``head_size``, ``fdr_method``, ``alpha``, ``bootstrap`` and
+        ``timepoint`` (when given).
+        Select with a dict (``x.sel({"method": "thalnet"})``): ``method`` is also an
+        argument of ``Dataset.sel``.
     pandas.DataFrame
-        One row per outcome/method/contrast/side: ``n``, ``beta_std`` with
+        With ``as_frame=True``: one row per outcome/method/contrast/side: ``n``, ``beta_std`` with
         ``beta_std_ci_lower``/``_upper``, ``se``, ``p``, ``p_fdr``, ``partial_r2``, ``r2``,
         ``delta_r2`` (over the covariates-only model on the same rows), ``aic``,
         ``aic_covariates``, ``converged`` and the model ``formula``. Mixed models report
@@ -203,7 +215,12 @@ def fit_clinical(
                 "beta_std_boot_ci_upper", "se", "p", "p_fdr",
                 "partial_r2", "r2", "delta_r2", "aic", "aic_covariates", "converged", "formula"]
         out = out[[c for c in cols if c in out] + [c for c in out if c not in cols]]
-    return out
+    from thaldask.stats.run import as_result
+
+    return as_result("clinical_cross", out, as_frame=as_frame, attrs={
+        "head_size": head_size, "fdr_method": fdr_method, "alpha": alpha,
+        "bootstrap": int(bootstrap), "timepoint": timepoint,
+    })
 
 
 def _ols(y, z, Xc, alpha):

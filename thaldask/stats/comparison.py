@@ -57,7 +57,8 @@ def fit_method_comparison(
     metrics=METRICS,
     side=None,
     methods=None,
-) -> pd.DataFrame:
+    as_frame: bool = False,
+) -> xr.Dataset | pd.DataFrame:
     """Compare methods × contrasts pairwise on the same subjects.
 
     Parameters
@@ -70,11 +71,20 @@ def fit_method_comparison(
         Default ``"total"``.
     methods : list of (method, contrast), optional
         Default: every pair with ground-truth comparisons.
+    as_frame : bool
+        Return the table as a pandas DataFrame instead of an xarray Dataset.
 
     Returns
     -------
+    xarray.Dataset
+        Default: an ``xarray.Dataset`` (:func:`thaldask.stats.table_to_xarray`) with dims
+        ``metric``, ``side``, ``test``, ``method_a``, ``contrast_a``, ``method_b``,
+        ``contrast_b`` (the Friedman rows have ``""`` for the four method/contrast keys);
+        every other column below is a variable over them (NaN where a combination has no
+        row), including ``n`` and the ``model`` description. ``attrs`` hold ``table``
+        (``"method_comparison"``).
     pandas.DataFrame
-        Per metric/side one ``test == "friedman"`` row (chi², p, Kendall's W as effect size)
+        With ``as_frame=True``: per metric/side one ``test == "friedman"`` row (chi², p, Kendall's W as effect size)
         and one ``"wilcoxon"`` row per pair of methods (W statistic, p, Holm-adjusted
         ``p_holm`` within the metric/side family, matched-pairs rank-biserial correlation,
         median difference a − b). ``n`` is the number of subjects with the metric for every
@@ -139,4 +149,6 @@ def fit_method_comparison(
                 for r, a in zip(pair_rows, adj, strict=True):
                     r["p_holm"] = a
             rows.extend(pair_rows)
-    return pd.DataFrame(rows)
+    from thaldask.stats.run import as_result
+
+    return as_result("method_comparison", pd.DataFrame(rows), as_frame=as_frame)

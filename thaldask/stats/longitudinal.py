@@ -99,7 +99,8 @@ def fit_longitudinal(
     group_var: str = "group",
     fdr_method: str = "fdr_bh",
     alpha: float = 0.05,
-) -> pd.DataFrame:
+    as_frame: bool = False,
+) -> xr.Dataset | pd.DataFrame:
     """Longitudinal analyses for every method × contrast.
 
     Parameters
@@ -115,11 +116,19 @@ def fit_longitudinal(
         analyses (e.g. to patients).
     mixed : bool
         Also fit ``volume ~ years * group`` with a random intercept and slope per subject.
+    as_frame : bool
+        Return the table as a pandas DataFrame instead of an xarray Dataset.
 
     Returns
     -------
+    xarray.Dataset
+        Default: an ``xarray.Dataset`` (:func:`thaldask.stats.table_to_xarray`) with dims
+        ``analysis``, ``method``, ``contrast``, ``side``, ``term``; every other column of the
+        table below is a variable over them (NaN where a combination has no row), including
+        ``n`` and the model ``formula``. ``attrs`` hold ``table`` (``"longitudinal"``),
+        ``edss_cut``, ``mixed``, ``fdr_method`` and ``alpha``.
     pandas.DataFrame
-        Long table with ``analysis`` one of:
+        With ``as_frame=True``: long table with ``analysis`` one of:
 
         * ``annualised_change``: mean % change per year (``term`` = all or a group) with CI;
         * ``worsening_logistic``: ``worsened ~ annualised change + covariates`` (baseline to the
@@ -151,6 +160,9 @@ def fit_longitudinal(
         worse = edss_worsening(e[:, t0], e1, cut=edss_cut)
     meths = [str(m) for m in ds["method"].values]
     cons = [str(c) for c in ds["contrast"].values]
+    from thaldask.stats.run import as_result
+
+    attrs = {"edss_cut": edss_cut, "mixed": int(mixed), "fdr_method": fdr_method, "alpha": alpha}
     rows = []
     for side_name in _data.sides(ds, side):
         v = ds["volume_mm3"].sel(side=side_name).transpose("subject", "timepoint", "method", "contrast").values
@@ -164,14 +176,14 @@ def fit_longitudinal(
             rows += _mixed_rows(ds, vol, keys, side_name, group_var, alpha)
     out = pd.DataFrame(rows)
     if not len(out):
-        return pd.DataFrame(columns=COLUMNS)
+        return as_result("longitudinal", pd.DataFrame(columns=COLUMNS), as_frame=as_frame, attrs=attrs)
     out["p_fdr"] = np.nan
     for _, idx in out.groupby("analysis").groups.items():
         out.loc[idx, "p_fdr"] = p_adjust(out.loc[idx, "p"].to_numpy(float), fdr_method)
     for c in COLUMNS:
         if c not in out:
             out[c] = np.nan
-    return out[COLUMNS]
+    return as_result("longitudinal", out[COLUMNS], as_frame=as_frame, attrs=attrs)
 
 
 def _row(**kw):

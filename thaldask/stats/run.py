@@ -121,11 +121,11 @@ def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFr
     has_gt = "gt_volume_mm3" in ds and bool(np.isfinite(ds["gt_volume_mm3"].values).any())
     if has_gt:
         try:
-            tables["agreement"] = fit_agreement(ds, side=side, alpha=alpha)
+            tables["agreement"] = fit_agreement(ds, side=side, alpha=alpha, as_frame=True)
         except StatsError as exc:
             tables["agreement"] = _failed("agreement", exc)
         try:
-            tables["method_comparison"] = fit_method_comparison(ds, side=side)
+            tables["method_comparison"] = fit_method_comparison(ds, side=side, as_frame=True)
         except StatsError as exc:
             tables["method_comparison"] = _failed("method comparison", exc)
     else:
@@ -159,7 +159,7 @@ def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFr
             work, outcomes=cfg["outcomes"], covariates=cfg["covariates"],
             extra_covariates=cfg["extra_covariates"], head_size=cfg["head_size"],
             timepoint=cfg["clinical_timepoint"], side=side, groups=cfg["clinical_groups"],
-            fdr_method=cfg["fdr_method"], alpha=alpha, bootstrap=cfg["bootstrap"],
+            fdr_method=cfg["fdr_method"], alpha=alpha, bootstrap=cfg["bootstrap"], as_frame=True,
         )
         tables["clinical_cross"]["harmonised"] = work is not ds
     except StatsError as exc:
@@ -167,7 +167,7 @@ def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFr
     try:
         tables["longitudinal"] = fit_longitudinal(
             work, edss_cut=cfg["edss_cut"], covariates=cfg["covariates"], side=side,
-            mixed=cfg["mixed"], fdr_method=cfg["fdr_method"], alpha=alpha,
+            mixed=cfg["mixed"], fdr_method=cfg["fdr_method"], alpha=alpha, as_frame=True,
         )
         tables["longitudinal"]["harmonised"] = work is not ds
     except StatsError as exc:
@@ -221,6 +221,28 @@ def table_to_xarray(name: str, table: pd.DataFrame) -> xr.Dataset:
     if not keys or table[keys].duplicated().any():
         raise StatsError(f"table {name!r} has no unique row keys {TABLE_KEYS.get(name)}; columns {list(table)}")
     return table.set_index(keys).to_xarray()
+
+
+def as_result(name: str, table: pd.DataFrame, *, as_frame: bool = False, attrs: dict | None = None):
+    """What a public ``fit_*`` function returns: ``table`` itself when ``as_frame``, else
+    :func:`table_to_xarray` of it with ``attrs`` (``None`` values dropped, sequences joined
+    with ", ") and ``attrs["table"] = name``. A table without its key columns (no rows)
+    becomes an empty Dataset."""
+    if as_frame:
+        return table
+    keys = [k for k in TABLE_KEYS.get(name, []) if k in table]
+    if not len(table) and not keys:
+        out = xr.Dataset()
+    else:
+        out = table_to_xarray(name, table)
+    out.attrs["table"] = name
+    for k, v in (attrs or {}).items():
+        if v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            v = ", ".join(map(str, v))
+        out.attrs[k] = v
+    return out
 
 
 def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
