@@ -160,12 +160,12 @@ def main(argv=None):
     warnings.simplefilter("ignore", RuntimeWarning)
 
     # batched: point fits alone, then point fits + bootstrap through the public API
-    fit_clinical(ds, outcomes=OUTCOMES)  # warm-up (imports)
+    fit_clinical(ds, outcomes=OUTCOMES, as_frame=True)  # warm-up (imports)
     t0 = time.perf_counter()
-    point = fit_clinical(ds, outcomes=OUTCOMES)
+    point = fit_clinical(ds, outcomes=OUTCOMES, as_frame=True)
     t_batched_point = time.perf_counter() - t0
     t0 = time.perf_counter()
-    full = fit_clinical(ds, outcomes=OUTCOMES, bootstrap=args.bootstrap, rng=args.seed)
+    full = fit_clinical(ds, outcomes=OUTCOMES, bootstrap=args.bootstrap, rng=args.seed, as_frame=True)
     t_batched_all = time.perf_counter() - t0
     t_batched_boot = t_batched_all - t_batched_point
 
