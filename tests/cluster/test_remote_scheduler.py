@@ -95,7 +95,10 @@ def test_pipeline_remote_processes_thaldask_run(remote, cohort, tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     out = _run(["run", str(config), "--no-progress"])
     assert "ingest: skipped" not in out and "evaluate: skipped" not in out, out
-    assert re.search(r"stages: ingest [\d.]+ s, evaluate [\d.]+ s, stats [\d.]+ s", out), out
+    # segmentation (the built-in model) runs between ingest and evaluate
+    assert re.search(
+        r"stages: ingest [\d.]+ s, segment [\d.]+ s, evaluate [\d.]+ s, stats [\d.]+ s", out
+    ), out
     assert (tmp_path / "out" / "metrics.csv").is_file()
 
     from thaldask.store import open_store
