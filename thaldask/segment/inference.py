@@ -118,6 +118,30 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == int(sizes.argmax())
 
 
+#: fewest voxels (of the model grid, 3.375 mm³ each) per side for a box to count as holding
+#: the thalami (about 3.4 cm³; a thalamus is 5-8 cm³)
+MIN_SIDE_VOXELS = 1000
+
+
+def _pair_score(prob, spacing: float = 1.5) -> float:
+    """How much a box's prediction looks like a thalamus pair: voxels of the smaller side
+    times the mean confidence, 0 unless left and right lie side by side (left at lower x,
+    12-45 mm apart, within 15 mm in y and z) with plausible sizes."""
+    p = prob.numpy() if hasattr(prob, "numpy") else np.asarray(prob)
+    m1, m2 = p[1] > 0.5, p[2] > 0.5
+    n1, n2 = int(m1.sum()), int(m2.sum())
+    if min(n1, n2) < 50:
+        return 0.0
+    c1, c2 = np.argwhere(m1).mean(0) * spacing, np.argwhere(m2).mean(0) * spacing
+    d = c2 - c1
+    if not (12 <= d[0] <= 45 and abs(d[1]) <= 15 and abs(d[2]) <= 15):
+        return 0.0
+    if max(n1, n2) > 3 * min(n1, n2):
+        return 0.0
+    conf = float(np.concatenate([p[1][m1], p[2][m2]]).mean())
+    return min(n1, n2) * conf
+
+
 @dataclass
 class ThalNet:
     """Loaded localiser + region-of-interest networks of the built-in model."""
@@ -177,6 +201,57 @@ class ThalNet:
                 prob = 0.5 * (prob + flipped[:, [0, 2, 1]])
         return prob[0].cpu(), box
 
+    def head_region(self, img: torch.Tensor, affine: np.ndarray):
+        """(x centre, y centre, top z) of the head in world mm from a 4 mm view, or None."""
+        spacing = float(self.meta["loc_spacing"])
+        shape = tuple(self.meta["loc_shape"])
+        fov_center = affine @ np.append((np.asarray(img.shape) - 1) / 2, 1)
+        pooled, paff = _pool_to(img, affine, spacing)
+        box = _box_affine(fov_center[:3], shape, spacing)
+        x = normalise(_resample(pooled, paff, box, shape)).numpy()
+        head = x > 0.15
+        if head.sum() < 100:
+            return None
+        head = _largest_component(head)
+        xyz = np.argwhere(head) @ box[:3, :3].T + box[:3, 3]
+        top = float(np.percentile(xyz[:, 2], 99.5))
+        upper = xyz[xyz[:, 2] > top - 110]
+        return float(upper[:, 0].mean()), float(upper[:, 1].mean()), top
+
+    def search(self, tens, affine, region, extra=None, batch: int = 8):
+        """Best box centre (world mm) on a grid over the head region where the thalami can
+        be, scored by the ROI network's thalamus pair; None if nothing plausible."""
+        shape = self.roi_shape
+        spacing = float(self.meta["roi_spacing"])
+        xc, yc, top = region
+        cands = [np.array([xc, yc + dy, top - dz]) for dy in np.arange(-30, 31, 15)
+                 for dz in np.arange(50, 101, 12.5)]
+        if extra is not None and abs(extra[1] - yc) <= 35 and 45 <= top - extra[2] <= 105:
+            cands.insert(0, np.asarray(extra, float))
+        # prior on depth below the top of the head (thalamic centre ~75 mm below the vertex)
+        prior = [float(np.exp(-0.5 * ((top - c[2] - 75.0) / 20.0) ** 2)) for c in cands]
+        pooled = [None if t is None else _pool_to(t, affine, spacing) for t in tens]
+        best, best_score = None, 0.3 * MIN_SIDE_VOXELS
+        for k in range(0, len(cands), batch):
+            xs = []
+            for c in cands[k : k + batch]:
+                box = _box_affine(c, shape, spacing)
+                x = torch.zeros((len(SLOTS), *shape), dtype=torch.float32)
+                for s, pa in enumerate(pooled):
+                    if pa is not None:
+                        x[s] = normalise(_resample(pa[0], pa[1], box, shape))
+                xs.append(x)
+            with torch.no_grad():
+                prob = self.roi_net(torch.stack(xs).to(self.device)).float().softmax(1).cpu()
+            for j, pr in enumerate(prob):
+                sc = _pair_score(pr, spacing) * prior[k + j]
+                if sc > best_score:
+                    best_score = sc
+                    fg = (pr[1] + pr[2]).numpy() > 0.5
+                    box = _box_affine(cands[k + j], shape, spacing)
+                    best = (box @ np.append(np.argwhere(fg).mean(0), 1))[:3]
+        return best
+
     def segment(self, channels: list[np.ndarray | None], affine: np.ndarray, *, return_prob: bool = False):
         """Labels (uint8 0/1/2) and optionally probabilities (2, X, Y, Z) on the input grid.
 
@@ -215,6 +290,15 @@ class ThalNet:
             center = (affine @ np.append((np.asarray(shape) - 1) / 2, 1))[:3]
         else:
             center = self.localise(ref, affine)
+            # the ROI network finds the thalami best, but it also sees thalamus-like pairs
+            # elsewhere in a head: search it over the region where the thalami can be
+            # (50-100 mm below the top of the head, near its middle), the localiser's
+            # answer included when it falls there
+            region = self.head_region(ref, affine)
+            if region is not None:
+                best = self.search(tens, affine, region, extra=center)
+                if best is not None:
+                    center = best
         prob, box = self.predict_roi(tens, affine, center)
         # refine: recentre on the predicted thalami once if the localiser was off
         fg = (prob[1] + prob[2]).numpy() > 0.5
