@@ -116,7 +116,8 @@ def install_weights(weights, *, heldout: dict | None = None, notes: str = "") ->
     )
     if heldout is not None:
         card["validation_full"] = dict(
-            description="full inference path (localiser, ROI, resampling back) on whole-head renders of "
+            description="full inference path (localiser, head-region search, ROI network with flip "
+                        "averaging, resampling back) on whole-head renders of "
                         "the held-out maps; tissue priors with jitter, blur, bias field, noise; "
                         "1x1x1.5 = thick slices along z; Dice per side",
             **heldout,
