@@ -122,3 +122,21 @@ def test_run_cli_manifest_ingests_and_evaluates(tmp_path):
     n_pairs = len(preds.groupby(["subject", "timepoint", "method", "contrast"]))
     assert int(df[df.side == "total"].volume_mm3.notna().sum()) == n_pairs
     assert df["edss"].notna().any()  # clinical covariates joined
+
+
+@pytest.mark.slow
+def test_run_cli_cluster_file_overrides_config_cluster_section(tmp_path):
+    # the config points at a scheduler that does not exist; --cluster replaces that section
+    _make_store(tmp_path / "cohort.zarr")
+    (tmp_path / "run.yaml").write_text(
+        "store: cohort.zarr\nout: tables\n"
+        "cluster: {kind: address, address: 'tcp://127.0.0.1:9', timeout: 2}\n"
+        "stages:\n  evaluate:\n    surface: false\n"
+        "  segment: {enabled: false}\n  stats: {enabled: false}\n  report: {enabled: false}\n"
+    )
+    (tmp_path / "local.yaml").write_text("cluster:\n  kind: local\n  n_workers: 1\n  threads_per_worker: 1\n")
+    out = CliRunner().invoke(
+        main, ["run", str(tmp_path / "run.yaml"), "--cluster", str(tmp_path / "local.yaml"), "--no-progress"]
+    )
+    assert out.exit_code == 0, out.output
+    assert pd.read_csv(tmp_path / "tables" / "metrics.csv")["dice"].notna().any()

@@ -420,11 +420,13 @@ def load_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
-def run_config(config_path: str | os.PathLike, *, client=None, scheduler: str | None = None, progress: bool = True) -> Context:
+def run_config(config_path: str | os.PathLike, *, client=None, scheduler: str | None = None,
+               cluster_file: str | os.PathLike | None = None, progress: bool = True) -> Context:
     """Run the stages a YAML config asks for, on the cluster it describes.
 
     See ``thaldask/data/example_config.yaml`` for every key. Stages not implemented in this
-    installation are skipped with a message.
+    installation are skipped with a message. ``cluster_file`` (a YAML file with a cluster
+    section) replaces the config's own ``cluster:`` section; ``scheduler`` overrides both.
     """
     cfg = load_config(config_path)
     store = cfg["store"]
@@ -441,6 +443,8 @@ def run_config(config_path: str | os.PathLike, *, client=None, scheduler: str | 
     )
     # the file itself, so that the cluster section's relative paths resolve against it
     cluster = cfg["_path"] if cfg.get("cluster") else None
+    if cluster_file is not None:
+        cluster = str(cluster_file)
     with _client(client, scheduler, cluster_config=cluster, progress=progress) as c:
         ctx.client = c
         run_stages(ctx)

@@ -35,13 +35,15 @@ def demo_command(out, subjects, full, seed, no_progress, scheduler, cluster_file
 @click.option("--no-progress", is_flag=True, help="Hide progress bars and stage messages.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Address of an existing Dask scheduler (overrides the config's cluster section).")
+@click.option("--cluster", "cluster_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="YAML file with a cluster section (overrides the config's cluster section).")
 @handle_errors
-def run_command(config, no_progress, scheduler):
+def run_command(config, no_progress, scheduler, cluster_file):
     """The configured pipeline stages for a real cohort (see the example config:
     `python -c "import thaldask, pathlib; print(pathlib.Path(thaldask.__file__).parent / 'data/example_config.yaml')"`)."""
     from thaldask.pipeline import print_summary, run_config
 
-    ctx = run_config(config, scheduler=scheduler, progress=not no_progress)
+    ctx = run_config(config, scheduler=scheduler, cluster_file=cluster_file, progress=not no_progress)
     print_summary(ctx)
     for name, why in ctx.skipped.items():
         click.echo(f"{name}: skipped ({why})")
