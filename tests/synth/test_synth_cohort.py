@@ -384,3 +384,22 @@ def test_make_cohort_failure_rate_drops_one_side(tmp_path):
     for rel in man[man.method == "first-sim"].path:  # the others are untouched
         sides = to_sides(np.asarray(nib.load(str(res.out / rel)).dataobj), "first")
         assert set(np.unique(sides).tolist()) == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_make_cohort_planted_proportional_bias_recovered_by_bland_altman(overlap):
+    """The statistics stage finds proportional bias where synth plants it, not elsewhere."""
+    from thaldask.stats import bland_altman
+
+    base = overlap[(overlap.contrast == "T1w") & (overlap.timepoint == "baseline")]
+    found = {}
+    for method, g in base.groupby("method"):
+        assert len(g) == N  # one baseline scan per subject
+        ba = bland_altman(g.vol_mm3.to_numpy(), g.gt_mm3.to_numpy())
+        found[method] = (ba["prop_slope"], ba["prop_p"])
+    # planted: freesurfer-sim's error grows with volume, dbsegment-sim's shrinks
+    assert found["freesurfer-sim"][1] < 0.05 and found["freesurfer-sim"][0] > 0
+    assert found["dbsegment-sim"][1] < 0.05 and found["dbsegment-sim"][0] < 0
+    # not planted: mindglide-sim and first-sim
+    assert found["mindglide-sim"][1] > 0.05
+    assert found["first-sim"][1] > 0.05

@@ -2,7 +2,7 @@
 
 Every simulated method labels a voxel as thalamus (per side) when
 
-    sdt(x) + roughness_mm * n(x) < offset_mm + wm_offset_mm * w(x)
+    sdt(x) + roughness_mm * n(x) < (offset_mm + wm_offset_mm * w(x)) * (V_ref / V) ** (2/3)
                                    + prop_bias_mm * (V / V_ref - 1) + site_shift_mm + e
 
 - ``sdt``: signed distance (mm) to the true thalamic boundary, negative inside;
@@ -12,6 +12,9 @@ Every simulated method labels a voxel as thalamus (per side) when
   methods leak across the weak thalamus–internal capsule / white matter boundary;
 - ``V / V_ref``: the true volume of that side relative to ``reference_volume_mm3``: a
   non-zero ``prop_bias_mm`` makes the volume error grow with volume (proportional bias);
+  the boundary offsets are scaled by ``(V_ref / V) ** (2/3)`` so that, on their own, they
+  add the same volume to every thalamus (a boundary shell's volume grows with its surface,
+  i.e. with V^(2/3)) and proportional bias appears only where ``prop_bias_mm`` plants it;
 - ``site_shift_mm``: the site's shift of measured volumes (what harmonisation removes);
 - ``e ~ N(0, jitter_mm)``: per-scan variation.
 
@@ -109,9 +112,10 @@ def simulate_sides(
         if entry is None:
             continue
         vol, sdt = entry
+        # constant added volume from the boundary offsets: shell volume ~ offset * V^(2/3)
+        size = (reference_volume_mm3 / vol) ** (2.0 / 3.0)
         thr = (
-            spec["offset_mm"]
-            + spec["wm_offset_mm"] * wm
+            (spec["offset_mm"] + spec["wm_offset_mm"] * wm) * size
             + spec["prop_bias_mm"] * (vol / reference_volume_mm3 - 1.0)
             + site_shift_mm
             + jitter[side]
