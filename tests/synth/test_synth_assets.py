@@ -20,7 +20,7 @@ def test_anatomy_asset_small_attributed_and_plausible():
         t = load_template(i)
         assert t.labels.dtype == np.uint8
         assert nib.aff2axcodes(t.affine) == ("R", "A", "S")
-        assert 1.1e6 < t.icv_mm3 < 2.0e6
+        assert t.icv_mm3 > 1.1e6 and t.icv_mm3 < 2.0e6  # adult intracranial volume, mm³
         assert all(4000 < v < 12000 for v in t.volume_mm3)
         assert not np.isin(t.labels, (10, 49)).any()  # filled; the thalamus comes from its SDT
         # left thalamus on the left (RAS: x < 0 relative to the midpoint)
