@@ -1,4 +1,4 @@
-"""A results dataset (PLAN.md schema) with planted, known effects for the statistics tests.
+"""A results dataset (the schema evaluate writes) with planted, known effects for the statistics tests.
 
 Generative model (volumes in mm³):
 
