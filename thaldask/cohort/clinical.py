@@ -18,7 +18,14 @@ import pandas as pd
 
 from thaldask.errors import ClinicalTableError, ThaldaskWarning
 
-__all__ = ["read_clinical", "validate_clinical", "GROUPS", "NUMERIC_RANGES"]
+__all__ = [
+    "read_clinical",
+    "validate_clinical",
+    "GROUPS",
+    "NUMERIC_RANGES",
+    "NUMERIC_COLUMNS",
+    "STRING_COLUMNS",
+]
 
 GROUPS = ("MS", "NMOSD", "MOGAD", "HC")
 SEXES = ("F", "M")
@@ -31,6 +38,9 @@ NUMERIC_RANGES: dict[str, tuple[float, float, float | None]] = {
     "years_since_baseline": (0.0, 100.0, None),
     "icv_mm3": (1.0, 5.0e6, None),
 }
+#: the clinical contract's known columns besides subject and timepoint
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(NUMERIC_RANGES)
+STRING_COLUMNS: tuple[str, ...] = ("site", "group", "sex")
 
 
 def read_clinical(path: str | os.PathLike) -> pd.DataFrame:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
@@ -43,15 +44,8 @@ KERNEL_VERSION = "1"
 CACHE = "_metrics"
 TOKEN_LEN = 32
 
-CLINICAL_STRINGS = ("site", "group", "sex")
-CLINICAL_FLOATS = (
-    "age",
-    "disease_duration",
-    "edss",
-    "sdmt",
-    "years_since_baseline",
-    "icv_mm3",
-)
+CLINICAL_STRINGS = STRING_COLUMNS
+CLINICAL_FLOATS = NUMERIC_COLUMNS
 
 
 # --------------------------------------------------------------------------- tasks

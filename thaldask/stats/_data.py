@@ -9,18 +9,6 @@ import xarray as xr
 
 from thaldask.errors import StatsError
 
-CLINICAL_VARS = (
-    "site",
-    "group",
-    "sex",
-    "age",
-    "disease_duration",
-    "edss",
-    "sdmt",
-    "years_since_baseline",
-    "icv_mm3",
-)
-
 
 def require(ds: xr.Dataset, *names: str) -> None:
     missing = [n for n in names if n not in ds.variables]
