@@ -35,12 +35,13 @@ def test_fast_sides_unexpected_label_names_it():
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
 def test_c_copy_reoriented_view_equals_numpy_copy(axcodes, dtype):
     rng = np.random.default_rng(0)
-    data = np.asfortranarray(rng.integers(0, 100, (40, 36, 33)).astype(dtype))
+    # above c_copy's 2**16-voxel threshold, so that the plane-by-plane path runs
+    data = np.asfortranarray(rng.integers(0, 100, (48, 44, 41)).astype(dtype))
     ornt = nib.orientations.axcodes2ornt(axcodes)
     aff = nib.orientations.inv_ornt_aff(ornt, data.shape)
     view, ras_aff, _ = _io.to_ras(data, aff)
     assert "".join(nib.aff2axcodes(ras_aff)) == "RAS"
-    out = _io.c_copy(view, (41, 40, 40), np.float32)
+    out = _io.c_copy(view, (49, 48, 48), np.float32)
     assert out.flags.c_contiguous and out.dtype == np.float32
     np.testing.assert_array_equal(out[: view.shape[0], : view.shape[1], : view.shape[2]], view)
     assert out.sum() == view.sum()
