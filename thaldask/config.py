@@ -18,6 +18,9 @@ DEFAULTS: dict = {
             "compressor": "lz4",
             "clevel": 5,
             "shuffle": "bitshuffle",
+            # float images (quantitative maps): "pcodec" (lossless, smaller than gzip) or "blosc"
+            "float-codec": "pcodec",
+            "pcodec-level": 4,
             "spatial-chunks": "scan",  # one chunk per scan, or [cx, cy, cz]
         },
         "cluster": {
@@ -49,6 +52,6 @@ def get(key: str, default=None):
     """Read ``thaldask.<key>`` from dask's configuration.
 
     >>> get("store.compressor")
-    'zstd'
+    'lz4'
     """
     return dask.config.get(f"thaldask.{key}", default=default)

@@ -154,6 +154,35 @@ def test_ingest_int16_images_stored_exactly_as_int16_scaled_as_float32(tmp_path)
     assert st.records("images/R1").scaled.tolist() == [True]
 
 
+@pytest.mark.parametrize("float_codec", ["pcodec", "blosc"])
+def test_float_maps_stored_bit_exactly_with_the_configured_codec(tmp_path, float_codec):
+    import dask
+    from store_helpers import HEADER, make_affine
+
+    root = tmp_path / "in"
+    root.mkdir()
+    aff = make_affine("LIA", (30, 28, 26))
+    rng = np.random.default_rng(3)
+    # a quantitative map as tools write them: s^-1 rounded to 4 decimals, plus full-precision
+    # values, signed zeros and subnormals that a lossy or value-based codec would change
+    r1 = np.round(rng.uniform(0.3, 2.5, (30, 28, 26)).astype(np.float32), 4)
+    r1[:5] = rng.normal(1, 0.3, (5, 28, 26)).astype(np.float32)
+    r1[6, :4, :4] = np.float32(-0.0)
+    r1[7, :4, :4] = np.float32(1e-42)
+    nib.save(nib.Nifti1Image(r1, aff), root / "r1.nii.gz")
+    (root / "m.csv").write_text("\n".join([HEADER, "s,b,,image,R1,,,r1.nii.gz"]) + "\n")
+    store = str(tmp_path / "c.zarr")
+    with dask.config.set({"thaldask.store.float-codec": float_codec}):
+        ingest(root / "m.csv", store, progress=False)
+    st = open_store(store)
+    codecs = [type(c).__name__ for c in st._array("images/R1").metadata.codecs]
+    assert ("PCodec" in codecs) == (float_codec == "pcodec"), codecs
+    assert st._attrs["layout"]["float_codec"] == float_codec
+    want = np.asarray(nib.as_closest_canonical(nib.load(root / "r1.nii.gz")).dataobj)
+    got = st.load_image("R1", 0)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
     import pickle
 
@@ -195,3 +224,28 @@ def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path)
     assert st.has_mask("net", "T1w").all()
     for i in range(6):
         np.testing.assert_array_equal(st.load_mask("net", "T1w", i), st.load_mask("gt", "T1w", i))
+
+
+@pytest.mark.parametrize("dtype,shuffle", [("int16", "bitshuffle"), ("uint8", "shuffle"), ("float32", "noshuffle")])
+def test_whole_chunk_write_stores_the_bytes_zarr_writes(tmp_path, dtype, shuffle):
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from thaldask.store.core import _write_whole_chunk
+
+    path = tmp_path / "s.zarr"
+    zarr.open_group(path, mode="w")
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle=shuffle, typesize=np.dtype(dtype).itemsize)
+    z = zarr.create_array(store=str(path), name="images/T1w", shape=(2, 40, 30, 20),
+                          chunks=(1, 40, 30, 20), dtype=dtype, compressors=[codec], fill_value=0)
+    a = np.random.default_rng(0).normal(50, 10, (40, 30, 20)).astype(dtype)
+    z[0] = a
+    assert _write_whole_chunk(z, 1, a)
+    chunk = path / "images" / "T1w" / "c"
+    assert (chunk / "1/0/0/0").read_bytes() == (chunk / "0/0/0/0").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(str(path / "images" / "T1w"))[1], a)
+    # spatially chunked arrays and other dtypes go through zarr's own write
+    z2 = zarr.create_array(store=str(path), name="images/R1", shape=(2, 40, 30, 20),
+                           chunks=(1, 20, 30, 20), dtype=dtype, compressors=[codec], fill_value=0)
+    assert not _write_whole_chunk(z2, 1, a)
+    assert not _write_whole_chunk(z, 1, a.astype(np.float64))

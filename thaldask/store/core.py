@@ -50,12 +50,28 @@ RECORD_LEN = 20
 HASH_LEN = 64
 
 #: spatial chunking and compression of scan arrays, chosen by benchmarks/ingest.py (3 real
-#: 256^3 label maps with synthetic int16 images, one core): lz4-5 + bitshuffle ingested at
-#: 0.51-0.58x the zlib-gunzip bound (zstd-3 + bitshuffle 0.49x), read 800-920 MB/s (zstd
-#: 580-760) and took 0.86x the .nii.gz size (zstd 0.69x). One chunk per scan: whole-scan reads are
-#: the access pattern of every stage, and 64^3 chunks multiply file counts without a gain.
-#: Overridden by ``thaldask.store.{compressor,clevel,shuffle,spatial-chunks}`` in dask.config.
-DEFAULT_LAYOUT = {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
+#: 256^3 label maps with synthetic int16 images and float32 R1 maps, one core). Integer
+#: arrays: blosc lz4-5 + bitshuffle, the fastest to ingest and read and smaller than the
+#: .nii.gz inputs (zstd is smaller still but slower both ways). Float arrays (quantitative
+#: maps): pcodec, lossless, and the only codec tried that stays below gzip for float maps
+#: (blosc: 1.10-1.13x the .nii.gz size). One chunk per scan: whole-scan reads are the
+#: access pattern of every stage, and 64^3 chunks multiply file counts without a gain.
+#: Overridden by ``thaldask.store.{compressor,clevel,shuffle,float-codec,pcodec-level,spatial-chunks}``
+#: in dask.config.
+DEFAULT_LAYOUT = {
+    "spatial_chunks": "scan",
+    "cname": "lz4",
+    "clevel": 5,
+    "shuffle": "bitshuffle",
+    "float_codec": "pcodec",
+    "pcodec_level": 4,  # 0-12; see benchmarks/README.md for the size/speed trade
+}
+
+# pcodec comes through numcodecs: zarr notes that such codecs are not part of the Zarr v3
+# core specification (readers need the numcodecs codec installed; thaldask depends on it)
+warnings.filterwarnings(
+    "ignore", message="Numcodecs codecs are not in the Zarr version 3 specification"
+)
 
 
 def default_layout() -> dict:
@@ -65,6 +81,8 @@ def default_layout() -> dict:
         "cname": config.get("store.compressor") or DEFAULT_LAYOUT["cname"],
         "clevel": int(config.get("store.clevel") or DEFAULT_LAYOUT["clevel"]),
         "shuffle": config.get("store.shuffle") or DEFAULT_LAYOUT["shuffle"],
+        "float_codec": config.get("store.float-codec") or DEFAULT_LAYOUT["float_codec"],
+        "pcodec_level": int(config.get("store.pcodec-level", DEFAULT_LAYOUT["pcodec_level"])),
     }
 
 
@@ -95,16 +113,71 @@ def make_zarr_store(path: str, *, read_only: bool = False, storage_options: dict
     return zarr.storage.LocalStore(path, read_only=read_only)
 
 
-def _codec(dtype, layout: dict | None = None):
+def _codec(dtype, layout: dict | None = None) -> dict:
+    """``zarr.create_array`` codec arguments for a scan array of ``dtype``."""
     from zarr.codecs import BloscCodec
 
     lay = {**default_layout(), **(layout or {})}
-    return BloscCodec(
-        cname=lay["cname"],
-        clevel=int(lay["clevel"]),
-        shuffle=lay["shuffle"] if np.dtype(dtype).itemsize > 1 or lay["shuffle"] != "shuffle" else "noshuffle",
-        typesize=np.dtype(dtype).itemsize,
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and lay.get("float_codec") == "pcodec":
+        from zarr.codecs.numcodecs import PCodec
+
+        return {"serializer": PCodec(level=int(lay["pcodec_level"])), "compressors": None}
+    if lay.get("float_codec") not in ("pcodec", "blosc"):
+        raise ValueError(f"float_codec must be 'pcodec' or 'blosc', not {lay.get('float_codec')!r}")
+    return {
+        "compressors": [
+            BloscCodec(
+                cname=lay["cname"],
+                clevel=int(lay["clevel"]),
+                shuffle=lay["shuffle"] if dtype.itemsize > 1 or lay["shuffle"] != "shuffle" else "noshuffle",
+                typesize=dtype.itemsize,
+            )
+        ]
+    }
+
+
+def _write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
+    """Store ``full`` as chunk ``i`` of ``z`` when that chunk is all of scan ``i``.
+
+    For one-chunk-per-scan arrays encoded ``bytes`` (little endian) + ``blosc``, the chunk
+    is compressed here and handed to the zarr store as one value: the same bytes zarr
+    would write, without the copies of its selection machinery (a third of the write cost
+    for a 256^3 volume). Returns False (nothing written) for any other layout or codec.
+    """
+    import sys
+
+    import numcodecs
+    from zarr.codecs import BloscCodec, BytesCodec
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    md = z.metadata
+    codecs = getattr(md, "codecs", ())
+    if (
+        getattr(md, "zarr_format", None) != 3
+        or tuple(md.chunk_grid.chunk_shape) != (1,) + tuple(z.shape[1:])
+        or len(codecs) != 2
+        or not isinstance(codecs[0], BytesCodec)
+        or not isinstance(codecs[1], BloscCodec)
+        or sys.byteorder != "little"
+        or full.dtype != z.dtype
+        or tuple(full.shape) != tuple(z.shape[1:])
+    ):
+        return False
+    bc = codecs[1]
+    blosc = numcodecs.Blosc(
+        cname=bc.cname.value,
+        clevel=int(bc.clevel),
+        shuffle={"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[bc.shuffle.value],
+        blocksize=int(bc.blocksize),
+        typesize=int(bc.typesize),
     )
+    payload = blosc.encode(np.ascontiguousarray(full))
+    key = z.metadata.encode_chunk_key((int(i),) + (0,) * (z.ndim - 1))
+    path = f"{z.store_path.path}/{key}" if z.store_path.path else key
+    sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(payload)))
+    return True
 
 
 def _spatial_chunks(grid_shape, layout: dict | None = None):
@@ -121,6 +194,7 @@ def quiet_zarr():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+        warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
         yield
 
 
@@ -424,7 +498,7 @@ class CohortStore:
                     chunks=chk,
                     dtype=dt,
                     fill_value=0,
-                    compressors=[codec] if codec is not None else "auto",
+                    **(codec if codec is not None else {"compressors": "auto"}),
                     dimension_names=dn,
                     overwrite=False,
                 )
@@ -487,7 +561,8 @@ class CohortStore:
         else:
             full = np.zeros(z.shape[1:], dtype=z.dtype)
             full[tuple(slice(0, s) for s in data.shape)] = data
-        z[i] = full  # the whole chunk-aligned region of scan i
+        if not _write_whole_chunk(z, i, full):
+            z[i] = full  # the whole chunk-aligned region of scan i
         for key, arr in (extra or {}).items():
             ez = self._array(key, mode="r+")
             efull = np.zeros(ez.shape[1:], dtype=ez.dtype)
