@@ -71,6 +71,14 @@ LAYOUTS = {
     "scan-chunk lz4-5 bitshuffle": {"spatial_chunks": "scan", "cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
     "64^3-chunks zstd3 bitshuffle": {"spatial_chunks": [64, 64, 64], "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
 }
+#: float32 quantitative maps: pcodec (the default) at several levels against blosc
+FLOAT_LAYOUTS = {
+    "default (thaldask.store.*)": None,
+    "pcodec level 2": {"float_codec": "pcodec", "pcodec_level": 2},
+    "pcodec level 8": {"float_codec": "pcodec", "pcodec_level": 8},
+    "blosc lz4-5 bitshuffle": {"float_codec": "blosc", "cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "blosc zstd3 shuffle": {"float_codec": "blosc", "cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+}
 
 
 def _phantom(shape, rng):
@@ -101,7 +109,27 @@ def _synth_image(labels, rng):
     return np.clip(img, 0, 32000).astype(np.int16)
 
 
-def make_inputs(root, n, label_maps=None, rng=0):
+def _synth_r1(labels, rng, decimals):
+    """Float32 R1-like map (s^-1) of a label map: a value per label, blur, noise in the head,
+    rounded to ``decimals`` (as many mapping tools write them) unless None."""
+    from scipy import ndimage
+
+    ids = np.unique(labels)
+    lut = np.zeros(int(ids.max()) + 1, np.float32)
+    lut[ids] = rng.uniform(0.3, 1.6, ids.size)
+    lut[0] = 0
+    r1 = ndimage.gaussian_filter(lut[labels], 1.0)
+    head = labels > 0
+    r1[head] += rng.normal(0, 0.03, int(head.sum())).astype(np.float32)
+    return np.round(r1, decimals) if decimals is not None else r1
+
+
+#: input sets: integer images with label-map masks, and float32 quantitative maps written with
+#: 4 decimals and at full precision (timed and sized separately: different codecs apply)
+KINDS = ("int16 T1w + masks", "float32 R1, 4 decimals", "float32 R1, full precision")
+
+
+def make_inputs(root, n, label_maps=None, rng=0, kind=KINDS[0]):
     import nibabel as nib
 
     rng = np.random.default_rng(rng)
@@ -109,6 +137,7 @@ def make_inputs(root, n, label_maps=None, rng=0):
     maps = sorted(
         os.path.join(label_maps, f) for f in os.listdir(label_maps) if f.endswith(".nii.gz")
     ) if label_maps else []
+    os.makedirs(root, exist_ok=True)
     for k in range(n):
         if maps:
             src = nib.load(maps[k % len(maps)])
@@ -118,25 +147,33 @@ def make_inputs(root, n, label_maps=None, rng=0):
             lab = _phantom((182, 218, 182), rng)
             aff = np.diag([1.0, 1.0, 1.0, 1.0])
             aff[:3, 3] = [-90, -126, -72]
-        img = _synth_image(lab, rng)
-        fi, fm = f"sub-{k:03d}_T1w.nii.gz", f"sub-{k:03d}_aseg.nii.gz"
-        nib.save(nib.Nifti1Image(img, aff), os.path.join(root, fi))
-        nib.save(nib.Nifti1Image(lab.astype(np.uint8 if lab.max() < 256 else np.int16), aff),
-                 os.path.join(root, fm))
-        rows.append(f"sub-{k:03d},baseline,A,image,T1w,,,{fi}")
-        rows.append(f"sub-{k:03d},baseline,A,mask,T1w,freesurfer,freesurfer,{fm}")
+        if kind == KINDS[0]:
+            img = _synth_image(lab, rng)
+            fi, fm = f"sub-{k:03d}_T1w.nii.gz", f"sub-{k:03d}_aseg.nii.gz"
+            nib.save(nib.Nifti1Image(img, aff), os.path.join(root, fi))
+            nib.save(nib.Nifti1Image(lab.astype(np.uint8 if lab.max() < 256 else np.int16), aff),
+                     os.path.join(root, fm))
+            rows.append(f"sub-{k:03d},baseline,A,image,T1w,,,{fi}")
+            rows.append(f"sub-{k:03d},baseline,A,mask,T1w,freesurfer,freesurfer,{fm}")
+        else:
+            img = _synth_r1(lab, rng, 4 if kind == KINDS[1] else None)
+            fi = f"sub-{k:03d}_R1map.nii.gz"
+            nib.save(nib.Nifti1Image(img, aff), os.path.join(root, fi))
+            rows.append(f"sub-{k:03d},baseline,A,image,R1,,,{fi}")
     p = os.path.join(root, "manifest.csv")
     with open(p, "w") as f:
         f.write("\n".join(rows) + "\n")
     return p
 
 
-def _timed(fn, repeat):
-    """Best (wall, process CPU) seconds over ``repeat`` runs; CPU time counts every thread
-    of this process (zarr compresses in its own thread), so it is the per-core cost and
-    robust to other load on the machine."""
+def _timed(fn, repeat, setup=None):
+    """Best (wall, process CPU) seconds over ``repeat`` runs of ``fn`` (``setup`` runs
+    untimed before each); CPU time counts every thread of this process (blosc and zarr work
+    in their own threads), so it is the per-core cost and robust to other load."""
     best_w = best_c = float("inf")
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         w0, c0 = time.perf_counter(), time.process_time()
         fn()
         best_w = min(best_w, time.perf_counter() - w0)
@@ -153,113 +190,118 @@ def _dir_size(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def run(args):
+def run_kind(work, kind, args):
+    """Anchors and every layout on one input set; returns its result dict."""
     import dask
     import nibabel as nib
 
     from thaldask.store import ingest, open_store
 
-    work = tempfile.mkdtemp(prefix="thaldask-bench-", dir=args.tmp)
-    try:
-        inp = os.path.join(work, "in")
-        os.makedirs(inp)
-        t = time.perf_counter()
-        man = make_inputs(inp, args.scans, args.label_maps)
-        print(f"inputs: {args.scans} scans written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        files = sorted(os.path.join(inp, f) for f in os.listdir(inp) if f.endswith(".nii.gz"))
-        gz_bytes = sum(os.path.getsize(f) for f in files)
-        # voxel bytes of the inputs (decompressed payload)
-        raw_bytes = 0
+    inp = os.path.join(work, "in")
+    t = time.perf_counter()
+    man = make_inputs(inp, args.scans, args.label_maps, kind=kind)
+    print(f"{kind}: {args.scans} scans written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    files = sorted(os.path.join(inp, f) for f in os.listdir(inp) if f.endswith(".nii.gz"))
+    gz_bytes = sum(os.path.getsize(f) for f in files)
+    raw_bytes = 0  # voxel bytes of the inputs (decompressed payload)
+    for f in files:
+        with open(f, "rb") as fh:
+            raw_bytes += len(gzip.decompress(fh.read()))
+    mb = raw_bytes / 1e6
+
+    def gunzip():
         for f in files:
             with open(f, "rb") as fh:
-                raw_bytes += len(gzip.decompress(fh.read()))
-        mb = raw_bytes / 1e6
+                gzip.decompress(fh.read())
 
-        def gunzip():
+    out_np = os.path.join(work, "npy")
+
+    def naive():
+        os.makedirs(out_np, exist_ok=True)
+        for f in files:
+            img = nib.load(f)
+            arr = img.get_fdata(dtype=np.float32) if "_aseg" not in f else np.asarray(img.dataobj)
+            np.save(os.path.join(out_np, os.path.basename(f) + ".npy"), arr)
+
+    results = []
+    wall, cpu = _timed(gunzip, args.repeat)
+    results.append(_row("gunzip (bound)", mb, wall, cpu))
+    wall, cpu = _timed(naive, args.repeat)
+    results.append(_row("nibabel+np.save (naive)", mb, wall, cpu, _dir_size(out_np) / gz_bytes))
+    shutil.rmtree(out_np)
+    try:
+        from isal import igzip
+
+        def isal_gunzip():
             for f in files:
                 with open(f, "rb") as fh:
-                    gzip.decompress(fh.read())
+                    igzip.decompress(fh.read())
 
-        out_np = os.path.join(work, "npy")
+        wall, cpu = _timed(isal_gunzip, args.repeat)
+        results.append(_row("isal gunzip (what ingest uses)", mb, wall, cpu))
+    except ImportError:
+        pass
+    store = os.path.join(work, "s.zarr")
+    with dask.config.set(scheduler="sync"):
+        ingest(man, store, progress=False)  # warm-up: imports, caches
+    layouts = LAYOUTS if kind == KINDS[0] else FLOAT_LAYOUTS
+    contrast = "T1w" if kind == KINDS[0] else "R1"
+    for name, layout in layouts.items():
 
-        def naive():
-            os.makedirs(out_np, exist_ok=True)
-            for f in files:
-                img = nib.load(f)
-                arr = img.get_fdata(dtype=np.float32) if "T1w" in f else np.asarray(img.dataobj)
-                np.save(os.path.join(out_np, os.path.basename(f) + ".npy"), arr)
+        def one(layout=layout):
+            with dask.config.set(scheduler="sync"):  # one core, no task overlap
+                rep = ingest(man, store, progress=False, layout=layout)
+            assert (rep.status == "written").all(), rep.reason.tolist()
 
-        results = []
-        wall, cpu = _timed(gunzip, args.repeat)
-        results.append(_row("gunzip (bound)", mb, wall, cpu))
-        wall, cpu = _timed(naive, args.repeat)
-        results.append(_row("nibabel+np.save (naive)", mb, wall, cpu, _dir_size(out_np) / gz_bytes))
-        shutil.rmtree(out_np)
-        try:
-            from isal import igzip
+        wall, cpu = _timed(one, args.repeat, setup=lambda: shutil.rmtree(store, ignore_errors=True))
+        st = open_store(store)
 
-            def isal_gunzip():
-                for f in files:
-                    with open(f, "rb") as fh:
-                        igzip.decompress(fh.read())
-
-            wall, cpu = _timed(isal_gunzip, args.repeat)
-            results.append(_row("isal gunzip (what ingest uses)", mb, wall, cpu))
-        except ImportError:
-            pass
-        store = os.path.join(work, "s.zarr")
-        with dask.config.set(scheduler="sync"):
-            ingest(man, store, progress=False)  # warm-up: imports, caches
-        shutil.rmtree(store)
-        for name, layout in LAYOUTS.items():
-
-            def one(layout=layout):
-                shutil.rmtree(store, ignore_errors=True)
-                with dask.config.set(scheduler="sync"):  # one core, no task overlap
-                    rep = ingest(man, store, progress=False, layout=layout)
-                assert (rep.status == "written").all(), rep.reason.tolist()
-
-            wall, cpu = _timed(one, args.repeat)
-            st = open_store(store)
-            layout = st._attrs["layout"]
-
-            def read(st=st):
-                for i in range(st.n_scans):
-                    st.load_image("T1w", i)
+        def read(st=st):
+            for i in range(st.n_scans):
+                st.load_image(contrast, i)
+                if kind == KINDS[0]:
                     st.load_mask("freesurfer", "T1w", i)
 
-            rwall, rcpu = _timed(read, args.repeat)
-            row = _row(f"ingest {name}", mb, wall, cpu, _dir_size(store) / gz_bytes)
-            row["read_mb_s"] = mb / rwall
-            row["read_mb_s_cpu"] = mb / rcpu
-            row["layout"] = layout
-            row["image_dtype"] = str(st._array("images/T1w").dtype)
-            results.append(row)
-            shutil.rmtree(store)
-        for r in results:
-            for k in ("mb_s", "mb_s_cpu"):
-                r[f"ratio_to_gunzip{k[4:]}"] = r[k] / results[0][k]
-                r[f"ratio_to_naive{k[4:]}"] = r[k] / results[1][k]
-        import zarr
+        rwall, rcpu = _timed(read, args.repeat)
+        row = _row(f"ingest {name}", mb, wall, cpu, _dir_size(store) / gz_bytes)
+        row["read_mb_s"] = mb / rwall
+        row["read_mb_s_cpu"] = mb / rcpu
+        row["layout"] = st._attrs["layout"]
+        row["image_dtype"] = str(st._array(f"images/{contrast}").dtype)
+        row["codecs"] = [type(c).__name__ for c in st._array(f"images/{contrast}").metadata.codecs]
+        results.append(row)
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(inp, ignore_errors=True)
+    for r in results:
+        for k in ("mb_s", "mb_s_cpu"):
+            r[f"ratio_to_gunzip{k[4:]}"] = r[k] / results[0][k]
+            r[f"ratio_to_naive{k[4:]}"] = r[k] / results[1][k]
+    return {"kind": kind, "input_voxel_mb": mb, "input_gz_mb": gz_bytes / 1e6, "results": results}
 
-        info = {
-            "benchmark": "ingest",
-            "scans": args.scans,
-            "inputs": "label maps" if args.label_maps else "phantom",
-            "input_voxel_mb": mb,
-            "input_gz_mb": gz_bytes / 1e6,
-            "results": results,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                         "zarr": zarr.__version__, "nibabel": nib.__version__, "dask": dask.__version__},
-            "hardware": {"machine": platform.machine(), "processor": _cpu(), "cpus": os.cpu_count(),
-                         "load_avg_start": args._load},
-            "threads": 1,
-            "repeat": args.repeat,
-        }
-        return info
+
+def run(args):
+    import dask
+    import nibabel as nib
+    import zarr
+
+    work = tempfile.mkdtemp(prefix="thaldask-bench-", dir=args.tmp)
+    try:
+        sets = [run_kind(work, kind, args) for kind in args.kinds]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return {
+        "benchmark": "ingest",
+        "scans": args.scans,
+        "inputs": "label maps" if args.label_maps else "phantom",
+        "sets": sets,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                     "zarr": zarr.__version__, "nibabel": nib.__version__, "dask": dask.__version__},
+        "hardware": {"machine": platform.machine(), "processor": _cpu(), "cpus": os.cpu_count(),
+                     "load_avg_start": args._load},
+        "threads": 1,
+        "repeat": args.repeat,
+    }
 
 
 def _cpu():
@@ -274,18 +316,20 @@ def _cpu():
 
 
 def print_table(info):
-    print(f"inputs: {info['scans']} scans ({info['inputs']}), {info['input_voxel_mb']:.0f} MB voxels, "
-          f"{info['input_gz_mb']:.0f} MB .nii.gz; 1 thread; peak RSS {info['peak_rss_mb']:.0f} MB")
+    print(f"{info['scans']} scans per input set ({info['inputs']}); 1 thread; "
+          f"peak RSS {info['peak_rss_mb']:.0f} MB")
     print("MB/s = uncompressed input voxels per second; CPU = per core (process CPU time)")
-    print(f"{'run':34s} {'wall s':>7s} {'CPU s':>6s} {'MB/s':>7s} {'CPU MB/s':>8s} {'xgunzip':>8s} "
-          f"{'xnaive':>7s} {'size/gz':>7s} {'read MB/s':>9s}")
-    for r in info["results"]:
-        sr = f"{r['size_ratio']:.2f}" if r["size_ratio"] is not None else "-"
-        rd = f"{r['read_mb_s']:.0f}" if r["read_mb_s"] is not None else "-"
-        print(f"{r['name']:34s} {r['seconds']:7.2f} {r['cpu_seconds']:6.2f} {r['mb_s']:7.1f} "
-              f"{r['mb_s_cpu']:8.1f} {r['ratio_to_gunzip_cpu']:8.2f} {r['ratio_to_naive_cpu']:7.2f} "
-              f"{sr:>7s} {rd:>9s}")
-    print("xgunzip/xnaive: ratios of CPU MB/s (wall-clock ratios are in the JSON)")
+    for s in info["sets"]:
+        print(f"\n{s['kind']}: {s['input_voxel_mb']:.0f} MB voxels, {s['input_gz_mb']:.0f} MB .nii.gz")
+        print(f"{'run':34s} {'wall s':>7s} {'CPU s':>6s} {'MB/s':>7s} {'CPU MB/s':>8s} {'xgunzip':>8s} "
+              f"{'xnaive':>7s} {'size/gz':>7s} {'read MB/s':>9s}")
+        for r in s["results"]:
+            sr = f"{r['size_ratio']:.2f}" if r["size_ratio"] is not None else "-"
+            rd = f"{r['read_mb_s']:.0f}" if r["read_mb_s"] is not None else "-"
+            print(f"{r['name']:34s} {r['seconds']:7.2f} {r['cpu_seconds']:6.2f} {r['mb_s']:7.1f} "
+                  f"{r['mb_s_cpu']:8.1f} {r['ratio_to_gunzip_cpu']:8.2f} {r['ratio_to_naive_cpu']:7.2f} "
+                  f"{sr:>7s} {rd:>9s}")
+    print("\nxgunzip/xnaive: ratios of CPU MB/s (wall-clock ratios are in the JSON)")
 
 
 def main(argv=None):
@@ -295,6 +339,8 @@ def main(argv=None):
     ap.add_argument("--label-maps", default=None, help="folder of FreeSurfer label maps (.nii.gz)")
     ap.add_argument("--out", default="ingest-benchmark.json")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: system temp)")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
+                    help=f"input sets to run (default all: {'; '.join(KINDS)})")
     args = ap.parse_args(argv)
     args._load = os.getloadavg()[0]
     info = run(args)
