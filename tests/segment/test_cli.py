@@ -91,6 +91,39 @@ def test_train_label_maps_two_steps_writes_weights_that_load(tmp_path, anatomy):
 
 
 @pytest.mark.slow
+def test_train_is_bit_reproducible_also_when_stopped_and_resumed(tmp_path, anatomy):
+    """What lets ``thaldask train`` reproduce the shipped weights: same maps, seed and steps
+    give the same bytes, whether the run goes through or is stopped and resumed."""
+    import hashlib
+
+    from seg_helpers import crop_around_thalami
+
+    labels, affine = crop_around_thalami(*anatomy, size_mm=(140, 140, 130))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for k in range(2):
+        nib.save(nib.Nifti1Image(labels.astype(np.int16), affine), maps / f"m{k}.nii.gz")
+    base = ["train", "--label-maps", str(maps), "--steps", "4", "--seed", "5"]
+    digests = {}
+    for run in ("a", "b"):
+        r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / run)])
+        assert r.exit_code == 0, r.output
+        digests[run] = hashlib.sha256((tmp_path / run / "thalnet.pt").read_bytes()).hexdigest()
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c"), "--stop-after", "2"])
+    assert r.exit_code == 0 and "stopped after step 2" in r.output, r.output
+    assert not (tmp_path / "c" / "train_history.json").exists()
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    digests["c"] = hashlib.sha256((tmp_path / "c" / "thalnet.pt").read_bytes()).hexdigest()
+    assert digests["a"] == digests["b"] == digests["c"]
+    assert digests["a"] in r.output
+    # a different seed trains different weights
+    r = CliRunner().invoke(main, [*base[:-1], "6", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert hashlib.sha256((tmp_path / "d" / "thalnet.pt").read_bytes()).hexdigest() != digests["a"]
+
+
+@pytest.mark.slow
 def test_train_manifest_finetunes_from_shipped_weights(tmp_path, small_scans):
     img, truth, aff = small_scans["T1w"]
     nib.save(nib.Nifti1Image(img, aff), tmp_path / "a.nii.gz")

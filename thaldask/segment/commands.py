@@ -128,13 +128,17 @@ def segment_command(store, model, contrasts, ensembles, kinds, device, batch_siz
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
               help="Fine-tune on your own images with ground truth (manifest with image and gt rows).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
-@click.option("--steps", default=None, type=int, help="Training steps (default 1500; fine-tuning 300).")
+@click.option("--steps", default=None, type=int,
+              help="Training steps (default: the shipped recipe's 2000; fine-tuning 300).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Start from these weights (default for --manifest: the shipped ones).")
-@click.option("--threads", default=2, show_default=True, help="torch threads.")
+@click.option("--threads", default=1, show_default=True,
+              help="torch threads (the shipped weights were trained with 1).")
+@click.option("--stop-after", type=int, default=None,
+              help="Checkpoint and stop after this many steps; the same command resumes.")
 @handle_errors
-def train_command(label_maps, manifest, out, steps, seed, init, threads):
+def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_after):
     """Train the built-in thalnet model (reproduces the shipped weights) or fine-tune it."""
     from thaldask.segment import train
 
@@ -143,8 +147,13 @@ def train_command(label_maps, manifest, out, steps, seed, init, threads):
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if label_maps:
         cfg = train.TrainConfig(steps=steps or train.TrainConfig.steps, seed=seed, threads=threads)
-        res = train.train_model(label_maps, out, cfg, init=init, log=log)
+        res = train.train_model(label_maps, out, cfg, init=init, log=log, stop_after=stop_after)
+        if res["stopped"]:
+            click.echo(f"stopped after step {res['steps']}; run the same command to resume")
+            return
     else:
+        if stop_after is not None:
+            fail("--stop-after applies to training from --label-maps")
         res = train.finetune_manifest(manifest, out, steps=steps or 300, seed=seed, init=init,
                                       threads=threads, log=log)
     click.echo(f"weights: {res['weights']}\nsha256: {res['sha256']}")

@@ -40,7 +40,7 @@ MULTI_SUBSETS = ((0, 2), (0, 1), (1, 2), (0, 1, 2))
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     seed: int = 0
     batch: int = 2
     lr: float = 1e-3
@@ -278,8 +278,14 @@ def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dic
     return res
 
 
-def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, log=print) -> dict:
+def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, log=print,
+                stop_after: int | None = None) -> dict:
     """Train localiser + region-of-interest network; resumable from ``out/checkpoint.pt``.
+
+    With one torch thread on CPU the result is bit-reproducible: the same label maps, seed
+    and ``cfg`` give the same weights, also when the run is stopped and resumed (every random
+    draw comes from one generator whose state is checkpointed). Keep ``cfg.steps`` the same
+    across a resume: it sets the learning-rate schedule.
 
     Parameters
     ----------
@@ -290,6 +296,9 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
         ``train_log.jsonl``.
     init : path, optional
         Weights file to start from (fine-tuning).
+    stop_after : int, optional
+        Checkpoint and return once this many steps are done (train in slices on a shared
+        machine; run again to resume).
     """
     cfg = cfg or TrainConfig()
     out = Path(out)
@@ -389,16 +398,22 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
             if history:
                 history[-1]["val"] = val
             export_weights(roi_net, loc_net, meta(done, val), out)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        stop = stop_after is not None and done >= stop_after and done < cfg.steps
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
             _atomic_save(dict(roi=roi_net.state_dict(), loc=loc_net.state_dict(),
                               opt_roi=opt_roi.state_dict(), opt_loc=opt_loc.state_dict(),
                               step=done, history=history, gen=gen.get_state()), ckpt_path)
             export_weights(roi_net, loc_net, meta(done, val), out)
+        if stop:
+            log(f"stopped after step {done} of {cfg.steps}; run again to resume")
+            return dict(weights=str(out / "thalnet.pt"), sha256=None, validation=val, steps=done,
+                        stopped=True)
     sha = export_weights(roi_net, loc_net, meta(cfg.steps, val), out)
     with open(out / "train_history.json", "w") as f:
         json.dump(history, f)
     log(f"done: {cfg.steps} steps, weights {out / 'thalnet.pt'} sha256 {sha}")
-    return dict(weights=str(out / "thalnet.pt"), sha256=sha, validation=val, steps=cfg.steps)
+    return dict(weights=str(out / "thalnet.pt"), sha256=sha, validation=val, steps=cfg.steps,
+                stopped=False)
 
 
 def main(argv=None):
@@ -412,9 +427,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=TrainConfig.batch)
     p.add_argument("--init", default=None)
     p.add_argument("--threads", type=int, default=TrainConfig.threads)
+    p.add_argument("--stop-after", type=int, default=None)
     a = p.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, seed=a.seed, batch=a.batch, threads=a.threads)
-    train_model(a.label_maps, a.out, cfg, init=a.init, log=lambda m: print(m, flush=True))
+    train_model(a.label_maps, a.out, cfg, init=a.init, log=lambda m: print(m, flush=True),
+                stop_after=a.stop_after)
 
 
 if __name__ == "__main__":  # pragma: no cover
