@@ -50,3 +50,30 @@ def test_thalnet_heldout_thick_slices_beats_baseline(thalnet, anatomy):
     base = _mean_dice(sphere_baseline(img.shape, aff), truth)
     assert model > 0.85
     assert model > base + 0.2, (model, base)
+
+
+def test_evaluate_segmenter_volume_error_matches_dice_algebra(anatomy):
+    """An all-left prediction of N voxels has Dice 2T/(N+T) and volume error 100 (N-T)/T for
+    true volume T; an empty one -100 % for both sides."""
+    from seg_helpers import crop_around_thalami
+
+    from thaldask.segment.validate import evaluate_segmenter
+
+    labels, affine = crop_around_thalami(*anatomy, size_mm=(80, 70, 60))
+    sizes = []
+
+    def all_left(img, aff, contrast):
+        sizes.append(img.size)
+        return np.ones(img.shape, np.uint8)
+
+    rows = evaluate_segmenter(all_left, [("m", labels, affine)], contrasts=("T1w",),
+                              spacings=((1.0, 1.0, 1.0),))
+    left, right = rows
+    n = sizes[0]
+    t = left["dice"] * n / (2 - left["dice"])
+    assert 500 < t < n
+    assert left["volume_error"] == pytest.approx(100 * (n - t) / t, rel=1e-9)
+    assert right["volume_error"] == -100 and right["dice"] == 0
+    rows = evaluate_segmenter(lambda img, aff, c: np.zeros(img.shape, np.uint8), [("m", labels, affine)],
+                              contrasts=("FLAIR",), spacings=((1.0, 1.0, 1.5),))
+    assert [r["volume_error"] for r in rows] == [-100, -100]

@@ -63,9 +63,14 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     import pandas as pd
 
     df = pd.DataFrame(rows)
-    table = df.groupby(["contrast", "spacing"])["dice"].agg(["mean", "min"]).round(4)
-    out = {f"{c}@{s}": dict(mean=float(r["mean"]), min=float(r["min"])) for (c, s), r in table.iterrows()}
+    g = df.groupby(["contrast", "spacing"])
+    table = g["dice"].agg(["mean", "min"]).round(4)
+    table["volume_error"] = g["volume_error"].mean().round(2)
+    out = {f"{c}@{s}": dict(mean=float(r["mean"]), min=float(r["min"]),
+                            volume_error_pct=float(r["volume_error"]))
+           for (c, s), r in table.iterrows()}
     out["overall_mean"] = float(df["dice"].mean())
+    out["overall_volume_error_pct"] = float(df["volume_error"].mean())
     out["per_scan"] = rows
     return out
 
@@ -168,11 +173,17 @@ def _markdown(card: dict) -> str:
         lines.append(f"| {k} | {d:.3f} |")
     if "validation_full" in card:
         f = card["validation_full"]
-        lines += ["", f"Full inference path: {f['description']}.", "", "| contrast @ voxel size (mm) | mean Dice | min Dice |", "|---|---|---|"]
+        lines += ["", f"Full inference path: {f['description']}.", "",
+                  "| contrast @ voxel size (mm) | mean Dice | min Dice | mean volume error |",
+                  "|---|---|---|---|"]
         for k, d in f.items():
             if isinstance(d, dict) and "mean" in d:
-                lines.append(f"| {k} | {d['mean']:.3f} | {d['min']:.3f} |")
+                ve = f"{d['volume_error_pct']:+.1f} %" if "volume_error_pct" in d else "-"
+                lines.append(f"| {k} | {d['mean']:.3f} | {d['min']:.3f} | {ve} |")
         lines.append(f"\nOverall mean Dice: {f['overall_mean']:.3f}")
+        if "overall_volume_error_pct" in f:
+            lines.append(f"Overall mean volume error (predicted - true): "
+                         f"{f['overall_volume_error_pct']:+.1f} %")
     lines += [
         "",
         "## Limits",

@@ -89,7 +89,10 @@ def dice(pred: np.ndarray, truth: np.ndarray, side: int) -> float:
 
 def evaluate_segmenter(predict, maps, *, contrasts=("T1w", "FLAIR", "R1"),
                        spacings=((1.0, 1.0, 1.0), (1.0, 1.0, 1.5)), seed=0):
-    """Dice per (map, contrast, spacing, side) of ``predict(image, affine, contrast) -> labels``.
+    """Dice and volume error per (map, contrast, spacing, side) of
+    ``predict(image, affine, contrast) -> labels``.
+
+    ``volume_error`` is (predicted - true) / true voxel count, in percent.
 
     ``maps``: iterable of (name, labels, affine). A contrast like ``"T1w+FLAIR+R1"`` passes
     co-registered renders stacked as (C, X, Y, Z). Returns a list of dict rows.
@@ -106,8 +109,11 @@ def evaluate_segmenter(predict, maps, *, contrasts=("T1w", "FLAIR", "R1"),
                     img = np.stack([r[0] for r in renders])
                 pred = predict(img, aff, c)
                 for side, sname in ((1, "left"), (2, "right")):
+                    n_true = int(np.count_nonzero(truth == side))
+                    n_pred = int(np.count_nonzero(pred == side))
                     rows.append(dict(map=name, contrast=c, spacing="x".join(f"{v:g}" for v in sp),
-                                     side=sname, dice=dice(pred, truth, side)))
+                                     side=sname, dice=dice(pred, truth, side),
+                                     volume_error=100.0 * (n_pred - n_true) / max(n_true, 1)))
     return rows
 
 
