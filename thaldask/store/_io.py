@@ -313,9 +313,11 @@ def fast_sides(data: np.ndarray, conv, *, allowed: set | None = None) -> np.ndar
     if conv.binary:
         hit = any_of(conv.ids) if conv.ids else data != 0
         return hit.view(np.uint8)
-    left = any_of(conv.left).view(np.uint8)
+    out = any_of(conv.left).view(np.uint8)
     right = any_of(conv.right).view(np.uint8)
-    return left + (right << 1)
+    np.add(out, right, out=out)  # left + 2 * right, without temporaries
+    np.add(out, right, out=out)
+    return out
 
 
 def c_copy(src: np.ndarray, out_shape=None, dtype=None) -> np.ndarray:
