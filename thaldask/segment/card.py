@@ -124,7 +124,7 @@ def install_weights(weights, *, heldout: dict | None = None, notes: str = "") ->
             description="full inference path (localiser, head-region search, ROI network with flip "
                         "averaging, resampling back) on whole-head renders of "
                         "the held-out maps; tissue priors with jitter, blur, bias field, noise; "
-                        "1x1x1.5 = thick slices along z; Dice per side",
+                        "1x1x1.5 = thick slices along z; Dice and volume error per side",
             **heldout,
         )
     for k in ("fine_tuned_from", "fine_tune_manifest", "fine_tune_steps"):
@@ -165,7 +165,7 @@ def _markdown(card: dict) -> str:
         lines.append(f"- notes: {t['notes']}")
     lines += ["", "## Validation (held-out anatomy)", ""]
     v = card["validation_roi"]
-    lines.append(f"ROI network: {v['description']}.")
+    lines.append(f"ROI network alone: {v['description'].removeprefix('ROI network alone on ')}.")
     lines.append("")
     lines.append("| contrast | Dice |")
     lines.append("|---|---|")
@@ -173,7 +173,7 @@ def _markdown(card: dict) -> str:
         lines.append(f"| {k} | {d:.3f} |")
     if "validation_full" in card:
         f = card["validation_full"]
-        lines += ["", f"Full inference path: {f['description']}.", "",
+        lines += ["", f"Full inference path {f['description'].removeprefix('full inference path ')}.", "",
                   "| contrast @ voxel size (mm) | mean Dice | min Dice | mean volume error |",
                   "|---|---|---|---|"]
         for k, d in f.items():
