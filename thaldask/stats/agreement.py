@@ -140,11 +140,12 @@ def icc_a1(x, y, *, alpha: float = 0.05) -> tuple[float, float, float]:
     msc = ssc / (k - 1)
     mse = sse / ((n - 1) * (k - 1))
     icc = (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
-    # McGraw & Wong (1996), case 2A: Satterthwaite degrees of freedom
-    a = k * icc / (n * (1 - icc))
-    b = 1 + k * icc * (n - 1) / (n * (1 - icc))
-    v = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
+    # McGraw & Wong (1996), case 2A: Satterthwaite degrees of freedom (for icc = 1, perfect
+    # agreement, they are undefined and so is the interval: NaN, without numpy's warnings)
     with np.errstate(all="ignore"):
+        a = k * icc / (n * (1 - icc))
+        b = 1 + k * icc * (n - 1) / (n * (1 - icc))
+        v = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
         f_lo = stats.f.ppf(1 - alpha / 2, n - 1, v)
         f_hi = stats.f.ppf(1 - alpha / 2, v, n - 1)
         lo = n * (msr - f_lo * mse) / (f_lo * (k * msc + (k * n - k - n) * mse) + n * msr)
