@@ -278,6 +278,19 @@ def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dic
     return res
 
 
+def _train_step(net, opt, make_sample, maps: LabelMaps, train_idx, gen, cfg: TrainConfig) -> float:
+    """One optimiser step on a batch of fresh samples of random training maps; the loss."""
+    pairs = [make_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))], gen, cfg)
+             for _ in range(cfg.batch)]
+    x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=torch.channels_last_3d)
+    y = torch.stack([p[1] for p in pairs])
+    loss = seg_loss(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
 def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, log=print,
                 stop_after: int | None = None) -> dict:
     """Train localiser + region-of-interest network; resumable from ``out/checkpoint.pt``.
@@ -365,25 +378,9 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
         lr = cfg.lr * (1 - frac) ** 0.9
         for g in opt_roi.param_groups + opt_loc.param_groups:
             g["lr"] = lr
-        pairs = [make_roi_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))],
-                                 gen, cfg) for _ in range(cfg.batch)]
-        x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=cl)
-        y = torch.stack([p[1] for p in pairs])
-        loss = seg_loss(roi_net(x), y)
-        opt_roi.zero_grad()
-        loss.backward()
-        opt_roi.step()
-        losses.append(float(loss.detach()))
+        losses.append(_train_step(roi_net, opt_roi, make_roi_sample, maps, train_idx, gen, cfg))
         if step % cfg.loc_every == 0:
-            pairs = [make_loc_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))],
-                                     gen, cfg) for _ in range(cfg.batch)]
-            x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=cl)
-            y = torch.stack([p[1] for p in pairs])
-            lloss = seg_loss(loc_net(x), y)
-            opt_loc.zero_grad()
-            lloss.backward()
-            opt_loc.step()
-            llosses.append(float(lloss.detach()))
+            llosses.append(_train_step(loc_net, opt_loc, make_loc_sample, maps, train_idx, gen, cfg))
         done = step + 1
         if done % 10 == 0:
             rate = 10 / (time.time() - tl)
