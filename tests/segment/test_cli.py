@@ -145,3 +145,14 @@ def test_train_manifest_finetunes_from_shipped_weights(tmp_path, small_scans):
 def test_train_needs_exactly_one_source(tmp_path):
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "exactly one" in r.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_train_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    r = CliRunner().invoke(main, ["train", "--label-maps", str(maps), "--out", str(tmp_path / "run"),
+                                  "--device", "cuda"])
+    assert r.exit_code != 0 and "no CUDA device" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+

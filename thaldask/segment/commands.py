@@ -137,8 +137,10 @@ def segment_command(store, model, contrasts, ensembles, kinds, device, batch_siz
               help="torch threads (the shipped weights were trained with 1).")
 @click.option("--stop-after", type=int, default=None,
               help="Checkpoint and stop after this many steps; the same command resumes.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when available), cpu or cuda; the shipped weights are reproduced on cpu.")
 @handle_errors
-def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_after):
+def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_after, device):
     """Train the built-in thalnet model (reproduces the shipped weights) or fine-tune it."""
     from thaldask.segment import train
 
@@ -147,7 +149,8 @@ def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_af
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if label_maps:
         cfg = train.TrainConfig(steps=steps or train.TrainConfig.steps, seed=seed, threads=threads)
-        res = train.train_model(label_maps, out, cfg, init=init, log=log, stop_after=stop_after)
+        res = train.train_model(label_maps, out, cfg, init=init, log=log, stop_after=stop_after,
+                                device=device)
         if res["stopped"]:
             click.echo(f"stopped after step {res['steps']}; run the same command to resume")
             return
@@ -155,7 +158,7 @@ def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_af
         if stop_after is not None:
             fail("--stop-after applies to training from --label-maps")
         res = train.finetune_manifest(manifest, out, steps=steps or 300, seed=seed, init=init,
-                                      threads=threads, log=log)
+                                      threads=threads, log=log, device=device)
     click.echo(f"weights: {res['weights']}\nsha256: {res['sha256']}")
 
 

@@ -242,9 +242,9 @@ def _atomic_save(obj, path: Path):
 def export_weights(roi_net, loc_net, meta: dict, out: Path) -> str:
     """Write fp16 weights ``thalnet.pt`` and return their SHA-256."""
     payload = {
-        "roi": {k: v.half() for k, v in roi_net.state_dict().items()},
+        "roi": {k: v.detach().cpu().half() for k, v in roi_net.state_dict().items()},
         "roi_config": roi_net.config,
-        "loc": {k: v.half() for k, v in loc_net.state_dict().items()},
+        "loc": {k: v.detach().cpu().half() for k, v in loc_net.state_dict().items()},
         "loc_config": loc_net.config,
         "meta": meta,
     }
@@ -255,6 +255,7 @@ def export_weights(roi_net, loc_net, meta: dict, out: Path) -> str:
 
 def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dict:
     """Dice of the region-of-interest network on fixed renders of held-out maps."""
+    device = next(roi_net.parameters()).device
     roi_net.eval()
     res = {}
     with torch.no_grad():
@@ -264,14 +265,14 @@ def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dic
                 gen = torch.Generator().manual_seed(10_000 + 97 * i + ci)
                 img, tgt = make_roi_sample(maps, i, gen, cfg, slots=(0,), contrasts=(contrast,) * 3,
                                            deform=False)
-                pred = roi_net(img[None]).argmax(1)[0]
+                pred = roi_net(img[None].to(device)).argmax(1)[0].cpu()
                 ds.extend(dice_sides(pred, tgt))
             res[contrast] = float(np.nanmean(ds))
         ds = []
         for i in held:
             gen = torch.Generator().manual_seed(20_000 + 97 * i)
             img, tgt = make_roi_sample(maps, i, gen, cfg, slots=(0, 1, 2), contrasts=SLOTS, deform=False)
-            pred = roi_net(img[None]).argmax(1)[0]
+            pred = roi_net(img[None].to(device)).argmax(1)[0].cpu()
             ds.extend(dice_sides(pred, tgt))
         res["T1w+FLAIR+R1"] = float(np.nanmean(ds))
     roi_net.train()
@@ -279,11 +280,15 @@ def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dic
 
 
 def _train_step(net, opt, make_sample, maps: LabelMaps, train_idx, gen, cfg: TrainConfig) -> float:
-    """One optimiser step on a batch of fresh samples of random training maps; the loss."""
+    """One optimiser step on a batch of fresh samples of random training maps; the loss.
+
+    Samples are generated on the CPU (one random stream, whatever the device), the step runs
+    on the network's device."""
+    device = next(net.parameters()).device
     pairs = [make_sample(maps, train_idx[int(torch.randint(len(train_idx), (1,), generator=gen))], gen, cfg)
              for _ in range(cfg.batch)]
-    x = torch.stack([p[0] for p in pairs]).contiguous(memory_format=torch.channels_last_3d)
-    y = torch.stack([p[1] for p in pairs])
+    x = torch.stack([p[0] for p in pairs]).to(device).contiguous(memory_format=torch.channels_last_3d)
+    y = torch.stack([p[1] for p in pairs]).to(device)
     loss = seg_loss(net(x), y)
     opt.zero_grad()
     loss.backward()
@@ -292,7 +297,7 @@ def _train_step(net, opt, make_sample, maps: LabelMaps, train_idx, gen, cfg: Tra
 
 
 def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, log=print,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, device="cpu") -> dict:
     """Train localiser + region-of-interest network; resumable from ``out/checkpoint.pt``.
 
     With one torch thread on CPU the result is bit-reproducible: the same label maps, seed
@@ -312,7 +317,12 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
     stop_after : int, optional
         Checkpoint and return once this many steps are done (train in slices on a shared
         machine; run again to resume).
+    device : str
+        ``"cpu"`` (bit-reproducible), ``"cuda"`` or ``"auto"`` (CUDA when available).
     """
+    from thaldask.segment.inference import resolve_device
+
+    device = resolve_device(device)
     cfg = cfg or TrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,8 +339,8 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
     roi_net = UNet3D(len(SLOTS), 3, base=cfg.roi_base, levels=4)
     loc_net = UNet3D(1, 3, base=cfg.loc_base, levels=3)
     cl = torch.channels_last_3d  # ~25% faster convolutions on CPU
-    roi_net.to(memory_format=cl)
-    loc_net.to(memory_format=cl)
+    roi_net.to(device=device, memory_format=cl)
+    loc_net.to(device=device, memory_format=cl)
     opt_roi = torch.optim.AdamW(roi_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
     opt_loc = torch.optim.AdamW(loc_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
     start = 0
@@ -338,7 +348,8 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
     ckpt_path = out / "checkpoint.pt"
     gen = torch.Generator().manual_seed(cfg.seed)
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        # loaded on the CPU (the generator state must be); load_state_dict moves to the device
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         roi_net.load_state_dict(ck["roi"])
         loc_net.load_state_dict(ck["loc"])
         opt_roi.load_state_dict(ck["opt_roi"])
@@ -425,10 +436,11 @@ def main(argv=None):
     p.add_argument("--init", default=None)
     p.add_argument("--threads", type=int, default=TrainConfig.threads)
     p.add_argument("--stop-after", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu (bit-reproducible), cuda or auto")
     a = p.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, seed=a.seed, batch=a.batch, threads=a.threads)
     train_model(a.label_maps, a.out, cfg, init=a.init, log=lambda m: print(m, flush=True),
-                stop_after=a.stop_after)
+                stop_after=a.stop_after, device=a.device)
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -469,15 +481,16 @@ def _read_pairs(manifest, log):
 
 
 def finetune_manifest(manifest, out, *, steps: int = 300, seed: int = 0, init=None, lr: float = 2e-4,
-                      threads: int = 1, log=print) -> dict:
+                      threads: int = 1, log=print, device="cpu") -> dict:
     """Fine-tune the region-of-interest network on a user's images with ground truth.
 
     Each step takes a random (image, GT) pair from the manifest, a 1.5 mm box around the GT
     thalami with a random shift and rotation, and random intensity changes (gamma, bias
     field, noise); the localiser is kept as it is. Writes ``out/thalnet.pt``.
     """
-    from thaldask.segment.inference import _affine_grid, _box_affine, weights_path
+    from thaldask.segment.inference import _affine_grid, _box_affine, resolve_device, weights_path
 
+    device = resolve_device(device)
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
     out = Path(out)
@@ -491,6 +504,7 @@ def finetune_manifest(manifest, out, *, steps: int = 300, seed: int = 0, init=No
     roi_net.load_state_dict({k: v.float() for k, v in w["roi"].items()})
     loc_net = UNet3D(**w["loc_config"])
     loc_net.load_state_dict({k: v.float() for k, v in w["loc"].items()})
+    roi_net.to(device)
     meta = dict(w["meta"])
     shape, spacing = tuple(meta["roi_shape"]), float(meta["roi_spacing"])
     opt = torch.optim.AdamW(roi_net.parameters(), lr=lr, weight_decay=1e-5)
@@ -515,7 +529,7 @@ def finetune_manifest(manifest, out, *, steps: int = 300, seed: int = 0, init=No
         x = synth.normalise(x + torch.randn(shape, generator=gen) * 0.02)
         inp = torch.zeros((1, roi_net.config["in_channels"], *shape))
         inp[0, 0] = x
-        loss = seg_loss(roi_net(inp), y[None])
+        loss = seg_loss(roi_net(inp.to(device)), y[None].to(device))
         for g in opt.param_groups:
             g["lr"] = lr * (1 - step / steps) ** 0.9
         opt.zero_grad()
