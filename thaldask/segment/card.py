@@ -113,7 +113,7 @@ def install_weights(weights, *, heldout: dict | None = None, notes: str = "") ->
                      slots=list(meta["slots"])),
         ),
         training=dict(
-            command="thaldask train --label-maps DIR --out DIR --steps {} --seed {}".format(
+            command="thaldask train --label-maps DIR --out DIR --steps {} --seed {} --device cpu".format(
                 meta["steps"], meta["seed"]),
             label_maps_used=meta["label_maps"],
             label_maps_held_out=meta["held_out"],
