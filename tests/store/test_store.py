@@ -249,3 +249,12 @@ def test_whole_chunk_write_stores_the_bytes_zarr_writes(tmp_path, dtype, shuffle
                            chunks=(1, 20, 30, 20), dtype=dtype, compressors=[codec], fill_value=0)
     assert not _write_whole_chunk(z2, 1, a)
     assert not _write_whole_chunk(z, 1, a.astype(np.float64))
+
+
+def test_unknown_float_codec_is_a_store_error_naming_the_setting():
+    from thaldask.errors import StoreError
+    from thaldask.store.core import _codec
+
+    with pytest.raises(StoreError, match=r"thaldask.store.float-codec.*'zstd'"):
+        _codec("int16", {"float_codec": "zstd"})
+

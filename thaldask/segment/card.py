@@ -74,7 +74,7 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     out["per_scan"] = rows
     from thaldask.segment.validate import response_slope, volume_response
 
-    resp = volume_response(lambda img, aff, c: predict(img, aff, c), maps(), contrast="T1w")
+    resp = volume_response(predict, maps(), contrast="T1w")
     rf = pd.DataFrame(resp)
     out["volume_response"] = dict(
         contrast="T1w",
