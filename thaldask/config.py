@@ -18,8 +18,11 @@ DEFAULTS: dict = {
             "compressor": "lz4",
             "clevel": 5,
             "shuffle": "bitshuffle",
-            # float images (quantitative maps): "pcodec" (lossless, smaller than gzip) or "blosc"
-            "float-codec": "pcodec",
+            # float images (quantitative maps): "auto" stores a map with a fixed number of
+            # decimals as its integers and any other as float32, both with blosc lz4 + byte
+            # shuffle ("float-shuffle"); "blosc" always float32; "pcodec" (as small, slower)
+            "float-codec": "auto",
+            "float-shuffle": "shuffle",
             "pcodec-level": 4,
             "spatial-chunks": "scan",  # one chunk per scan, or [cx, cy, cz]
         },

@@ -371,3 +371,27 @@ def test_ingest_private_fields_and_extensions_not_stored(tmp_path):
     assert fmt == 1 and len(header) == 348  # the binary header only: extensions are dropped
     for needle in (b"Jane", b"Roe", b"roe.txt"):
         assert needle not in blob and needle not in header
+
+
+def test_corrupt_deflate_data_fails_its_row_and_multi_member_gzip_is_read(tmp_path):
+    root = tmp_path / "in"
+    man = make_cohort(root, [{"subject": f"s{k}", "timepoint": "baseline", "shape": (30, 28, 26)}
+                             for k in range(3)])
+    # s1: a damaged deflate block in the middle (not a truncation)
+    f1 = root / "s1_baseline_T1w.nii.gz"
+    raw = bytearray(f1.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64
+    f1.write_bytes(bytes(raw))
+    # s2: the same voxels as two concatenated gzip members (valid gzip, e.g. from pigz -i)
+    f2 = root / "s2_baseline_T1w.nii.gz"
+    plain = gzip.decompress(f2.read_bytes())
+    f2.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]))
+    store = str(tmp_path / "c.zarr")
+    rep = ingest(man, store, progress=False)
+    by = {(r.subject, r.kind): r for r in rep.itertuples()}
+    assert by[("s1", "image")].status == "failed"
+    assert "corrupt or truncated gzip stream" in by[("s1", "image")].reason
+    assert "\n" not in by[("s1", "image")].reason
+    assert [by[(s, k)].status for s in ("s0", "s2") for k in ("image", "mask")] == ["written"] * 4
+    want = nib.as_closest_canonical(nib.load(f2)).get_fdata(dtype=np.float32)
+    np.testing.assert_array_equal(open_store(store).load_image("T1w", 2), want)

@@ -154,7 +154,7 @@ def test_ingest_int16_images_stored_exactly_as_int16_scaled_as_float32(tmp_path)
     assert st.records("images/R1").scaled.tolist() == [True]
 
 
-@pytest.mark.parametrize("float_codec", ["pcodec", "blosc"])
+@pytest.mark.parametrize("float_codec", ["auto", "pcodec", "blosc"])
 def test_float_maps_stored_bit_exactly_with_the_configured_codec(tmp_path, float_codec):
     import dask
     from store_helpers import HEADER, make_affine

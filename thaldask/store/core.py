@@ -9,7 +9,10 @@ Layout (internal; use :class:`CohortStore`)::
     scan/spacing (scan, 3)        voxel size in mm
     scan/orig_affine, orig_shape, orig_ornt   the reference file's own grid and orientation
     scan/header (scan, 1024), scan/header_info (scan, 2)   scrubbed reference header bytes
-    images/<contrast>             (scan, x, y, z) float32, one scan per chunk
+    images/<contrast>             (scan, x, y, z) float32 (int16 when every file is), one
+                                  scan per chunk; a float map with fixed decimals d is
+                                  stored as integers value * 10**d (FixedScaleOffset codec;
+                                  zarr reads it back as float32)
     masks/<method>/<contrast>     (scan, x, y, z) uint8 0 bg / 1 left / 2 right
     probs/<method>/<contrast>     (scan, 2, x, y, z) uint8, probability * 255
     _meta/<array>/record          (scan, 20) float64: flags, source shape (3), source affine (16)
@@ -53,22 +56,27 @@ HASH_LEN = 64
 #: 256^3 label maps with synthetic int16 images and float32 R1 maps, one core). Integer
 #: arrays: blosc lz4-5 + bitshuffle, ingest at 0.84x the zlib-gunzip bound, reads near
 #: 1 GB/s, 0.86x the .nii.gz size (zstd is smaller but slower both ways). Float arrays
-#: (quantitative maps): pcodec, lossless and the only codec tried below the .nii.gz size
-#: (0.66-0.94x; blosc 1.03-1.35x), at 0.33-0.43x the gunzip bound. One chunk per scan:
-#: whole-scan reads are the access pattern of every stage, and 64^3 chunks multiply file
-#: counts without a gain. Overridden by ``thaldask.store.{compressor, clevel, shuffle,
-#: float-codec, pcodec-level, spatial-chunks}`` in dask.config.
+#: ("auto"): a map whose values all have a fixed number of decimals (``np.round(r1, 4)``)
+#: is stored as its integers k = value * 10**d (numcodecs FixedScaleOffset, exact, checked
+#: voxel by voxel) with blosc lz4 + byte shuffle; any other float map as float32 with blosc
+#: lz4 + byte shuffle (bitshuffle is 20 % larger on floats). Both ingest above 0.8x the
+#: gunzip bound below the .nii.gz size; pcodec ("pcodec") is as small but 2-3x slower.
+#: One chunk per scan: whole-scan reads are the access pattern of every stage, and 64^3
+#: chunks multiply file counts without a gain. Overridden by ``thaldask.store.{compressor,
+#: clevel, shuffle, float-codec, float-shuffle, pcodec-level, spatial-chunks}`` in dask.config.
 DEFAULT_LAYOUT = {
     "spatial_chunks": "scan",
     "cname": "lz4",
     "clevel": 5,
     "shuffle": "bitshuffle",
-    "float_codec": "pcodec",
+    "float_codec": "auto",
+    "float_shuffle": "shuffle",
     "pcodec_level": 4,  # 0-12: level 2 is ~8 % faster and 5-11 % larger, level 8 the reverse
 }
+FLOAT_CODECS = ("auto", "blosc", "pcodec")
 
-# pcodec comes through numcodecs: zarr notes that such codecs are not part of the Zarr v3
-# core specification (readers need the numcodecs codec installed; thaldask depends on it)
+# decimal (FixedScaleOffset) and pcodec arrays use numcodecs codecs, which zarr notes are
+# not part of the Zarr v3 core specification (readers need numcodecs; thaldask depends on it)
 warnings.filterwarnings(
     "ignore", message="Numcodecs codecs are not in the Zarr version 3 specification"
 )
@@ -82,6 +90,7 @@ def default_layout() -> dict:
         "clevel": int(config.get("store.clevel") or DEFAULT_LAYOUT["clevel"]),
         "shuffle": config.get("store.shuffle") or DEFAULT_LAYOUT["shuffle"],
         "float_codec": config.get("store.float-codec") or DEFAULT_LAYOUT["float_codec"],
+        "float_shuffle": config.get("store.float-shuffle") or DEFAULT_LAYOUT["float_shuffle"],
         "pcodec_level": int(config.get("store.pcodec-level", DEFAULT_LAYOUT["pcodec_level"])),
     }
 
@@ -113,31 +122,66 @@ def make_zarr_store(path: str, *, read_only: bool = False, storage_options: dict
     return zarr.storage.LocalStore(path, read_only=read_only)
 
 
-def _codec(dtype, layout: dict | None = None) -> dict:
-    """``zarr.create_array`` codec arguments for a scan array of ``dtype``."""
+def _codec(dtype, layout: dict | None = None, decimals: tuple[int, str] | None = None) -> dict:
+    """``zarr.create_array`` codec arguments for a scan array of ``dtype``.
+
+    ``decimals`` = (d, integer dtype): a float array whose values all have ``d`` decimals,
+    stored as the integers value * 10**d (see :func:`thaldask.store._io.quantised_copy`).
+    """
     from zarr.codecs import BloscCodec
 
     lay = {**default_layout(), **(layout or {})}
-    if lay["float_codec"] not in ("pcodec", "blosc"):
+    if lay["float_codec"] not in FLOAT_CODECS:
         raise StoreError(
-            f"store layout: float codec (thaldask.store.float-codec) must be 'pcodec' or 'blosc', "
-            f"not {lay['float_codec']!r}"
+            "store layout: float codec (thaldask.store.float-codec) must be one of "
+            f"{', '.join(map(repr, FLOAT_CODECS))}, not {lay['float_codec']!r}"
         )
     dtype = np.dtype(dtype)
     if dtype.kind == "f" and lay["float_codec"] == "pcodec":
         from zarr.codecs.numcodecs import PCodec
 
         return {"serializer": PCodec(level=int(lay["pcodec_level"])), "compressors": None}
-    return {
+    filters = None
+    typesize, shuffle = dtype.itemsize, lay["shuffle"]
+    if dtype.kind == "f":
+        shuffle = lay.get("float_shuffle") or DEFAULT_LAYOUT["float_shuffle"]
+        if decimals is not None:
+            from zarr.codecs.numcodecs import FixedScaleOffset
+
+            d, astype = int(decimals[0]), np.dtype(decimals[1])
+            filters = [FixedScaleOffset(offset=0, scale=10**d, dtype=dtype.newbyteorder("<").str,
+                                        astype=astype.newbyteorder("<").str)]
+            typesize = astype.itemsize
+    out = {
         "compressors": [
             BloscCodec(
                 cname=lay["cname"],
                 clevel=int(lay["clevel"]),
-                shuffle=lay["shuffle"] if dtype.itemsize > 1 or lay["shuffle"] != "shuffle" else "noshuffle",
-                typesize=dtype.itemsize,
+                shuffle=shuffle if typesize > 1 or shuffle != "shuffle" else "noshuffle",
+                typesize=typesize,
             )
         ]
     }
+    if filters:
+        out["filters"] = filters
+    return out
+
+
+def decimal_scale(z) -> tuple[int, np.dtype] | None:
+    """(scale, integer dtype) of an array stored as integers value * scale, else None."""
+    from zarr.codecs.numcodecs import FixedScaleOffset
+
+    codecs = getattr(z.metadata, "codecs", ())
+    if codecs and isinstance(codecs[0], FixedScaleOffset):
+        cfg = codecs[0].codec_config
+        if float(cfg.get("offset", 0)) == 0:
+            return int(cfg["scale"]), np.dtype(cfg["astype"])
+    return None
+
+
+def decode_decimal(k: np.ndarray, scale: int, dtype=np.float32) -> np.ndarray:
+    """Values of stored integers ``k`` (what the FixedScaleOffset decoder computes)."""
+    return (k / scale).astype(dtype)
 
 
 def _write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
@@ -146,7 +190,9 @@ def _write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
     For one-chunk-per-scan arrays encoded ``bytes`` (little endian) + ``blosc``, the chunk
     is compressed here and handed to the zarr store as one value: the same bytes zarr
     would write, without the copies of its selection machinery (about half the write cost
-    for a 256^3 volume). Returns False (nothing written) for any other layout or codec.
+    for a 256^3 volume). A decimal array (FixedScaleOffset first) takes ``full`` as its
+    stored integers (:func:`thaldask.store._io.quantised_copy`). Returns False (nothing
+    written) for any other layout, codec or data type.
     """
     import sys
 
@@ -156,7 +202,12 @@ def _write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
     from zarr.core.sync import sync
 
     md = z.metadata
-    codecs = getattr(md, "codecs", ())
+    codecs = tuple(getattr(md, "codecs", ()))
+    dec = decimal_scale(z)
+    if dec is not None:
+        codecs, stored = codecs[1:], dec[1]
+    else:
+        stored = z.dtype
     if (
         getattr(md, "zarr_format", None) != 3
         or tuple(md.chunk_grid.chunk_shape) != (1,) + tuple(z.shape[1:])
@@ -164,7 +215,7 @@ def _write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
         or not isinstance(codecs[0], BytesCodec)
         or not isinstance(codecs[1], BloscCodec)
         or sys.byteorder != "little"
-        or full.dtype != z.dtype
+        or full.dtype != stored
         or tuple(full.shape) != tuple(z.shape[1:])
     ):
         return False
@@ -464,9 +515,21 @@ class CohortStore:
         q = np.asarray(z[int(i), :, :sx, :sy, :sz])
         return q.astype(np.float32) / np.float32(255)
 
+    def decimal_scale(self, name: str) -> tuple[int, np.dtype] | None:
+        """(scale, integer dtype) when array ``name`` stores integers value * scale."""
+        cache = self.__dict__.setdefault("_decimal_cache", {})
+        if name not in cache:
+            cache[name] = decimal_scale(self._array(name))
+        return cache[name]
+
     # ------------------------------------------------------------------ writes
-    def ensure_array(self, name: str, *, dtype, extra_dims: tuple[int, ...] = (), layout=None):
-        """Create a per-scan array (and its record/hash arrays) unless it exists."""
+    def ensure_array(
+        self, name: str, *, dtype, extra_dims: tuple[int, ...] = (), layout=None, decimals=None
+    ):
+        """Create a per-scan array (and its record/hash arrays) unless it exists.
+
+        ``decimals`` = (d, integer dtype) stores a float array as integers value * 10**d
+        (the caller has checked that its data have d decimals; see ``_codec``)."""
         import zarr
 
         if self.read_only:
@@ -478,7 +541,7 @@ class CohortStore:
         chunks = (1,) + tuple(extra_dims) + _spatial_chunks(g, layout)
         dims = ("scan",) + tuple(f"dim{k}" for k in range(len(extra_dims))) + ("x", "y", "z")
         specs = [
-            (name, shape, chunks, dtype, _codec(dtype, layout), dims),
+            (name, shape, chunks, dtype, _codec(dtype, layout, decimals), dims),
             (f"_meta/{name}/record", (n, RECORD_LEN), (1, RECORD_LEN), "float64", None, None),
             (f"_meta/{name}/hash", (n, HASH_LEN), (1, HASH_LEN), "uint8", None, None),
         ]
@@ -523,6 +586,9 @@ class CohortStore:
     ) -> str:
         """Write one scan's (cropped) data into its chunk-aligned region, idempotently.
 
+        ``data`` holds values, or for a decimal array (:func:`decimal_scale`) the stored
+        integers from :func:`~thaldask.store._io.quantised_copy`.
+
         ``content_sha256`` is the digest of the padded region as stored (with
         :func:`~thaldask.store._io.content_hash` and ``affines[i]``), or a function giving it:
         then it is computed only when something is already stored (a first write records
@@ -536,6 +602,18 @@ class CohortStore:
             different content is stored and ``overwrite`` is False.
         """
         i = int(i)
+        z = self._array(name, mode="r+")
+        dec = decimal_scale(z)
+        if dec is not None and data.dtype != dec[1]:  # values: exact integers or refused
+            from thaldask.store._io import quantised_copy
+
+            k = quantised_copy(np.asarray(data, dtype=z.dtype), None, dec[0], dec[1])
+            if k is None:
+                raise StoreError(
+                    f"{self.path}: {name} stores values with {len(str(dec[0])) - 1} decimals; "
+                    f"scan {i} has others (recode_as_float({name!r}) takes any float32)"
+                )
+            data = k
         rec_z = self._array(f"_meta/{name}/record", mode="r+")
         hash_z = self._array(f"_meta/{name}/hash", mode="r+")
         old_flags = int(rec_z[i, 0])
@@ -557,13 +635,15 @@ class CohortStore:
                 )
             # mark unwritten first so that an interrupted overwrite is redone on re-run
             rec_z[i, 0] = 0.0
-        z = self._array(name, mode="r+")
-        if tuple(data.shape) == tuple(z.shape[1:]) and data.dtype == z.dtype:
+        stored = dec[1] if dec is not None else z.dtype
+        if tuple(data.shape) == tuple(z.shape[1:]) and data.dtype == stored:
             full = data
         else:
-            full = np.zeros(z.shape[1:], dtype=z.dtype)
+            full = np.zeros(z.shape[1:], dtype=stored)
             full[tuple(slice(0, s) for s in data.shape)] = data
         if not _write_whole_chunk(z, i, full):
+            if stored != z.dtype:  # stored integers: zarr encodes values
+                full = decode_decimal(full, dec[0], z.dtype)
             z[i] = full  # the whole chunk-aligned region of scan i
         for key, arr in (extra or {}).items():
             ez = self._array(key, mode="r+")
@@ -727,6 +807,55 @@ class CohortStore:
             if ds[v].dtype.kind in "TU":
                 ds[v] = ds[v].astype(object)
         return ds
+
+    def recode_as_float(self, name: str, *, layout: dict | None = None) -> int:
+        """Re-encode a decimal array (:func:`decimal_scale`) as plain float32, bit for bit.
+
+        Ingest calls this when a scan brings values with more decimals than the array
+        stores. Float chunks are written under the other chunk-key encoding beside the
+        decimal ones, the array metadata then switches to them in one write, and the
+        decimal chunks are deleted last: at every moment the array reads the same values
+        (an interruption leaves unused chunk files at worst). Returns the number of scans
+        re-encoded.
+        """
+        import itertools
+
+        from zarr.core.array import Array, AsyncArray
+        from zarr.core.metadata import ArrayV3Metadata
+        from zarr.core.sync import sync
+
+        if self.read_only:
+            raise StoreError(f"{self.path}: store opened read-only")
+        z = self._array(name, mode="r+")
+        self.__dict__.pop("_decimal_cache", None)
+        if decimal_scale(z) is None:
+            return 0
+        lay = {**default_layout(), **(layout or self._attrs.get("layout") or {}),
+               "float_codec": "blosc"}
+        blosc = _codec(z.dtype, lay)["compressors"][0]
+        md = z.metadata.to_dict()
+        md["codecs"] = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc.to_dict()]
+        old_enc = md.get("chunk_key_encoding", {}).get("name", "default")
+        md["chunk_key_encoding"] = (
+            {"name": "v2", "configuration": {"separator": "."}} if old_enc == "default"
+            else {"name": "default", "configuration": {"separator": "/"}}
+        )
+        new_md = ArrayV3Metadata.from_dict(md)
+        new = Array(AsyncArray(metadata=new_md, store_path=z.store_path))
+        written = np.flatnonzero(self._written(name))
+        for i in written:
+            vals = np.asarray(z[int(i)])
+            if not _write_whole_chunk(new, int(i), vals):
+                new[int(i)] = vals
+        sync(new._async_array._save_metadata(new_md))
+        base = f"{z.store_path.path}/" if z.store_path.path else ""
+        if old_enc == "default":  # every key under c/ is an old chunk
+            sync(z.store.delete_dir(base + "c"))
+        else:
+            for i in written:
+                for rest in itertools.product(*(range(n) for n in z.cdata_shape[1:])):
+                    sync(z.store.delete(base + z.metadata.encode_chunk_key((int(i),) + rest)))
+        return int(written.size)
 
     def consolidate(self) -> None:
         """Write consolidated metadata (one read opens the whole store on object storage)."""

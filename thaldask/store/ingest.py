@@ -28,6 +28,8 @@ from thaldask.store.core import (
     CohortStore,
     append_scans,
     create_store,
+    decode_decimal,
+    default_layout,
     is_remote,
     open_store,
     set_clinical,
@@ -134,9 +136,10 @@ def _image_dtypes(df: pd.DataFrame, specs, meta) -> dict[str, str]:
             if e["kind"] != "image":
                 continue
             r = by_row.loc[e["row"]]
-            ok = str(r.get("dtype", "float32")) in small and _io.same_grid(
+            e["same_grid"] = bool(_io.same_grid(
                 r["affine"], r["shape"][:3], meta["orig_affine"][i], meta["orig_shape"][i]
-            )
+            ))
+            ok = str(r.get("dtype", "float32")) in small and e["same_grid"]
             out[e["array"]] = "int16" if out.get(e["array"], "int16") == "int16" and ok else "float32"
     return out
 
@@ -160,6 +163,10 @@ def _header_bytes(file: str) -> tuple[int, bytes]:
 # ---------------------------------------------------------------- per-scan task
 
 
+class _MoreDecimals(Exception):
+    """An image has values beyond the decimals its (decimal) store array holds."""
+
+
 def _reason(exc: BaseException) -> str:
     msg = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
@@ -173,9 +180,11 @@ def ingest_scan(
     split_binary: bool = False,
     storage_options=None,
     store: CohortStore | None = None,
+    loaded: dict | None = None,
 ) -> list[dict]:
     """Decode, reorient/resample and write every file of one scan. Never raises for bad
-    input: each file's outcome is a report row (status written/skipped/failed)."""
+    input: each file's outcome is a report row (status written/skipped/failed).
+    ``loaded`` maps file paths to volumes already decoded (:func:`_io.load_volume`)."""
     st = store or open_store(store_path, storage_options=storage_options)
     i = spec["scan"]
     aff_ras = st.affines[i]
@@ -199,8 +208,11 @@ def ingest_scan(
             res = _ingest_file(
                 st, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt,
                 overwrite=overwrite, split_binary=split_binary,
+                volume=(loaded or {}).get(e["file"]),
             )
             row.update(res)
+        except _MoreDecimals as exc:  # the array is re-encoded as float32, then this is redone
+            row.update(status="deferred", reason=str(exc), array=e["array"])
         except (ThaldaskError, ValueError, OSError, EOFError, MemoryError) as exc:
             row["reason"] = _reason(exc)
             if e["is_ref"]:
@@ -238,7 +250,8 @@ def batches(specs: list[dict], *, voxels: int = BATCH_VOXELS, scans: int = BATCH
 
 
 def _ingest_file(
-    st: CohortStore, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, *, overwrite, split_binary
+    st: CohortStore, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt, *, overwrite,
+    split_binary, volume=None,
 ):
     name = e["array"]
     # fast path: the same source file is already stored
@@ -248,15 +261,20 @@ def _ingest_file(
 
         if hashlib.sha256(_io.read_bytes(e["file"])).digest() == old:
             return {"status": "skipped", "reason": "same file already stored"}
-    vol = _io.load_volume(e["file"], kind=e["kind"])
+    vol = volume if volume is not None else _io.load_volume(e["file"], kind=e["kind"])
     grid = st.grid_shape
     flags = 0
     note = ""
+    dec = None
     data = vol.data
     same = _io.same_grid(vol.affine, data.shape, orig_aff, orig_shape)
     if e["kind"] == "image":
         target = np.dtype(e.get("dtype", "float32"))
-        if data.dtype.kind == "f":
+        # a sum is finite only when every value is (NaN and inf propagate): one fast
+        # pass over the usual clean image; a sum that overflows only costs the full check
+        with np.errstate(over="ignore", invalid="ignore"):
+            quick = data.dtype.kind != "f" or np.isfinite(np.sum(data, dtype=np.float32))
+        if not quick:
             finite = np.isfinite(data)
             nbad = int(data.size - np.count_nonzero(finite))
             if nbad:
@@ -269,7 +287,7 @@ def _ingest_file(
             flags |= SCALED
         if same:
             _check_cast(data, target, name)
-            full = _io.c_copy(_io.to_ras(data, vol.affine, ornt)[0], grid, target)
+            ras = _io.to_ras(data, vol.affine, ornt)[0]
         else:
             if np.allclose(vol.affine, orig_aff, atol=1e-4):
                 raise GridMismatchError(
@@ -278,7 +296,16 @@ def _ingest_file(
             ras = _io.resample_to(data, vol.affine, aff_ras, shape_ras, order=1)
             flags |= RESAMPLED
             _check_cast(ras, target, name)
-            full = _io.c_copy(ras, grid, target)
+        dec = st.decimal_scale(name) if target.kind == "f" else None
+        if dec is not None:  # stored as integers value * scale: exact or refused here
+            full = _io.quantised_copy(ras.astype(target, copy=False), grid, dec[0], dec[1],
+                                      out=_io.scratch(grid, dec[1]))
+            if full is None:
+                raise _MoreDecimals(
+                    f"values beyond the {len(str(dec[0])) - 1} decimals stored for {name}"
+                )
+        else:
+            full = _io.c_copy(ras, grid, target, out=_io.scratch(grid, target))
     else:
         conv = parse_labels(e["labels"])
         sides = _mask_sides(data, conv)
@@ -302,11 +329,14 @@ def _ingest_file(
                 note = (note + "; " if note else "") + "binary mask split at world x = 0"
             else:
                 flags |= BINARY
-        full = _io.c_copy(ras, grid, np.uint8)
+        full = _io.c_copy(ras, grid, np.uint8, out=_io.scratch(grid, np.uint8))
     status = st.write_scan_array(
         name, i, full, flags=flags, source_shape=vol.data.shape, source_affine=vol.affine,
         file_sha256=vol.file_sha256, overwrite=overwrite,
-        content_sha256=lambda: _io.content_hash(full, aff_ras),  # only needed on re-runs
+        # only needed on re-runs; the digest is of the values stored
+        content_sha256=lambda: _io.content_hash(
+            full if dec is None else decode_decimal(full, dec[0], target), aff_ras
+        ),
     )
     if status == "skipped":
         note = "same content already stored"
@@ -531,21 +561,98 @@ def ingest(
         )
     # create every array before any task writes
     stored = {}
+    lay = {**default_layout(), **(st._attrs.get("layout") or {})}
+    probed, loaded = [], {}  # scans whose files were decoded to choose a float codec
     for name in sorted({e["array"] for sp in plan.specs for e in sp["entries"]}):
-        st.ensure_array(name, dtype=plan.image_dtypes.get(name, "uint8"))
+        dtype = plan.image_dtypes.get(name, "uint8")
+        decimals = None
+        if dtype == "float32" and lay["float_codec"] == "auto" and not _exists(st, name):
+            decimals, sp, vols = _probe_decimals(plan, name)
+            if sp is not None and not any(sp is p for p in probed):
+                probed.append(sp)
+            loaded.update(vols)
+        st.ensure_array(name, dtype=dtype, decimals=decimals)
         stored[name] = st._array(name).dtype.str
     for sp in plan.specs:
         for e in sp["entries"]:
             e["dtype"] = stored[e["array"]]
     if clin is not None:
         set_clinical(st, clin)
-    rows = _run(store, plan.specs, client=client, progress=progress,
-                kwargs={"overwrite": overwrite, "split_binary": split_binary,
-                        "storage_options": storage_options})
+    kwargs = {"overwrite": overwrite, "split_binary": split_binary,
+              "storage_options": storage_options}
+    rows = []
+    for sp in probed:  # written here, from the volumes already decoded
+        rows.extend(ingest_scan(store, sp, store=st, loaded=loaded, **kwargs))
+    loaded.clear()
+    rest = [sp for sp in plan.specs if not any(sp is p for p in probed)]
+    rows += _run(store, rest, client=client, progress=progress, kwargs=kwargs)
+    deferred = [r for r in rows if r["status"] == "deferred"]
+    if deferred:  # an image with more decimals than its array: re-encode, then redo these
+        for name in sorted({r["array"] for r in deferred}):
+            first = next(r for r in deferred if r["array"] == name)
+            n = st.recode_as_float(name)
+            if progress:
+                _stderr_console().print(
+                    f"{name}: {first['subject']} {first['timepoint']} has {first['reason']}; "
+                    f"re-encoded its {n} stored scans as float32 (values unchanged)"
+                )
+        redo = {r["row"] for r in deferred}
+        specs = [dict(sp, entries=[e for e in sp["entries"] if e["row"] in redo])
+                 for sp in plan.specs]
+        specs = [sp for sp in specs if sp["entries"]]
+        again = {r["row"]: r for r in _run(store, specs, client=client, progress=progress,
+                                          kwargs=kwargs)}
+        rows = [again.get(r["row"], r) if r["status"] == "deferred" else r for r in rows]
+        for r in rows:
+            if r["status"] == "deferred":  # cannot happen after re-encoding; never silent
+                r["status"] = "failed"
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("row").reset_index(drop=True)
     _write_report(store, report, storage_options)
     st.consolidate()
     return report
+
+
+def _exists(st: CohortStore, name: str) -> bool:
+    try:
+        st._array(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _probe_decimals(plan: _Plan, name: str):
+    """Decide how float image array ``name`` is stored, from its first readable file.
+
+    Returns ((decimals, integer dtype) or None, that file's spec, {file: volume}): the
+    caller writes that scan with the volume already decoded, so the decision costs no
+    extra read. Decimals only when the file has them and no file of the contrast is
+    resampled (interpolated values have none). A later scan with more decimals is caught
+    when it is written, and the array is then re-encoded as float32
+    (``CohortStore.recode_as_float``).
+    """
+    entries = [(sp, e) for sp in plan.specs for e in sp["entries"] if e["array"] == name]
+    if not entries or not all(e.get("same_grid") for _, e in entries):
+        return None, None, {}
+    for sp, e in entries[:3]:
+        try:
+            vol = _io.load_volume(e["file"], kind="image")
+        except (ThaldaskError, ValueError, OSError, EOFError, MemoryError):
+            continue  # a bad file: its task reports it
+        data = vol.data
+        if data.dtype != np.float32:
+            return None, sp, {e["file"]: vol}
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not np.isfinite(np.sum(data, dtype=np.float32)):
+                data = np.where(np.isfinite(data), data, np.float32(0))
+        d = _io.decimal_places(data, sample=1 << 20)  # each write checks every voxel
+        if d is None:
+            return None, sp, {e["file"]: vol}
+        k = float(max(-data.min(), data.max())) * 10.0**d
+        # int16 when the values leave 1.5x headroom, else int32 (both exact)
+        if k > (1 << 24) / 4:
+            return None, sp, {e["file"]: vol}
+        return (d, "int16" if k <= np.iinfo(np.int16).max / 1.5 else "int32"), sp, {e["file"]: vol}
+    return None, None, {}
 
 
 def _run(store, specs, *, client, progress, kwargs):
