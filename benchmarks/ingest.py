@@ -27,32 +27,33 @@ Three input sets are timed and sized separately, since different codecs apply to
 
 Without ``--label-maps`` a phantom of ellipsoids on a 182x218x182 RAS grid is used.
 
-Measured on an idle 2-core Xeon (6 label-map scans per set, best of 2; ratios of CPU-time
-throughput; the fixed cost of one ingest call, 0.12 CPU s, is included)::
+Measured on an idle 2-core Xeon (6 label-map scans per set, best of 3; ratios of CPU-time
+throughput; the fixed cost of one ingest call, 0.13 CPU s, is included)::
 
     int16 images + masks (403 MB voxels)    CPU s  x gunzip  x naive  size/gz  read MB/s
-    gunzip (zlib; the bound)                 1.49    1.00      1.29       -        -
-    nibabel + np.save (naive)                1.92    0.78      1.00     6.15       -
-    isal gunzip (what ingest inflates with)  0.69    2.15      2.77       -        -
-    ingest, default (lz4-5 bitshuffle)       1.77    0.84      1.08     0.86      964
-    ingest, zstd-3 bitshuffle                2.25    0.66      0.85     0.69      561
-    ingest, zstd-1 bitshuffle                2.08    0.72      0.92     0.69      496
-    ingest, 64^3 chunks, zstd-3 bitshuffle   2.99    0.50      0.64     0.68      724
+    gunzip (zlib; the bound)                 1.48    1.00      1.30       -        -
+    nibabel + np.save (naive)                1.92    0.77      1.00     6.15       -
+    isal gunzip (what ingest inflates with)  0.69    2.14      2.78       -        -
+    ingest, default (lz4-5 bitshuffle)       1.63    0.90      1.18     0.86      810
+    ingest, zstd-3 bitshuffle                2.17    0.68      0.88     0.69      738
+    ingest, zstd-1 bitshuffle                1.90    0.78      1.01     0.69      593
+    ingest, 64^3 chunks, zstd-3 bitshuffle   2.83    0.52      0.68     0.68      724
 
     float32 R1 maps (403 MB voxels)          4 decimals            full precision
                                              x gunzip  size/gz     x gunzip  size/gz
-    ingest, default (pcodec level 4)           0.33     0.66         0.43     0.94
-    ingest, pcodec level 2                     0.36     0.73         0.47     0.99
-    ingest, pcodec level 8                     0.31     0.63         0.40     0.89
-    ingest, blosc lz4-5 bitshuffle             0.70     1.35         0.79     1.14
-    ingest, blosc zstd-3 shuffle               0.44     1.03         0.48     0.87
+    ingest, default ("auto")                   0.82     0.66         0.90     0.93
+    ingest, float32 lz4-5 shuffle              0.82     1.10         0.92     0.93
+    ingest, float32 lz4-5 bitshuffle           0.74     1.35         0.83     1.14
+    ingest, float32 zstd-3 shuffle             0.43     1.03         0.49     0.87
+    ingest, pcodec level 4                     0.32     0.66         0.46     0.94
 
 The store default (thaldask/store/core.py ``DEFAULT_LAYOUT``) follows from it: one chunk per
 scan; integer arrays in blosc lz4-5 with bitshuffle (the fastest to ingest and to read, and
-smaller than the inputs); float arrays in pcodec, the only lossless codec tried that keeps
-4-decimal maps below their .nii.gz size (blosc: 1.35x). pcodec costs ingest speed: float
-maps ingest at 0.33-0.43x the gunzip bound, against 0.70-0.79x with blosc, which a user who
-prefers speed to size selects with ``thaldask.store.float-codec: blosc``.
+smaller than the inputs); float arrays "auto": a map whose values all have a fixed number of
+decimals (the 4-decimal set) is stored as its integers value * 10**d with blosc lz4 + byte
+shuffle, as small as pcodec at 2.6x its speed; any other float map (full precision) as
+float32 with blosc lz4 + byte shuffle, which stays below the .nii.gz size where bitshuffle
+does not.
 """
 
 from __future__ import annotations

@@ -53,17 +53,17 @@ RECORD_LEN = 20
 HASH_LEN = 64
 
 #: spatial chunking and compression of scan arrays, chosen by benchmarks/ingest.py (6 real
-#: 256^3 label maps with synthetic int16 images and float32 R1 maps, one core). Integer
-#: arrays: blosc lz4-5 + bitshuffle, ingest at 0.84x the zlib-gunzip bound, reads near
-#: 1 GB/s, 0.86x the .nii.gz size (zstd is smaller but slower both ways). Float arrays
-#: ("auto"): a map whose values all have a fixed number of decimals (``np.round(r1, 4)``)
-#: is stored as its integers k = value * 10**d (numcodecs FixedScaleOffset, exact, checked
-#: voxel by voxel) with blosc lz4 + byte shuffle; any other float map as float32 with blosc
-#: lz4 + byte shuffle (bitshuffle is 20 % larger on floats). Both ingest above 0.8x the
-#: gunzip bound below the .nii.gz size; pcodec ("pcodec") is as small but 2-3x slower.
-#: One chunk per scan: whole-scan reads are the access pattern of every stage, and 64^3
-#: chunks multiply file counts without a gain. Overridden by ``thaldask.store.{compressor,
-#: clevel, shuffle, float-codec, float-shuffle, pcodec-level, spatial-chunks}`` in dask.config.
+#: 256^3 label maps with synthetic int16 images and float32 R1 maps, one core; ratios to the
+#: zlib-gunzip bound and to the .nii.gz size). Integer arrays: blosc lz4-5 + bitshuffle,
+#: 0.90x the bound, 0.86x the size, reads near 1 GB/s (zstd is smaller but slower both
+#: ways). Float arrays ("auto"): a map whose values all have d decimals
+#: (``np.round(r1, 4)``) is stored as its integers value * 10**d (numcodecs FixedScaleOffset,
+#: checked voxel by voxel) with blosc lz4 + byte shuffle: 0.82x, 0.66x; any other float map
+#: as float32 with blosc lz4 + byte shuffle: 0.90x, 0.93x (bitshuffle is 20 % larger on
+#: floats; pcodec is as small but 2-3x slower). One chunk per scan: whole-scan reads are the
+#: access pattern of every stage, and 64^3 chunks multiply file counts without a gain.
+#: Overridden by ``thaldask.store.{compressor, clevel, shuffle, float-codec, float-shuffle,
+#: pcodec-level, spatial-chunks}`` in dask.config.
 DEFAULT_LAYOUT = {
     "spatial_chunks": "scan",
     "cname": "lz4",
