@@ -310,3 +310,23 @@ def test_writing_values_into_a_decimal_array_is_exact_or_refused(tmp_path):
         st.write_scan_array("images/R1", 1, odd, content_sha256=b"\2" * 32, overwrite=True)
     np.testing.assert_array_equal(st.load_image("R1", 1), fine)  # nothing written
     assert st.has_image("R1").tolist() == [True, True]  # and still recorded as written
+
+
+@pytest.mark.slow
+def test_reencoding_on_a_local_cluster_with_worker_processes(tmp_path):
+    from distributed import Client, LocalCluster
+
+    man = _r1_maps(tmp_path / "in", 6, decimals=[3, 3, None, 3, 3, None])
+    store = str(tmp_path / "c.zarr")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, nanny=False,
+                      dashboard_address=":0", silence_logs=40) as cluster, Client(cluster) as client:
+        rep = ingest(man, store, client=client, progress=False)
+        assert rep.status.tolist() == ["written"] * 6, rep.reason.tolist()
+        st = open_store(store)
+        assert st.decimal_scale("images/R1") is None
+        means = st.image("R1").mean(("x", "y", "z")).compute().values  # on the workers
+    want = [_ras(tmp_path / "in" / f"s{i}.nii.gz") for i in range(6)]
+    for i in range(6):
+        np.testing.assert_array_equal(st.load_image("R1", i).view(np.uint32), want[i].view(np.uint32))
+    grid = np.prod(st.grid_shape)
+    np.testing.assert_allclose(means, [w.astype(np.float64).sum() / grid for w in want], rtol=1e-5)
