@@ -183,6 +183,10 @@ def test_a_later_scan_with_more_decimals_reencodes_the_array_as_float32(tmp_path
     store = str(tmp_path / "c.zarr")
     rep = ingest(man, store, progress=True)
     assert rep.status.tolist() == ["written"] * 4, rep.reason.tolist()
+    assert rep.reason[2] == (
+        "values beyond the 2 decimals stored for images/R1: array re-encoded as float32 first"
+    )
+    assert rep.reason[[0, 1, 3]].tolist() == ["", "", ""]
     err = capsys.readouterr().err
     assert "images/R1: s2 b has values beyond the 2 decimals" in err
     assert "re-encoded its 3 stored scans as float32" in err

@@ -602,6 +602,10 @@ def ingest(
         specs = [sp for sp in specs if sp["entries"]]
         again = {r["row"]: r for r in _run(store, specs, client=client, progress=progress,
                                           kwargs=kwargs)}
+        why = {r["row"]: r["reason"] for r in deferred}
+        for row, r in again.items():
+            if r["status"] == "written":
+                r["reason"] = f"{why[row]}: array re-encoded as float32 first"
         rows = [again.get(r["row"], r) if r["status"] == "deferred" else r for r in rows]
         for r in rows:
             if r["status"] == "deferred":  # cannot happen after re-encoding; never silent
