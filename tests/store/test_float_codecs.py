@@ -334,3 +334,21 @@ def test_reencoding_on_a_local_cluster_with_worker_processes(tmp_path):
         np.testing.assert_array_equal(st.load_image("R1", i).view(np.uint32), want[i].view(np.uint32))
     grid = np.prod(st.grid_shape)
     np.testing.assert_allclose(means, [w.astype(np.float64).sum() / grid for w in want], rtol=1e-5)
+
+
+def test_float64_maps_with_fixed_decimals_are_stored_as_integers_too(tmp_path):
+    from store_helpers import HEADER, make_affine
+
+    root = tmp_path / "in"
+    root.mkdir()
+    shape = (30, 28, 26)
+    r1 = np.round(np.random.default_rng(4).uniform(0.3, 2.0, shape), 4)  # float64, as written
+    nib.save(nib.Nifti1Image(r1, make_affine("LAS", shape)), root / "r1.nii.gz")
+    (root / "m.csv").write_text("\n".join([HEADER, "s,b,A,image,R1,,,r1.nii.gz"]) + "\n")
+    store = str(tmp_path / "c.zarr")
+    assert ingest(root / "m.csv", store, progress=False).status.tolist() == ["written"]
+    st = open_store(store)
+    assert st.decimal_scale("images/R1") == (10000, np.dtype("int16"))  # up to 20000
+    # the store holds float32 values: the float64 ones rounded to float32, nothing else
+    want = _ras(root / "r1.nii.gz").astype(np.float32)
+    np.testing.assert_array_equal(st.load_image("R1", 0).view(np.uint32), want.view(np.uint32))

@@ -417,11 +417,10 @@ def quantised_copy(
     out_shape = tuple(int(v) for v in (out_shape or src.shape))
     out = _target(src.shape, out_shape, dtype, out)
     view = out[tuple(slice(0, n) for n in src.shape)]
+    other = None  # one "plane": the whole array
     if src.ndim == 3 and src.size >= 1 << 16:
         fast = int(np.argmin(np.abs(src.strides)))
         other = 0 if fast == 2 else 3 - fast - 2  # planes across an axis that is neither
-    else:  # one "plane": the whole array
-        fast, other = None, None
     pshape = tuple(n for d, n in enumerate(src.shape) if d != other)
     buf, k, back = (np.empty(pshape, np.float32) for _ in range(3))
     differ = np.empty(pshape, bool)

@@ -179,6 +179,11 @@ def decimal_scale(z) -> tuple[int, np.dtype] | None:
     return None
 
 
+def n_decimals(scale: int) -> int:
+    """Decimal places of a decimal array's scale (10**d -> d)."""
+    return len(str(int(scale))) - 1
+
+
 def decode_decimal(k: np.ndarray, scale: int, dtype=np.float32) -> np.ndarray:
     """Values of stored integers ``k`` (what the FixedScaleOffset decoder computes)."""
     return (k / scale).astype(dtype)
@@ -610,7 +615,7 @@ class CohortStore:
             k = quantised_copy(np.asarray(data, dtype=z.dtype), None, dec[0], dec[1])
             if k is None:
                 raise StoreError(
-                    f"{self.path}: {name} stores values with {len(str(dec[0])) - 1} decimals; "
+                    f"{self.path}: {name} stores values with {n_decimals(dec[0])} decimals; "
                     f"scan {i} has others (recode_as_float({name!r}) takes any float32)"
                 )
             data = k

@@ -31,6 +31,7 @@ from thaldask.store.core import (
     decode_decimal,
     default_layout,
     is_remote,
+    n_decimals,
     open_store,
     set_clinical,
 )
@@ -302,7 +303,7 @@ def _ingest_file(
                                       out=_io.scratch(grid, dec[1]))
             if full is None:
                 raise _MoreDecimals(
-                    f"values beyond the {len(str(dec[0])) - 1} decimals stored for {name}"
+                    f"values beyond the {n_decimals(dec[0])} decimals stored for {name}"
                 )
         else:
             full = _io.c_copy(ras, grid, target, out=_io.scratch(grid, target))
@@ -642,9 +643,9 @@ def _probe_decimals(plan: _Plan, name: str):
             vol = _io.load_volume(e["file"], kind="image")
         except (ThaldaskError, ValueError, OSError, EOFError, MemoryError):
             continue  # a bad file: its task reports it
-        data = vol.data
-        if data.dtype != np.float32:
+        if vol.data.dtype.kind != "f":
             return None, sp, {e["file"]: vol}
+        data = vol.data.astype(np.float32, copy=False)  # what the array will hold
         with np.errstate(over="ignore", invalid="ignore"):
             if not np.isfinite(np.sum(data, dtype=np.float32)):
                 data = np.where(np.isfinite(data), data, np.float32(0))
