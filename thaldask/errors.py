@@ -23,6 +23,7 @@ __all__ = [
     "MissingDependencyError",
     "ConfigError",
     "StatsError",
+    "StatsStageWarning",
     "ThaldaskWarning",
     "SmallSiteWarning",
     "ConvergenceWarning",
@@ -99,6 +100,10 @@ class StatsError(ThaldaskError, ValueError):
 
 class ThaldaskWarning(UserWarning):
     """Base class of every warning emitted by thaldask."""
+
+
+class StatsStageWarning(ThaldaskWarning):
+    """One analysis of the statistical stage could not run; its table says why."""
 
 
 class SmallSiteWarning(ThaldaskWarning):

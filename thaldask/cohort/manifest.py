@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from thaldask.cohort.labels import parse_labels
+from thaldask import schema as _schema
 from thaldask.errors import LabelConventionError, ManifestError
 
 __all__ = [
@@ -26,10 +27,10 @@ __all__ = [
     "scan_table",
 ]
 
-MANIFEST_COLUMNS = ["subject", "timepoint", "site", "kind", "contrast", "method", "labels", "path"]
-REQUIRED_COLUMNS = ["subject", "timepoint", "kind", "contrast", "path"]
+MANIFEST_COLUMNS = list(_schema.MANIFEST_COLUMNS)
+REQUIRED_COLUMNS = list(_schema.REQUIRED_MANIFEST_COLUMNS)
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh")
-KINDS = ("image", "mask")
+KINDS = _schema.MANIFEST_KINDS
 
 
 def _is_remote(path: str) -> bool:

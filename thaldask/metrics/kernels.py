@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from thaldask.errors import ScanError
+from thaldask.schema import METRIC_FIELDS, RAW_FIELDS, SIDES
 
 __all__ = [
     "SIDES",
@@ -33,31 +34,6 @@ __all__ = [
     "derive_metrics",
     "compute_pair_metrics",
 ]
-
-#: side coordinate values, in this order everywhere
-SIDES = ("left", "right", "total")
-
-#: per-side raw fields returned by :func:`pair_raw` (voxel counts and surface distances in mm)
-RAW_FIELDS = ("tp", "fp", "fn", "pred_voxels", "gt_voxels", "hd95_mm", "assd_mm")
-
-#: per-side metrics returned by :func:`derive_metrics`
-METRIC_FIELDS = (
-    "tp",
-    "fp",
-    "fn",
-    "volume_mm3",
-    "gt_volume_mm3",
-    "dice",
-    "jaccard",
-    "sensitivity",
-    "precision",
-    "volume_diff_mm3",
-    "volume_diff_pct",
-    "hd95_mm",
-    "assd_mm",
-    "pred_empty",
-    "gt_empty",
-)
 
 _FACE = ndimage.generate_binary_structure(3, 1)
 

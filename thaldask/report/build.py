@@ -23,13 +23,12 @@ import pandas as pd
 import xarray as xr
 
 from thaldask.report import figures as F
+from thaldask.schema import STATS_TABLES
 from thaldask.report.page import PAGE, absent_html, esc, figure_html, table_html
 from thaldask.report.style import save
 
 __all__ = ["write_report", "build_report", "load_stats", "stats_from_dataset", "STATS_TABLES"]
 
-#: statistics tables the report shows, in page order (file name = key + ".csv")
-STATS_TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation")
 SOFTWARE = ("thaldask", "numpy", "scipy", "pandas", "xarray", "dask", "distributed", "zarr",
             "nibabel", "statsmodels", "torch", "matplotlib")
 AGREEMENT_KEY_COLUMNS = (

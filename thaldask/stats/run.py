@@ -11,7 +11,8 @@ import pandas as pd
 import xarray as xr
 
 from thaldask import config as _config
-from thaldask.errors import ConfigError, StatsError, ThaldaskWarning
+from thaldask.errors import ConfigError, StatsError, StatsStageWarning, ThaldaskWarning
+from thaldask.schema import STATS_TABLES, TABLE_KEYS
 from thaldask.stats.agreement import fit_agreement
 from thaldask.stats.clinical import fit_clinical
 from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
@@ -26,8 +27,6 @@ __all__ = [
     "tables_to_dataset",
     "table_to_xarray",
 ]
-
-TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation")
 
 DEFAULTS = {
     "side": None,  # None: total only; "all": left, right, total
@@ -45,10 +44,6 @@ DEFAULTS = {
     "bootstrap": None,  # None: thaldask.stats.bootstrap (0 = off)
     "alpha": 0.05,
 }
-
-
-class StatsStageWarning(ThaldaskWarning):
-    """One analysis of the stage could not run; its table says why."""
 
 
 def load_stats_config(path) -> dict:
@@ -172,7 +167,7 @@ def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFr
         tables["longitudinal"]["harmonised"] = work is not ds
     except StatsError as exc:
         tables["longitudinal"] = _failed("longitudinal", exc)
-    return {k: tables[k] for k in TABLES}
+    return {k: tables[k] for k in STATS_TABLES}
 
 
 def tables_to_dataset(tables: dict[str, pd.DataFrame], attrs: dict | None = None) -> xr.Dataset:
@@ -195,16 +190,6 @@ def tables_to_dataset(tables: dict[str, pd.DataFrame], attrs: dict | None = None
     out = xr.merge(parts) if parts else xr.Dataset()
     out.attrs.update(attrs or {})
     return out
-
-
-#: the columns that identify a row of each table (its dims as an xarray Dataset)
-TABLE_KEYS = {
-    "agreement": ["method", "contrast", "side"],
-    "method_comparison": ["metric", "side", "test", "method_a", "contrast_a", "method_b", "contrast_b"],
-    "clinical_cross": ["outcome", "method", "contrast", "side"],
-    "longitudinal": ["analysis", "method", "contrast", "side", "term"],
-    "harmonisation": ["method", "contrast", "side", "site"],
-}
 
 
 def table_to_xarray(name: str, table: pd.DataFrame) -> xr.Dataset:
