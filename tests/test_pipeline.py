@@ -45,9 +45,14 @@ def test_load_config_example_resolves_relative_paths(tmp_path):
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("store: a.zarr\nstagez: {}\n", "unknown keys \\['stagez'\\]"),
+        ("store: a.zarr\nstagez: {}\n", "unknown key 'stagez' \\(did you mean 'stages'\\?\\)"),
         ("manifest: m.csv\n", "'store'"),
-        ("store: a.zarr\nstages: {evaluat: {}}\n", "unknown stages"),
+        ("store: a.zarr\nstages: {evaluat: {}}\n", "unknown key 'evaluat' \\(did you mean 'evaluate'\\?\\)"),
+        ("store: a.zarr\nstages: {report: {qc_randm: 3}}\n",
+         "stages.report: unknown key 'qc_randm' \\(did you mean 'qc_random'\\?\\)"),
+        ("store: a.zarr\nstages: {stats: {sid: all}}\n", "stages.stats: unknown key 'sid' \\(did you mean 'side'\\?\\)"),
+        ("store: a.zarr\nstages: {segment: {batch_size: two}}\n", "stages.segment.batch_size: expected int"),
+        ("store: a.zarr\nstages: {ingest: {overwrite: 1}}\n", "stages.ingest.overwrite: expected true or false"),
         ("store: [a\n", "not valid YAML"),
     ],
 )

@@ -1,10 +1,14 @@
-"""thaldask: benchmark and scale thalamus segmentation for MS cohorts on Dask."""
+"""thaldask: benchmark and scale thalamus segmentation for MS cohorts on Dask.
+
+Importing ``thaldask`` is light (no dask, torch or zarr): stages are subpackages
+(``thaldask.store``, ``thaldask.segment``, ``thaldask.metrics``, ``thaldask.stats``, ...)
+imported when used.
+"""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from thaldask import config as _config  # noqa: F401  (registers dask.config defaults)
 from thaldask.errors import ThaldaskError
 
 try:

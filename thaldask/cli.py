@@ -1,65 +1,49 @@
 """The ``thaldask`` console script: a thin click layer over the public functions.
 
-Each command wraps one public function. Errors derived from :class:`ThaldaskError` print one
-line (``thaldask: error: ...``) and exit with status 2; a run in which some scans failed exits
+Each command wraps one public function and lives in the module of :mod:`thaldask.commands`
+named after its stage; this module imports every one of them explicitly, so a command
+module that fails to import fails ``thaldask`` loudly instead of dropping its commands.
+Command modules import their stage inside the command body, so ``thaldask --help`` imports
+neither dask nor torch. Errors derived from :class:`ThaldaskError` print one line
+(``thaldask: error: ...``) and exit with status 2; a run in which some scans failed exits
 with status 1 after finishing the rest of the cohort.
 """
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import click
 
-from thaldask.errors import ThaldaskError
+from thaldask import _click
+from thaldask.commands import cluster as cluster_commands
+from thaldask.commands import cohort as cohort_commands
+from thaldask.commands import metrics as metrics_commands
+from thaldask.commands import pipeline as pipeline_commands
+from thaldask.commands import report as report_commands
+from thaldask.commands import segment as segment_commands
+from thaldask.commands import stats as stats_commands
+from thaldask.commands import store as store_commands
+from thaldask.commands import synth as synth_commands
 
-EXIT_SOME_FAILED = 1
-EXIT_BAD_INPUT = 2
+# kept for scripts that imported them from here
+EXIT_SOME_FAILED = _click.EXIT_SOME_FAILED
+EXIT_BAD_INPUT = _click.EXIT_BAD_INPUT
+fail = _click.fail
+handle_errors = _click.handle_errors
+scheduler_option = _click.scheduler_option
 
+__all__ = ["main"]
 
-def fail(message: str, code: int = EXIT_BAD_INPUT):
-    """Print a one-line error and exit."""
-    click.echo(f"thaldask: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(func):
-    """Turn thaldask errors into one-line messages and a non-zero exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ThaldaskError as exc:
-            problems = getattr(exc, "problems", None)
-            if problems and len(problems) > 1:
-                for p in problems:
-                    click.echo(f"thaldask: error: {p}", err=True)
-                sys.exit(EXIT_BAD_INPUT)
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except KeyboardInterrupt:
-            fail("interrupted; completed scans are kept and a re-run resumes", 130)
-
-    return wrapper
-
-
-def scheduler_option(func):
-    """``--scheduler ADDRESS`` and ``--cluster FILE``, shared by every command that computes."""
-    func = click.option(
-        "--cluster",
-        "cluster_file",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="YAML file with a cluster section (local, address, kubernetes, slurm).",
-    )(func)
-    func = click.option(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="Address of an existing Dask scheduler (tcp:// or tls://); default: a local cluster.",
-    )(func)
-    return func
+COMMAND_MODULES = (
+    cohort_commands,
+    store_commands,
+    synth_commands,
+    metrics_commands,
+    segment_commands,
+    stats_commands,
+    report_commands,
+    cluster_commands,
+    pipeline_commands,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,33 +52,9 @@ def main():
     """Benchmark and scale thalamus segmentation for MS cohorts on Dask."""
 
 
-# Commands are defined in the stage modules' ``commands`` and registered here, one block
-# per stage, so that each stage keeps its command next to the function it wraps.
-def _register():
-    import importlib
-
-    for mod in (
-        "thaldask.cohort.commands",
-        "thaldask.store.commands",
-        "thaldask.synth.commands",
-        "thaldask.metrics.commands",
-        "thaldask.segment.commands",
-        "thaldask.stats.commands",
-        "thaldask.report.commands",
-        "thaldask.cluster.commands",
-        "thaldask.pipeline_commands",
-    ):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod:
-                continue
-            raise
-        for cmd in getattr(m, "COMMANDS", ()):
-            main.add_command(cmd)
-
-
-_register()
+for _module in COMMAND_MODULES:
+    for _cmd in _module.COMMANDS:
+        main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

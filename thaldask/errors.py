@@ -22,7 +22,10 @@ __all__ = [
     "ModelWeightsError",
     "MissingDependencyError",
     "ConfigError",
+    "OutputError",
+    "OutputExistsError",
     "StatsError",
+    "SkipStage",
     "StatsStageWarning",
     "ThaldaskWarning",
     "SmallSiteWarning",
@@ -94,8 +97,20 @@ class ConfigError(ThaldaskError, ValueError):
     """A configuration file or section is invalid."""
 
 
+class OutputError(ThaldaskError, OSError):
+    """An output path cannot be written (missing or read-only folder, a file in the way)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """Writing would replace a file that thaldask did not write."""
+
+
 class StatsError(ThaldaskError, ValueError):
     """A statistical model cannot be fitted on the data given."""
+
+
+class SkipStage(ThaldaskError):
+    """A pipeline stage has nothing to do; its reason is printed and the run goes on."""
 
 
 class ThaldaskWarning(UserWarning):

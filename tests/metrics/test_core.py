@@ -83,7 +83,7 @@ def test_metrics_import_never_pulls_torch():
 
     code = (
         "import sys, thaldask.metrics, thaldask.metrics.evaluate, thaldask.metrics.compare, "
-        "thaldask.metrics.commands; print('torch' in sys.modules)"
+        "thaldask.commands.metrics; print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -59,7 +59,7 @@ def test_segment_command_unknown_model_one_line_exit_2(tmp_path):
 
 
 def test_segment_command_greedy_contrasts_parse():
-    from thaldask.segment.commands import segment_command
+    from thaldask.commands.segment import segment_command
 
     ctx = segment_command.make_context(
         "segment", ["S", "--contrast", "T1w", "FLAIR", "R1", "--ensemble", "T1w+R1", "T1w+FLAIR+R1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from thaldask.cli import handle_errors
+from thaldask._click import handle_errors
 
 
 @click.command("report")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from thaldask.cli import EXIT_SOME_FAILED, fail, handle_errors, scheduler_option
+from thaldask._click import EXIT_SOME_FAILED, fail, handle_errors, scheduler_option
 
 __all__ = ["COMMANDS"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from thaldask.cli import handle_errors, scheduler_option
+from thaldask._click import handle_errors, scheduler_option
 
 
 @click.command("demo")
@@ -19,9 +19,9 @@ from thaldask.cli import handle_errors, scheduler_option
 @handle_errors
 def demo_command(out, subjects, full, seed, no_progress, scheduler, cluster_file):
     """Synthetic cohort through the whole pipeline on a local Dask cluster; prints a summary."""
-    from thaldask.pipeline import _client, print_summary, run_demo
+    from thaldask.pipeline import pipeline_client, print_summary, run_demo
 
-    with _client(None, scheduler, cluster_config=cluster_file, progress=not no_progress) as client:
+    with pipeline_client(None, scheduler, cluster_config=cluster_file, progress=not no_progress) as client:
         # a very small demo cohort might draw no patient with manual ground truth
         gt_fraction = 1.0 if subjects <= 4 else None
         ctx = run_demo(out, subjects, full=full, client=client, progress=not no_progress, seed=seed,

@@ -7,52 +7,16 @@ import sys
 
 import click
 
-from thaldask.cli import handle_errors, scheduler_option
+from thaldask._click import handle_errors, scheduler_option
 
 
 def client_context(scheduler=None, cluster_file=None, **kwargs):
     """``get_client`` with ``--scheduler``/``--cluster`` as given on the command line."""
-    import inspect
-
-    from thaldask.cli import fail
     from thaldask.cluster import get_client
 
     if cluster_file:
-        if "cluster_config" not in inspect.signature(get_client).parameters:
-            fail("--cluster is not supported by this installation's get_client")
         kwargs["cluster_config"] = cluster_file
     return get_client(scheduler, **kwargs)
-
-
-def summary_table(ds, title: str = "mean over scans (total thalamus)"):
-    """Rich table: method × contrast with n, mean Dice, sensitivity, precision, HD95,
-    volume bias vs ground truth (mm³ and %) and the count of empty masks."""
-    import numpy as np
-    from rich.table import Table
-
-    t = Table(title=title)
-    for col in ("method", "contrast", "n GT/all", "Dice", "sens.", "prec.", "HD95 mm", "vol. bias mm³", "bias %", "empty"):
-        t.add_column(col, justify="left" if col in ("method", "contrast") else "right")
-    tot = ds.sel(side="total")
-    for m in tot.method.values:
-        for c in tot.contrast.values:
-            sub = tot.sel({"method": m, "contrast": c})
-            n = int(np.isfinite(sub.volume_mm3.values).sum())
-            if n == 0:
-                continue
-            n_gt = int(np.isfinite(sub.dice.values).sum())
-            empty = int(np.nansum(sub.pred_empty.values))
-
-            def f(v, fmt="{:.3f}"):
-                v = np.asarray(v.values, float)
-                return fmt.format(np.nanmean(v)) if np.isfinite(v).any() else "-"
-
-            t.add_row(
-                str(m), str(c), f"{n_gt}/{n}", f(sub.dice), f(sub.sensitivity), f(sub.precision),
-                f(sub.hd95_mm, "{:.2f}"), f(sub.volume_diff_mm3, "{:+.0f}"), f(sub.volume_diff_pct, "{:+.1f}"),
-                str(empty),
-            )
-    return t
 
 
 def _echo_table(table):
@@ -75,6 +39,7 @@ def _echo_table(table):
 def evaluate_command(store, no_surface, name, csv_path, no_progress, scheduler, cluster_file):
     """Metrics of every stored mask against ground truth: results dataset + metrics.csv."""
     from thaldask.metrics.evaluate import evaluate
+    from thaldask.metrics.summary import summary_table
 
     with client_context(scheduler, cluster_file, quiet=True) as client:
         if not no_progress:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from thaldask.cli import handle_errors
+from thaldask._click import handle_errors
 
 __all__ = ["COMMANDS", "cluster", "check"]
 

@@ -1,0 +1,168 @@
+"""One rule for which scheduler runs a stage, and one batched task runner.
+
+The client rule, the same for every stage: ``client=None`` means *the active distributed
+client if there is one* (``distributed.default_client()``, e.g. inside ``with Client(...)``),
+otherwise Dask's local scheduler (threads unless ``dask.config`` names another). A client
+given explicitly is always used.
+
+:func:`run_batches` runs one task per batch of work items (a batch should hold at least
+~100 ms of work), with Dask retries on a distributed cluster, one progress display
+(:class:`~thaldask._shared.progress.Progress`) advanced by each batch's size, and a
+per-batch error handler so that one failed batch never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from thaldask._shared.progress import Progress
+
+__all__ = ["active_client", "n_slots", "split_batches", "run_batches"]
+
+
+def active_client(client=None):
+    """``client`` if given, else the active distributed client, else ``None``."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def n_slots(client=None) -> int:
+    """Threads that can run tasks at once: the cluster's, or the local scheduler's."""
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # a cluster still starting
+            return 1
+    import dask.config
+
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+
+
+def split_batches(items: Sequence, *, max_per_batch: int, slots: int = 1, per_slot: int = 2) -> list[list]:
+    """``items`` in consecutive batches of at most ``max_per_batch``, small enough that
+    each slot gets about ``per_slot`` batches when the cohort allows.
+
+    >>> [len(b) for b in split_batches(list(range(10)), max_per_batch=4, slots=1)]
+    [4, 4, 2]
+    >>> [len(b) for b in split_batches(list(range(10)), max_per_batch=16, slots=2)]
+    [3, 3, 3, 1]
+    """
+    items = list(items)
+    if not items:
+        return []
+    size = max(1, min(int(max_per_batch), -(-len(items) // max(1, slots * per_slot))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class _Failed:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
+
+
+def _guarded(func, batch, args, kwargs):
+    try:
+        return func(batch, *args, **kwargs)
+    except Exception as exc:  # reported per batch by run_batches
+        return _Failed(exc)
+
+
+def run_batches(
+    func: Callable,
+    batches: Sequence[Sequence],
+    *,
+    client=None,
+    label: str,
+    unit: str = "scans",
+    size: Callable[[Sequence], int] = len,
+    progress: bool = True,
+    key_prefix: str | None = None,
+    retries: int = 1,
+    resources: dict | None = None,
+    on_error: Callable[[Sequence, BaseException], Any] | None = None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+) -> list:
+    """Run ``func(batch, *args, **kwargs)`` once per batch; results in batch order.
+
+    Parameters
+    ----------
+    func : a top-level (picklable) function of one batch
+    batches : the batches (lists of work items)
+    client : see the module's client rule
+    label, unit : progress display text (``"ingest"``, ``"scans"``)
+    size : units of progress per batch (default: its length)
+    key_prefix : task key prefix; each run gets fresh keys (a re-run must look at the store
+        again, not reuse a cached result)
+    retries : Dask retries per task on a distributed cluster (a worker that died)
+    resources : Dask worker resources each task needs, e.g. ``{"gpu": 1}``
+    on_error : ``on_error(batch, exc)`` gives the result of a batch whose task failed; by
+        default the error is raised after every other batch has finished
+    """
+    kwargs = dict(kwargs or {})
+    batches = [list(b) for b in batches]
+    if not batches:
+        return []
+    client = active_client(client)
+    total = sum(size(b) for b in batches)
+    run = uuid.uuid4().hex[:12]
+    prefix = key_prefix or f"thaldask-{label}"
+    results: list = [None] * len(batches)
+    with Progress(total, label, unit=unit, enabled=progress) as bar:
+        if client is not None:
+            from distributed import as_completed
+
+            futs = {}
+            for i, b in enumerate(batches):
+                f = client.submit(
+                    func, b, *args, key=f"{prefix}-{run}-{i}", pure=False, retries=retries,
+                    resources=resources, **kwargs,
+                )
+                futs[f] = i
+            for fut in as_completed(list(futs)):
+                i = futs[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:  # the task raised, or its worker died too often
+                    results[i] = _Failed(exc)
+                bar.advance(size(batches[i]))
+        else:
+            import dask
+            from dask.callbacks import Callback
+
+            names = {f"{prefix}-{run}-{i}": i for i in range(len(batches))}
+            tasks = [
+                dask.delayed(_guarded, pure=False)(func, b, args, kwargs, dask_key_name=k)
+                for k, b in zip(names, batches)
+            ]
+
+            class _Advance(Callback):
+                def _posttask(self, key, result, dsk, state, id):
+                    if key in names:
+                        bar.advance(size(batches[names[key]]))
+
+            with _Advance():
+                out = dask.compute(*tasks, scheduler=dask.config.get("scheduler", None) or "threads")
+            results = list(out)
+    errors = []
+    for i, r in enumerate(results):
+        if isinstance(r, _Failed):
+            if on_error is None:
+                errors.append(r.exc)
+            else:
+                results[i] = on_error(batches[i], r.exc)
+    if errors:
+        raise errors[0]
+    return results
