@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 
 from thaldask import config
+from thaldask.cluster.kubernetes import plan_kubernetes, start_kubernetes
+from thaldask.cluster.slurm import plan_slurm, start_slurm
 from thaldask.cluster.spec import ClusterSpec, load_cluster_spec
 from thaldask.errors import ConfigError
 
@@ -80,11 +82,7 @@ def describe_cluster(cluster_config=None, **local_overrides) -> dict:
             "require_encryption": bool(tls),
         }
     if spec.kind == "kubernetes":
-        from thaldask.cluster.kubernetes import plan_kubernetes
-
         return plan_kubernetes(spec)
-    from thaldask.cluster.slurm import plan_slurm
-
     return plan_slurm(spec)
 
 
@@ -159,10 +157,7 @@ def get_client(
         return
 
     if spec.kind in ("kubernetes", "slurm"):
-        if spec.kind == "kubernetes":
-            from thaldask.cluster.kubernetes import start_kubernetes as start
-        else:
-            from thaldask.cluster.slurm import start_slurm as start
+        start = start_kubernetes if spec.kind == "kubernetes" else start_slurm
         cluster = start(spec, quiet=quiet)
         try:
             security = spec.tls.security() if spec.tls is not None else None

@@ -133,7 +133,7 @@ def load_template(index: int) -> Template:
     )
 
 
-def _rotation(angles_rad) -> np.ndarray:
+def rotation_matrix(angles_rad) -> np.ndarray:
     a, b, c = angles_rad
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
@@ -227,7 +227,7 @@ def make_geometry(
     aniso = np.exp(rng.normal(0.0, shape_jitter, 3))
     aniso /= np.prod(aniso) ** (1 / 3)
     scale = aniso * icv_scale ** (1 / 3)
-    rot = _rotation(np.deg2rad(rng.normal(0.0, rotation_deg, 3)))
+    rot = rotation_matrix(np.deg2rad(rng.normal(0.0, rotation_deg, 3)))
     spacing, half = 8.0, 136.0
     n = int(2 * half / spacing) + 1
     noise = rng.standard_normal((3, n, n, n))

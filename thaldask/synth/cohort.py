@@ -27,9 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thaldask import __version__
+from thaldask._shared.compute import run_batches
+from thaldask._shared.paths import write_text
+from thaldask.errors import ConfigError
 from thaldask.synth.anatomy import (
     THALAMUS,
     list_templates,
+    rotation_matrix,
     load_template,
     make_geometry,
     sample_labels,
@@ -146,10 +151,8 @@ def _maybe_fail(sides: np.ndarray, spec: dict, key: list) -> np.ndarray:
 
 def _pose(rng: np.random.Generator, rot_deg: float, trans_mm: float) -> np.ndarray:
     """Rigid scanner -> head transform of one session."""
-    from thaldask.synth.anatomy import _rotation
-
     P = np.eye(4)
-    P[:3, :3] = _rotation(np.deg2rad(rng.normal(0, rot_deg, 3)))
+    P[:3, :3] = rotation_matrix(np.deg2rad(rng.normal(0, rot_deg, 3)))
     P[:3, 3] = rng.normal(0, trans_mm, 3)
     return P
 
@@ -372,8 +375,8 @@ def make_cohort(
     shape : ``"small"`` (72×80×64 mm field of view around the deep grey matter), ``"full"``
         (whole 1 mm head, 192×240×208 mm) or ``"tiny"`` (64×56×44 mm: the thalami and a
         margin, for tests)
-    client : a ``distributed.Client``; subjects are rendered in parallel on it (one task per
-        subject). ``None`` renders in this process.
+    client : a ``distributed.Client`` to render the subjects on (one task per subject);
+        ``None``: the active client if there is one, else local threads
     params : partial dict of planted parameters (see :mod:`thaldask.synth.params`)
     gt_fraction : share of patients with ground truth at baseline (default 0.5)
     progress : show a progress bar on stderr
@@ -382,8 +385,6 @@ def make_cohort(
     -------
     SynthCohort with the paths of ``manifest.csv``, ``clinical.csv`` and ``truth.json``.
     """
-    from thaldask.errors import ConfigError
-
     if shape not in SHAPES:
         raise ConfigError(f"synth: shape {shape!r} is not one of {', '.join(sorted(SHAPES))}")
     p = merge_params(params)
@@ -400,50 +401,30 @@ def make_cohort(
         (str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed))
         for rows in by_subject
     ]
-    results = _run(args, client, progress)
+    batches = run_batches(_render_batch, [[a] for a in args], client=client, label="synth",
+                          unit="subjects", progress=progress)
+    results = [r for b in batches for r in b]
     records = sorted(
         (r for res in results for r in res),
         key=lambda r: (r["subject_index"], r["timepoint_index"]),
     )
 
     manifest = pd.DataFrame([m for r in records for m in r["manifest"]])[MANIFEST_COLUMNS]
-    manifest.to_csv(out / "manifest.csv", index=False, lineterminator="\n")
-    table[CLINICAL_COLUMNS].to_csv(out / "clinical.csv", index=False, lineterminator="\n")
+    write_text(out / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
+    write_text(out / "clinical.csv", table[CLINICAL_COLUMNS].to_csv(index=False, lineterminator="\n"))
     truth = _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites)
-    (out / "truth.json").write_text(json.dumps(_clean(truth), indent=1, sort_keys=True) + "\n")
+    write_text(out / "truth.json", json.dumps(_clean(truth), indent=1, sort_keys=True) + "\n")
     return SynthCohort(
         out, out / "manifest.csv", out / "clinical.csv", out / "truth.json", len(records)
     )
 
 
-def _run(args, client, progress):
-    from rich.progress import Progress
-
-    with Progress(
-        transient=True,
-        disable=not progress,
-        console=__import__("rich.console").console.Console(stderr=True),
-    ) as bar:
-        task = bar.add_task("synthesising subjects", total=len(args))
-        if client is None:
-            results = []
-            for a in args:
-                results.append(render_subject(*a))
-                bar.advance(task)
-            return results
-        from distributed import as_completed
-
-        futures = [client.submit(render_subject, *a, pure=False) for a in args]
-        results = []
-        for fut in as_completed(futures):
-            results.append(fut.result())
-            bar.advance(task)
-        return results
+def _render_batch(batch) -> list:
+    """Render the subjects of one task (each argument tuple of :func:`render_subject`)."""
+    return [render_subject(*a) for a in batch]
 
 
 def _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites) -> dict:
-    from thaldask import __version__
-
     base = table[table["timepoint_index"] == 0]
     subjects = [
         {

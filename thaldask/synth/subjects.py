@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from thaldask.errors import ConfigError
+from thaldask.synth.anatomy import list_templates
 from thaldask.synth.params import SITE_PRESETS, merge_params
 
 __all__ = ["CLINICAL_COLUMNS", "make_sites", "make_subject_table", "timepoint_names"]
@@ -99,16 +101,12 @@ def make_subject_table(
     ``worsened`` (confirmed EDSS worsening since the previous visit).
     """
     if n_subjects < 1 or n_timepoints < 1 or n_sites < 1:
-        from thaldask.errors import ConfigError
-
         raise ConfigError(
             f"synth: n_subjects={n_subjects}, n_timepoints={n_timepoints}, n_sites={n_sites}; "
             "each must be at least 1"
         )
     p = merge_params(params)
     if n_templates is None:
-        from thaldask.synth.anatomy import list_templates
-
         n_templates = max(1, len(list_templates()))
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     rng = np.random.default_rng(ss.spawn(1)[0])
