@@ -531,6 +531,7 @@ def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = N
 
     ``before``/``after``: tidy frames with columns ``site``, ``method``, ``contrast`` and
     ``value``; one panel per method × contrast, boxes per site, before (hatched) next to after.
+    Each median line's gid is ``site_median:<method>:<contrast>:<site>:<before|after>``.
     ``None`` when ``before`` is empty or there is a single site.
     """
     if before is None or before.empty or before["site"].nunique() < 2:
@@ -542,7 +543,8 @@ def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = N
     fig, axes = new_figure(max(3.6 * ncols, 4), 2.9 * nrows, nrows, ncols, sharey=True)
     for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
         for k, s in enumerate(sites):
-            for off, frame, hatch, alpha in ((-0.2, before, "///", "30"), (0.2, after, None, "80")):
+            for off, frame, hatch, alpha, which in ((-0.2, before, "///", "30", "before"),
+                                                    (0.2, after, None, "80", "after")):
                 if frame is None or frame.empty:
                     continue
                 sel = (frame["method"] == m) & (frame["contrast"] == c) & (frame["site"].astype(str) == s)
@@ -551,9 +553,11 @@ def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = N
                 if v.size == 0:
                     continue
                 pos = k + (off if after is not None and not after.empty else 0)
-                ax.boxplot(v, positions=[pos], widths=0.35, showfliers=False, patch_artist=True,
-                           boxprops={"facecolor": scol[s] + alpha, "edgecolor": scol[s], "hatch": hatch},
-                           medianprops={"color": "black"})
+                bp = ax.boxplot(v, positions=[pos], widths=0.35, showfliers=False, patch_artist=True,
+                                boxprops={"facecolor": scol[s] + alpha, "edgecolor": scol[s],
+                                          "hatch": hatch},
+                                medianprops={"color": "black"})
+                bp["medians"][0].set_gid(f"site_median:{m}:{c}:{s}:{which}")
         ax.set_xticks(range(len(sites)), sites)
         ax.set_xlabel("Site")
         ax.set_ylabel(ylabel)
