@@ -195,7 +195,14 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     -------
     dict of str -> Path
         The CSV written per table; the same tables are stored as the ``stats`` dataset
-        in the store (``open_store(path).open_results("stats")``).
+        in the store (``open_store(path).open_results("stats")``), with the per-scan
+        numbers behind them that the report draws: ``annualised_change_pct`` (subject,
+        method, contrast, side; % per year) with ``annualised_change_years``,
+        ``annualised_change_group``, ``baseline_timepoint`` and ``followup_timepoint``
+        (subject) when the longitudinal models ran
+        (:func:`thaldask.stats.longitudinal.subject_annualised_change` of the volumes they
+        used), and ``harmonised_volume_mm3`` (subject, timepoint, method, contrast, side)
+        when ComBat ran.
     """
     if config is not None and not isinstance(config, dict):
         config = load_stats_config(config)
