@@ -28,11 +28,11 @@ def _three_timepoints(n_subjects: int = 24) -> xr.Dataset:
     ds = make_results(n_subjects=n_subjects, rng=3)
     m24 = ds.isel(timepoint=[1]).assign_coords(timepoint=["m24"])
     m24["volume_mm3"] = m24["volume_mm3"] * rng.normal(0.985, 0.01, m24["volume_mm3"].shape)
-    m24["years_since_baseline"] = m24["years_since_baseline"] * 0 + rng.uniform(1.8, 2.2, (n_subjects, 1))
+    years = rng.uniform(1.8, 2.2, (n_subjects, 1))
+    m24["years_since_baseline"] = m24["years_since_baseline"] * 0 + years
     m24["age"] = m24["age"] + 1
     m24["edss"] = m24["edss"] + rng.choice([0.0, 0.5, 1.0, 1.5], (n_subjects, 1))
     out = xr.concat([ds, m24], dim="timepoint", data_vars="all", coords="minimal", compat="override")
-    out["years_since_baseline"] = out["years_since_baseline"].copy()
     v = out["volume_mm3"].copy()
     v.loc[{"subject": "sub-005", "timepoint": "m24", "method": "mindglide-sim"}] = np.nan
     out["volume_mm3"] = v
@@ -137,7 +137,8 @@ def test_report_annualised_change_equals_longitudinal_csv(stats_store, drawn):
     assert checked >= 5 * 4  # five method × contrast panels, four groups each
     # the points are the stored values, nothing else
     sds = open_store(store).open_results("stats")
-    stored = sds["annualised_change_pct"].sel({"side": "total", "method": "mindglide-sim", "contrast": "R1"}).values
+    at = {"side": "total", "method": "mindglide-sim", "contrast": "R1"}
+    stored = sds["annualised_change_pct"].sel(at).values
     ax = next(a for a in panels if a.get_title() == "mindglide-sim · R1")
     drawn_values = np.sort(np.concatenate(list(_points(ax).values())))
     np.testing.assert_array_equal(drawn_values, np.sort(stored[np.isfinite(stored)]))

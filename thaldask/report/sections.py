@@ -25,7 +25,14 @@ from rich.progress import Progress as RichProgress
 
 from thaldask.report import figures as F
 from thaldask.report.page import absent_html, esc, figure_html, table_html
-from thaldask.report.qc import gt_mask_for, image_contrast_of, plot_scan_qc, safe_name, scan_index, select_qc_cases
+from thaldask.report.qc import (
+    gt_mask_for,
+    image_contrast_of,
+    plot_scan_qc,
+    safe_name,
+    scan_index,
+    select_qc_cases,
+)
 from thaldask.report.style import save
 from thaldask.stats import headline_findings
 
