@@ -271,13 +271,16 @@ def cell_matches(shown: str, value) -> bool:
 
 @pytest.fixture(scope="session")
 def fixture_report(tmp_path_factory):
-    """A report built from the hand-made results and tables (agreement from the stats stage)."""
+    """A report built from the hand-made results and tables (agreement and the stored
+    per-subject annualised change from the stats stage)."""
     from thaldask.report import build_report
     from thaldask.stats import fit_agreement
+    from thaldask.stats.longitudinal import subject_annualised_change
 
     out = tmp_path_factory.mktemp("report")
     ds = make_results()
     stats = make_stats()
     stats["agreement"] = fit_agreement(ds, as_frame=True)
-    index = build_report(out, results=ds, stats=stats, progress=False)
+    index = build_report(out, results=ds, stats=stats, stored=subject_annualised_change(ds),
+                         progress=False)
     return index, stats

@@ -6,10 +6,12 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from conftest import make_results, make_stats
 
 from thaldask.report import figures as F
 from thaldask.report.style import OKABE_ITO, method_colours
+from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
 
 matplotlib.use("Agg")
 
@@ -30,7 +32,7 @@ def _texts(fig):
         lambda ds, st: F.plot_precision_sensitivity(ds),
         lambda ds, st: F.plot_volume_vs_gt(ds),
         lambda ds, st: F.plot_bland_altman(ds, st["agreement"]),
-        lambda ds, st: F.plot_annualised_change(ds),
+        lambda ds, st: F.plot_annualised_change(F.annualised_change_frame(subject_annualised_change(ds))),
     ],
     ids=["distributions", "precision_sensitivity", "volume_vs_gt", "bland_altman", "annualised"],
 )
@@ -54,7 +56,7 @@ def test_results_figures_no_ground_truth_return_none(ds):
     assert F.plot_volume_vs_gt(nogt) is None
     assert F.plot_bland_altman(nogt) is None
     # volumes without GT still give annualised change
-    assert F.plot_annualised_change(nogt) is not None
+    assert F.plot_annualised_change(F.annualised_change_frame(subject_annualised_change(nogt))) is not None
 
 
 def test_metric_combos_missing_combination_excluded(ds):
@@ -105,7 +107,7 @@ def test_method_colours_okabe_ito_distinct():
     assert len(set(cols.values())) == 7
 
 
-def test_annualised_change_hand_case_exact():
+def test_annualised_change_frame_hand_case_exact():
     ds = make_results(n_subjects=4)
     v = ds["volume_mm3"].copy()
     at = {"subject": "sub-000", "method": "freesurfer-sim", "contrast": "T1w", "side": "total"}
@@ -115,17 +117,18 @@ def test_annualised_change_hand_case_exact():
     yrs = ds["years_since_baseline"].copy()
     yrs.loc[{"subject": "sub-000", "timepoint": "m12"}] = 2.0
     ds["years_since_baseline"] = yrs
-    df = F.annualised_change(ds)
+    df = F.annualised_change_frame(subject_annualised_change(ds))
     row = df[(df.subject == "sub-000") & (df.method == "freesurfer-sim") & (df.contrast == "T1w")]
     assert row["pct_per_year"].item() == pytest.approx(-1.0)  # -2 % over 2 years
     assert row["group"].item() == "MS"
     assert not ((df.method == "freesurfer-sim") & (df.contrast == "R1")).any()  # never run
 
 
-def test_annualised_change_single_timepoint_none():
-    ds = make_results().isel(timepoint=[0])
-    assert F.annualised_change(ds).empty
-    assert F.plot_annualised_change(ds) is None
+def test_annualised_change_nothing_stored_none():
+    assert F.annualised_change_frame(None).empty
+    stats_only = xr.Dataset({"longitudinal__estimate": ("longitudinal_row", [0.5])})
+    assert F.annualised_change_frame(stats_only).empty
+    assert F.plot_annualised_change(F.annualised_change_frame(stats_only)) is None
 
 
 def test_forest_plot_ci_lines_from_table():
@@ -176,19 +179,24 @@ def test_site_distributions_before_after_boxes():
     assert F.plot_site_distributions(before[before.site == "A"]) is None
 
 
-def test_annualised_change_group_means_equal_longitudinal_table(ds):
-    """The figure's per-subject values and the stats stage's group means use one definition."""
-    from thaldask.stats import fit_longitudinal
-
+def test_annualised_change_points_and_means_equal_longitudinal_table(ds):
+    """The figure's points are the stored per-subject values; their group means are the
+    table's annualised_change estimates, and so are the diamonds."""
     lg = fit_longitudinal(ds, mixed=False, as_frame=True)
-    per_subject = F.annualised_change(ds)
-    fig = F.plot_annualised_change(ds, longitudinal=lg)
+    fig = F.plot_annualised_change(F.annualised_change_frame(subject_annualised_change(ds)),
+                                   longitudinal=lg)
+    rows = lg[(lg.analysis == "annualised_change") & (lg.side == "total")]
     ax = next(a for a in fig.axes if a.get_title() == "mindglide-sim · R1")
-    diamonds = [line for line in ax.get_lines() if line.get_marker() == "D"]
     groups = [t.get_text() for t in ax.get_xticklabels()]
+    points = {c.get_gid().rsplit(":", 1)[1]: c.get_offsets()[:, 1] for c in ax.collections
+              if (c.get_gid() or "").startswith("annualised_change:")}
+    assert set(points) == set(groups)
+    for g, y in points.items():
+        r = rows[(rows.method == "mindglide-sim") & (rows.contrast == "R1") & (rows.term == g)]
+        assert y.mean() == pytest.approx(r.estimate.item(), rel=0, abs=1e-9)
+        assert r.n.item() == y.size
+    diamonds = [line for line in ax.get_lines() if line.get_marker() == "D"]
     assert len(diamonds) == len(groups)
     for line in diamonds:
         g = groups[round(line.get_xdata()[0] - 0.38)]
-        sel = (per_subject.method == "mindglide-sim") & (per_subject.contrast == "R1") & (
-            per_subject.group == g)
-        assert line.get_ydata()[0] == pytest.approx(per_subject.loc[sel, "pct_per_year"].mean())
+        assert line.get_ydata()[0] == pytest.approx(points[g].mean(), rel=0, abs=1e-9)

@@ -15,6 +15,7 @@ from PIL import Image
 from thaldask.report import build_report
 from thaldask.report.build import AGREEMENT_KEY_COLUMNS
 from thaldask.report.page import fmt_value
+from thaldask.stats.longitudinal import subject_annualised_change
 
 
 def assert_references_valid(index: Path) -> PageParser:
@@ -128,7 +129,8 @@ def test_build_report_no_ground_truth_agreement_absent(tmp_path):
     ds = make_results()
     for v in ("dice", "sensitivity", "precision", "gt_volume_mm3"):
         ds[v] = ds[v] * np.nan
-    index = build_report(tmp_path, results=ds, stats={}, progress=False)
+    index = build_report(tmp_path, results=ds, stats={}, stored=subject_annualised_change(ds),
+                         progress=False)
     text = index.read_text(encoding="utf-8")
     assert "No scan has both a ground-truth mask and a method mask" in text
     names = {Path(s).stem for s in PageParser(text).images}
@@ -225,29 +227,8 @@ def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
 @pytest.mark.slow
 def test_build_report_left_side_captions_name_side(tmp_path):
     ds = make_results(n_subjects=6).isel(method=[2])
-    index = build_report(tmp_path, results=ds, stats={}, side="left", progress=False)
+    index = build_report(tmp_path, results=ds, stats={}, side="left",
+                         stored=subject_annualised_change(ds, side="all"), progress=False)
     text = index.read_text(encoding="utf-8")
     assert "Thalamic volume (left, mm³) per acquisition site" in text
     assert "figures/annualised_change.png" in text
-
-
-@pytest.mark.slow
-def test_harmonised_recomputed_only_when_estimates_match_table(evaluated_store):
-    import warnings
-
-    from thaldask.report.build import _harmonised
-    from thaldask.stats import harmonise
-    from thaldask.store import open_store
-
-    store, _ = evaluated_store
-    st = open_store(store)
-    ds = st.open_results()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, table = harmonise(ds, eb=False, min_site_size=2)  # not the default settings
-    stats = {"harmonisation": table}
-    assert _harmonised(st, ds, stats) is None  # defaults reproduce other estimates: refused
-    cfg = {"combat": {"eb": False, "min_site_size": 2}}
-    out = _harmonised(st, ds, stats, stats_config=cfg)
-    assert out is not None and "volume_mm3_raw" in out
-    assert "identical to harmonisation.csv" in out.attrs["harmonised_by"]

@@ -13,7 +13,7 @@ from thaldask.stats import (
     fit_longitudinal,
     fit_method_comparison,
 )
-from thaldask.stats.run import TABLE_KEYS
+from thaldask.schema import TABLE_KEYS
 
 
 def _isnan(v) -> bool:

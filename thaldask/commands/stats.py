@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from thaldask._click import handle_errors
+from thaldask.errors import ThaldaskWarning
 
 
 @click.command("stats")
@@ -32,8 +33,6 @@ def stats_command(store, config_file, out, quiet):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         paths = write_stats(store, out=out, config=config_file)
-    from thaldask.errors import ThaldaskWarning
-
     for w in caught:
         if issubclass(w.category, ThaldaskWarning):
             click.echo(f"thaldask: warning: {w.message}", err=True)

@@ -24,8 +24,10 @@ from thaldask.report.style import (
     new_figure,
     styled,
 )
+from thaldask.stats._select import at_scans, gt_scans
 
 __all__ = [
+    "combo_label",
     "metric_combos",
     "plot_metric_distributions",
     "plot_precision_sensitivity",
@@ -33,7 +35,7 @@ __all__ = [
     "plot_bland_altman",
     "plot_forest",
     "plot_odds_ratios",
-    "annualised_change",
+    "annualised_change_frame",
     "plot_annualised_change",
     "plot_site_distributions",
     "find_ci_columns",
@@ -50,7 +52,8 @@ METRIC_LABELS = {
 GROUP_ORDER = ["HC", "MS", "NMOSD", "MOGAD"]
 
 
-def _label(method, contrast) -> str:
+def combo_label(method, contrast) -> str:
+    """Panel and row label of a method × contrast: ``method · contrast``."""
     return f"{method} · {contrast}"
 
 
@@ -79,37 +82,18 @@ def _values(ds, var, method, contrast, *, side="total") -> np.ndarray:
 
 def _pairs(ds, method, contrast, *, side="total", one_per_subject=False):
     """Finite (gt, method) volume pairs, mm³: every scan, or with ``one_per_subject`` each
-    subject's earliest scan with ground truth (the scans the agreement statistics use)."""
+    subject's ground-truth scan by the statistics stage's rule
+    (:func:`thaldask.stats._select.gt_scans`), the scans the agreement table uses."""
     d = _side(ds, side)
     v = d["volume_mm3"].sel({"method": method, "contrast": contrast}).transpose("subject", "timepoint")
     g = d["gt_volume_mm3"].transpose("subject", "timepoint")
-    v, g = np.asarray(v, dtype=float), np.asarray(g, dtype=float)
     if one_per_subject:
-        pick = _gt_scans(ds, side)
-        has = pick >= 0
-        rows = np.flatnonzero(has)
-        v, g = v[rows, pick[has]], g[rows, pick[has]]
+        pick = gt_scans(ds, side)
+        v, g = at_scans(v, pick), at_scans(g, pick)
+    else:
+        v, g = np.asarray(v, dtype=float), np.asarray(g, dtype=float)
     ok = np.isfinite(g) & np.isfinite(v)
     return g[ok], v[ok]
-
-
-def _gt_scans(ds, side):
-    """Per subject, the timepoint position of its earliest scan with ground truth (-1: none)."""
-    try:  # the statistics stage's own rule, so figures use exactly the table's scans
-        from thaldask.stats.agreement import gt_scans
-
-        return np.asarray(gt_scans(ds, side))
-    except Exception:  # noqa: BLE001 - stats stage absent or older: same rule, dataset order
-        gt = np.asarray(_side(ds, side)["gt_volume_mm3"].transpose("subject", "timepoint"), float)
-        order = range(gt.shape[1])
-        if "years_since_baseline" in ds:
-            yrs = np.asarray(ds["years_since_baseline"].transpose("subject", "timepoint"), float)
-            with np.errstate(all="ignore"):
-                order = np.argsort(np.nanmean(np.where(np.isfinite(yrs), yrs, np.nan), 0), kind="stable")
-        pick = np.full(gt.shape[0], -1)
-        for t in list(order)[::-1]:
-            pick = np.where(np.isfinite(gt[:, t]), t, pick)
-        return pick
 
 
 def _grid(n: int, max_cols: int = 4):
@@ -177,7 +161,7 @@ def plot_metric_distributions(
         ax.set_xlabel(METRIC_LABELS.get(metric, metric))
         if metric in ("dice", "sensitivity", "precision", "jaccard"):
             ax.set_xlim(-0.02, 1.02)
-    axes[0, 0].set_yticks(range(len(combos)), [_label(m, c) for m, c in combos])
+    axes[0, 0].set_yticks(range(len(combos)), [combo_label(m, c) for m, c in combos])
     axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
     fig.suptitle(f"Agreement with ground truth per scan ({side} thalamus)")
     return fig
@@ -206,7 +190,7 @@ def plot_precision_sensitivity(ds: xr.Dataset, *, side: str = "total", colours=N
         ok = np.isfinite(s) & np.isfinite(p)
         ax.scatter(s[ok], p[ok], s=14, color=colours[m], marker=markers[c], alpha=0.45, linewidths=0)
         ax.scatter(s[ok].mean(), p[ok].mean(), s=80, color=colours[m], marker=markers[c],
-                   edgecolors="black", linewidths=0.9, zorder=4, label=_label(m, c))
+                   edgecolors="black", linewidths=0.9, zorder=4, label=combo_label(m, c))
     ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--", zorder=1)
     lo = min(0.5, np.nanmin([d["sensitivity"].min(), d["precision"].min()]) - 0.05)
     ax.set_xlim(max(lo, 0), 1.02)
@@ -363,7 +347,7 @@ def plot_bland_altman(ds: xr.Dataset, agreement: pd.DataFrame | None = None, *, 
         y0, y1 = ax.get_ylim()
         if y1 - y0 < 2.0:  # identical volumes: keep a readable mm³ scale around zero
             ax.set_ylim(min(y0, -1.0), max(y1, 1.0))
-        ax.set_title(f"{_label(m, c)} (n = {g.size})")
+        ax.set_title(f"{combo_label(m, c)} (n = {g.size})")
         ax.set_xlabel("Mean of method and GT volume (mm³)")
         ax.set_ylabel("Method − GT volume (mm³)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7)
@@ -408,7 +392,7 @@ def _estimate_plot(table, est, *, log=False, ref=0.0, xlabel="", title="", facet
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0)))
         if f:
             ax.set_title(f)
-    axes[0, 0].set_yticks(range(len(combos)), [_label(m, c) for m, c in combos])
+    axes[0, 0].set_yticks(range(len(combos)), [combo_label(m, c) for m, c in combos])
     axes[0, 0].set_ylim(len(combos) - 0.5, -0.5)
     _hide_unused(axes, len(facets))
     fig.supxlabel(xlabel, fontsize=9)
@@ -449,46 +433,37 @@ def plot_odds_ratios(longitudinal: pd.DataFrame | None, *, side: str = "total", 
     )
 
 
-def annualised_change(ds: xr.Dataset, *, side: str = "total") -> pd.DataFrame:
-    """Annualised % volume change per subject × method × contrast.
+def annualised_change_frame(stored: xr.Dataset | None, *, side: str = "total") -> pd.DataFrame:
+    """The per-subject annualised % volume change the statistics stage stored, as a tidy
+    frame: subject, group, method, contrast, pct_per_year (finite values only).
 
-    ``100 * (V_last / V_baseline - 1) / years`` between the subject's baseline (the
-    timepoint with ``years_since_baseline == 0``, else the first) and its last timepoint with
-    a positive ``years_since_baseline``. Tidy frame: subject, group, method, contrast,
-    pct_per_year. Empty when nobody has a follow-up.
+    ``stored`` is the store's ``stats`` dataset (``thaldask stats``) or the output of
+    :func:`thaldask.stats.longitudinal.subject_annualised_change`: the values that the
+    ``annualised_change`` rows of ``longitudinal.csv`` summarise, from the same volumes
+    (harmonised when ComBat ran) and the same baseline/follow-up pairs. Nothing is
+    recomputed here. Empty without stored values (e.g. tables read from CSV files only).
     """
     cols = ["subject", "group", "method", "contrast", "pct_per_year"]
-    if "years_since_baseline" not in ds or "volume_mm3" not in ds or ds.sizes.get("timepoint", 0) < 2:
+    if stored is None or "annualised_change_pct" not in stored:
         return pd.DataFrame(columns=cols)
-    d = _side(ds, side)
-    years = np.asarray(d["years_since_baseline"].transpose("subject", "timepoint"), float)
-    vol = d["volume_mm3"].transpose("subject", "timepoint", "method", "contrast").values.astype(float)
-    S = years.shape[0]
-    is_base = years == 0
-    base = np.where(is_base.any(1), is_base.argmax(1), 0)  # (S,)
-    v0 = vol[np.arange(S), base]  # (S, M, C)
-    # last follow-up (largest positive years) with a finite volume, per subject/method/contrast
-    ok = np.isfinite(vol) & (np.isfinite(years) & (years > 0))[:, :, None, None]
-    score = np.where(ok, np.nan_to_num(years, nan=-1.0)[:, :, None, None], -np.inf)
-    j = score.argmax(1)  # (S, M, C)
-    has = np.isfinite(np.take_along_axis(score, j[:, None], 1)[:, 0])
-    v1 = np.take_along_axis(vol, j[:, None], 1)[:, 0]
-    y1 = years[np.arange(S)[:, None, None], j]
-    with np.errstate(all="ignore"):
-        pct = 100 * (v1 / v0 - 1) / y1
-    keep = has & np.isfinite(v0) & (v0 > 0) & np.isfinite(pct)
-    if "group" in d:
-        g = np.asarray(d["group"].transpose("subject", "timepoint"), dtype=object)
-        group = np.array([next((str(x) for x in row if not _missing(x)), "unknown") for row in g],
-                         dtype=object)
+    da = stored["annualised_change_pct"]
+    if "side" in da.dims:
+        if side not in [str(s) for s in da["side"].values]:
+            return pd.DataFrame(columns=cols)
+        da = da.sel(side=side)
+    pct = da.transpose("subject", "method", "contrast").values.astype(float)
+    S = pct.shape[0]
+    if "annualised_change_group" in stored:
+        group = np.array(["unknown" if _missing(x) else str(x)
+                          for x in stored["annualised_change_group"].values], dtype=object)
     else:
         group = np.full(S, "all", dtype=object)
-    si, mi, ci = np.nonzero(keep)
-    subj = d["subject"].values.astype(str)
-    meth = d["method"].values.astype(str)
-    con = d["contrast"].values.astype(str)
-    return pd.DataFrame({"subject": subj[si], "group": group[si], "method": meth[mi],
-                         "contrast": con[ci], "pct_per_year": pct[si, mi, ci]}, columns=cols)
+    si, mi, ci = np.nonzero(np.isfinite(pct))
+    return pd.DataFrame({
+        "subject": da["subject"].values.astype(str)[si], "group": group[si],
+        "method": da["method"].values.astype(str)[mi], "contrast": da["contrast"].values.astype(str)[ci],
+        "pct_per_year": pct[si, mi, ci],
+    }, columns=cols)
 
 
 def _missing(x) -> bool:
@@ -498,15 +473,18 @@ def _missing(x) -> bool:
 
 
 @styled
-def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0,
+def plot_annualised_change(change: pd.DataFrame | None, *, side: str = "total", rng=0,
                            longitudinal: pd.DataFrame | None = None):
-    """Annualised % thalamic volume change by clinical group, one panel per method × contrast
-    (see :func:`annualised_change`). With the ``longitudinal`` table, its
-    ``annualised_change`` rows (group mean, ``ci_lower``, ``ci_upper``) are drawn beside each
-    box. ``None`` without follow-up scans."""
+    """Annualised % thalamic volume change by clinical group, one panel per method × contrast.
+
+    ``change``: per-subject values as :func:`annualised_change_frame` gives them (columns
+    subject, group, method, contrast, pct_per_year); each is drawn as one point (x: the
+    group's position jittered by ± 0.15, y: the value exactly) over its group's box. With
+    the ``longitudinal`` table, its ``annualised_change`` rows (group mean, ``ci_lower``,
+    ``ci_upper``) are drawn beside each box. ``None`` without values."""
     rng = np.random.default_rng(rng)
-    df = annualised_change(ds, side=side)
-    if df.empty:
+    df = change
+    if df is None or df.empty:
         return None
     combos = list(dict.fromkeys(zip(df["method"], df["contrast"], strict=True)))
     groups = [g for g in GROUP_ORDER if g in set(df["group"])] + sorted(
@@ -529,7 +507,7 @@ def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0,
                        boxprops={"facecolor": gcol[g] + "40", "edgecolor": gcol[g]},
                        medianprops={"color": "black"})
             ax.scatter(k + rng.uniform(-0.15, 0.15, v.size), v, s=8, color=gcol[g], linewidths=0,
-                       zorder=3)
+                       zorder=3, gid=f"annualised_change:{m}:{c}:{g}")
             r = _row(means, method=m, contrast=c, term=g) if means is not None else None
             est, lo, hi = _num(r, "estimate"), _num(r, "ci_lower"), _num(r, "ci_upper")
             if est is not None:
@@ -538,7 +516,7 @@ def plot_annualised_change(ds: xr.Dataset, *, side: str = "total", rng=0,
                 ax.plot(k + 0.38, est, "D", color="black", ms=4, zorder=5)
         ax.axhline(0, color="0.5", lw=0.7)
         ax.set_xticks(range(len(groups)), groups)
-        ax.set_title(_label(m, c))
+        ax.set_title(combo_label(m, c))
         ax.set_ylabel("Volume change (%/year)")
         ax.set_xlabel("Group")
     _hide_unused(axes, len(combos))
@@ -553,6 +531,7 @@ def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = N
 
     ``before``/``after``: tidy frames with columns ``site``, ``method``, ``contrast`` and
     ``value``; one panel per method × contrast, boxes per site, before (hatched) next to after.
+    Each median line's gid is ``site_median:<method>:<contrast>:<site>:<before|after>``.
     ``None`` when ``before`` is empty or there is a single site.
     """
     if before is None or before.empty or before["site"].nunique() < 2:
@@ -564,7 +543,8 @@ def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = N
     fig, axes = new_figure(max(3.6 * ncols, 4), 2.9 * nrows, nrows, ncols, sharey=True)
     for ax, (m, c) in zip(axes.ravel(), combos, strict=False):
         for k, s in enumerate(sites):
-            for off, frame, hatch, alpha in ((-0.2, before, "///", "30"), (0.2, after, None, "80")):
+            for off, frame, hatch, alpha, which in ((-0.2, before, "///", "30", "before"),
+                                                    (0.2, after, None, "80", "after")):
                 if frame is None or frame.empty:
                     continue
                 sel = (frame["method"] == m) & (frame["contrast"] == c) & (frame["site"].astype(str) == s)
@@ -573,13 +553,15 @@ def plot_site_distributions(before: pd.DataFrame, after: pd.DataFrame | None = N
                 if v.size == 0:
                     continue
                 pos = k + (off if after is not None and not after.empty else 0)
-                ax.boxplot(v, positions=[pos], widths=0.35, showfliers=False, patch_artist=True,
-                           boxprops={"facecolor": scol[s] + alpha, "edgecolor": scol[s], "hatch": hatch},
-                           medianprops={"color": "black"})
+                bp = ax.boxplot(v, positions=[pos], widths=0.35, showfliers=False, patch_artist=True,
+                                boxprops={"facecolor": scol[s] + alpha, "edgecolor": scol[s],
+                                          "hatch": hatch},
+                                medianprops={"color": "black"})
+                bp["medians"][0].set_gid(f"site_median:{m}:{c}:{s}:{which}")
         ax.set_xticks(range(len(sites)), sites)
         ax.set_xlabel("Site")
         ax.set_ylabel(ylabel)
-        ax.set_title(_label(m, c))
+        ax.set_title(combo_label(m, c))
     _hide_unused(axes, len(combos))
     title = "Site distributions" + (": before (hatched) and after harmonisation"
                                     if after is not None and not after.empty else " (no harmonised values)")

@@ -14,7 +14,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from thaldask.errors import ScanError
 from thaldask.report.style import GT_COLOUR, PRED_COLOUR, new_figure, save, styled
+from thaldask.schema import GT_METHOD
+from thaldask.store import open_store
 
 __all__ = ["slice_centre", "plot_scan_qc", "select_qc_cases", "write_qc", "qc_rows_for_scan"]
 
@@ -200,7 +203,7 @@ def select_qc_cases(
     )
 
 
-def _image_contrast(st, contrast: str) -> str | None:
+def image_contrast_of(st, contrast: str) -> str | None:
     """Image to draw a mask on: its own contrast, else (ensembles such as ``T1w+FLAIR``) the
     first of its parts that is stored, else the first stored contrast."""
     for c in [contrast, *contrast.split("+"), *st.contrasts]:
@@ -209,15 +212,18 @@ def _image_contrast(st, contrast: str) -> str | None:
     return None
 
 
-def _gt_for(st, contrast: str, i: int) -> np.ndarray | None:
-    gts = [c for m, c in st.methods if m == "gt"]
+def gt_mask_for(st, contrast: str, i: int) -> np.ndarray | None:
+    """Ground-truth labels of scan ``i`` drawn beside a mask of ``contrast``: the GT of that
+    contrast, else of one of its parts, else any stored GT; None when the scan has none."""
+    gts = [c for m, c in st.methods if m == GT_METHOD]
     for c in [contrast, *contrast.split("+"), *gts]:
-        if ("gt", c) in st.methods and bool(st.has_mask("gt", c)[i]):
-            return st.load_mask("gt", c, i)
+        if (GT_METHOD, c) in st.methods and bool(st.has_mask(GT_METHOD, c)[i]):
+            return st.load_mask(GT_METHOD, c, i)
     return None
 
 
-def _scan_index(st, subject: str, timepoint: str) -> int | None:
+def scan_index(st, subject: str, timepoint: str) -> int | None:
+    """Position of the scan (subject, timepoint) in the store, None if absent."""
     sc = st.scans
     hit = np.flatnonzero((sc["subject"].astype(str) == str(subject))
                          & (sc["timepoint"].astype(str) == str(timepoint)))
@@ -229,11 +235,11 @@ def qc_rows_for_scan(st, i: int, methods=None):
     contrast) mask of scan ``i``."""
     rows = []
     for m, c in st.methods:
-        if m == "gt" or (methods is not None and (m, c) not in methods):
+        if m == GT_METHOD or (methods is not None and (m, c) not in methods):
             continue
         if not bool(st.has_mask(m, c)[i]):
             continue
-        ic = _image_contrast(st, c)
+        ic = image_contrast_of(st, c)
         if ic is None:
             continue
         rows.append((f"{m} · {c}", st.load_mask(m, c, i), ic, c))
@@ -256,9 +262,6 @@ def write_qc(store, subject: str, out, *, timepoint: str | None = None, fmt: str
     list of Path
         The files written (eager; reads one scan at a time from the store).
     """
-    from thaldask.errors import ScanError
-    from thaldask.store import open_store
-
     st = open_store(store) if isinstance(store, (str, Path)) else store
     sc = st.scans
     sel = sc["subject"].astype(str) == str(subject)
@@ -276,7 +279,7 @@ def write_qc(store, subject: str, out, *, timepoint: str | None = None, fmt: str
         i = int(i)
         tp = str(sc["timepoint"].iloc[i])
         rows = qc_rows_for_scan(st, i)
-        ref = _image_contrast(st, st.contrasts[0]) if st.contrasts else None
+        ref = image_contrast_of(st, st.contrasts[0]) if st.contrasts else None
         images = {c: st.load_image(c, i) for c in {r[2] for r in rows} | ({ref} if ref else set())
                   if bool(st.has_image(c)[i])}
         if not images:
@@ -286,19 +289,20 @@ def write_qc(store, subject: str, out, *, timepoint: str | None = None, fmt: str
             fig = plot_scan_qc(
                 base, [(label, lab) for label, lab, _, _ in rows],
                 images=[images.get(c) for _, _, c, _ in rows],
-                gts=[_gt_for(st, mc, i) for _, _, _, mc in rows],
+                gts=[gt_mask_for(st, mc, i) for _, _, _, mc in rows],
                 spacing=st.spacing[i], title=f"{subject} · {tp} · site {sc['site'].iloc[i]}",
             )
         else:  # no method mask: the image with its ground truth, if any
-            gt = _gt_for(st, ref or "", i)
+            gt = gt_mask_for(st, ref or "", i)
             fig = plot_scan_qc(base, [("ground truth" if gt is not None else "image", None)],
                                gt=gt, spacing=st.spacing[i],
                                title=f"{subject} · {tp} · site {sc['site'].iloc[i]}")
-        path = out / f"qc_{_safe(subject)}_{_safe(tp)}.{fmt}"
+        path = out / f"qc_{safe_name(subject)}_{safe_name(tp)}.{fmt}"
         save(fig, path)
         written.append(path)
     return written
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` as ``_`` (file names)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))

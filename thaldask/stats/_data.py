@@ -67,27 +67,6 @@ def clinical_frame(ds: xr.Dataset) -> pd.DataFrame:
     return df
 
 
-def first_timepoint(ds: xr.Dataset) -> str:
-    tps = [str(t) for t in ds["timepoint"].values]
-    return "baseline" if "baseline" in tps else tps[0]
-
-
-def scan_order(ds: xr.Dataset) -> np.ndarray:
-    """Timepoint positions sorted by time: years_since_baseline medians if present, else
-    the dataset order with ``baseline`` first."""
-    tps = [str(t) for t in ds["timepoint"].values]
-    if "years_since_baseline" in ds:
-        yrs = ds["years_since_baseline"].transpose("subject", "timepoint").values.astype(float)
-        with np.errstate(all="ignore"):
-            med = np.array([np.nanmedian(c) if np.isfinite(c).any() else np.inf for c in yrs.T])
-        return np.argsort(med, kind="mergesort")
-    order = list(range(len(tps)))
-    if "baseline" in tps:
-        order.remove(tps.index("baseline"))
-        order.insert(0, tps.index("baseline"))
-    return np.asarray(order)
-
-
 def zscore(x: np.ndarray, axis: int = -1, weights=None) -> np.ndarray:
     """Standardise along ``axis`` over rows with weight 1 (ddof = 1); others become NaN."""
     x = np.asarray(x, dtype=float)

@@ -13,6 +13,8 @@ import xarray as xr
 from scipy import stats
 
 from thaldask.stats import _data
+from thaldask.stats._select import at_scans, gt_scans
+from thaldask.stats._tables import as_result
 from thaldask.stats.kernels import ols_batched
 
 __all__ = ["fit_agreement", "bland_altman", "icc_a1", "lin_ccc", "pearson"]
@@ -221,26 +223,6 @@ def _summary(v: np.ndarray, alpha: float) -> dict:
     )
 
 
-def gt_scans(ds: xr.Dataset, side: str = "total") -> np.ndarray:
-    """Per subject, the position of the earliest timepoint with a ground-truth volume
-    (-1 if none): agreement uses one scan per subject so pairs are independent."""
-    gt = ds["gt_volume_mm3"].sel(side=side).transpose("subject", "timepoint").values
-    order = _data.scan_order(ds)
-    pick = np.full(gt.shape[0], -1)
-    for t in order[::-1]:
-        pick = np.where(np.isfinite(gt[:, t]), t, pick)
-    return pick
-
-
-def _at_scans(da: xr.DataArray, pick: np.ndarray) -> np.ndarray:
-    """Values of ``da`` (subject, timepoint, ...) at each subject's chosen timepoint."""
-    arr = da.transpose("subject", "timepoint", ...).values
-    out = np.full((arr.shape[0], *arr.shape[2:]), np.nan)
-    has = pick >= 0
-    out[has] = arr[np.flatnonzero(has), pick[has]]
-    return out
-
-
 def fit_agreement(
     ds: xr.Dataset,
     *,
@@ -289,10 +271,10 @@ def fit_agreement(
     for sd_name in _data.sides(ds, side):
         pick = gt_scans(ds, sd_name)
         sub = ds.sel(side=sd_name)
-        vol = _at_scans(sub["volume_mm3"].transpose("subject", "timepoint", "method", "contrast"), pick)
-        gt = _at_scans(sub["gt_volume_mm3"].transpose("subject", "timepoint"), pick)
+        vol = at_scans(sub["volume_mm3"].transpose("subject", "timepoint", "method", "contrast"), pick)
+        gt = at_scans(sub["gt_volume_mm3"].transpose("subject", "timepoint"), pick)
         over = {
-            m: _at_scans(sub[m].transpose("subject", "timepoint", "method", "contrast"), pick)
+            m: at_scans(sub[m].transpose("subject", "timepoint", "method", "contrast"), pick)
             for m in OVERLAP
             if m in sub
         }
@@ -344,7 +326,5 @@ def fit_agreement(
                 row["pearson_p"] = r[3]
                 row["model"] = BA_MODEL
                 rows.append(row)
-    from thaldask.stats.run import as_result
-
     return as_result("agreement", pd.DataFrame(rows), as_frame=as_frame,
                      attrs={"alpha": alpha, "prop_alpha": prop_alpha})

@@ -16,6 +16,8 @@ import xarray as xr
 
 from thaldask.errors import ConvergenceWarning, StatsError
 from thaldask.stats import _data
+from thaldask.stats._select import first_timepoint
+from thaldask.stats._tables import as_result
 from thaldask.stats.kernels import ols_batched, ols_shared_design
 from thaldask.stats.multitest import p_adjust
 
@@ -152,7 +154,7 @@ def fit_clinical(
         _data.require(ds, head_size_var)
     keys = methods or _data.method_contrasts(ds, "volume_mm3")
     mixed = timepoint == "all"
-    tp = None if mixed else (timepoint or _data.first_timepoint(ds))
+    tp = None if mixed else (timepoint or first_timepoint(ds))
     if tp is not None and tp not in [str(t) for t in ds["timepoint"].values]:
         raise StatsError(
             f"timepoint {tp!r} not in the results dataset; has {[str(t) for t in ds['timepoint'].values]} "
@@ -215,8 +217,6 @@ def fit_clinical(
                 "beta_std_boot_ci_upper", "se", "p", "p_fdr",
                 "partial_r2", "r2", "delta_r2", "aic", "aic_covariates", "converged", "formula"]
         out = out[[c for c in cols if c in out] + [c for c in out if c not in cols]]
-    from thaldask.stats.run import as_result
-
     return as_result("clinical_cross", out, as_frame=as_frame, attrs={
         "head_size": head_size, "fdr_method": fdr_method, "alpha": alpha,
         "bootstrap": int(bootstrap), "timepoint": timepoint,

@@ -29,6 +29,7 @@ import xarray as xr
 
 from thaldask.errors import SmallSiteWarning, StatsError
 from thaldask.stats import _data
+from thaldask.stats._select import first_timepoint
 from thaldask.stats.kernels import ols_batched
 
 __all__ = ["CombatModel", "fit_combat", "apply_combat", "harmonise"]
@@ -328,7 +329,7 @@ def harmonise(
         raise StatsError(f"ComBat must not protect outcomes {bad}; protect covariates such as {list(DEFAULT_PROTECT)}")
     _data.require(ds, "volume_mm3", site_var)
     clin = _data.clinical_frame(ds)
-    tp = reference_timepoint or _data.first_timepoint(ds)
+    tp = reference_timepoint or first_timepoint(ds)
     covs = [p for p in protect if p in clin]
     vol = ds["volume_mm3"].transpose("subject", "timepoint", "method", "contrast", "side")
     S, T, M, C, D = vol.shape

@@ -11,7 +11,8 @@ import xarray as xr
 from scipy import stats
 
 from thaldask.stats import _data
-from thaldask.stats.agreement import _at_scans, gt_scans
+from thaldask.stats._select import at_scans, gt_scans
+from thaldask.stats._tables import as_result
 from thaldask.stats.multitest import holm
 
 __all__ = ["fit_method_comparison", "rank_biserial"]
@@ -39,13 +40,13 @@ def rank_biserial(d) -> float:
 def _metric_matrix(ds, metric, side, pick, keys):
     sub = ds.sel(side=side)
     if metric == "abs_volume_error_mm3":
-        vol = _at_scans(sub["volume_mm3"].transpose("subject", "timepoint", "method", "contrast"), pick)
-        gt = _at_scans(sub["gt_volume_mm3"].transpose("subject", "timepoint"), pick)
+        vol = at_scans(sub["volume_mm3"].transpose("subject", "timepoint", "method", "contrast"), pick)
+        gt = at_scans(sub["gt_volume_mm3"].transpose("subject", "timepoint"), pick)
         arr = np.abs(vol - gt[:, None, None])
     else:
         if metric not in sub:
             return None
-        arr = _at_scans(sub[metric].transpose("subject", "timepoint", "method", "contrast"), pick)
+        arr = at_scans(sub[metric].transpose("subject", "timepoint", "method", "contrast"), pick)
     meths = [str(m) for m in ds["method"].values]
     cons = [str(c) for c in ds["contrast"].values]
     return np.stack([arr[:, meths.index(m), cons.index(c)] for m, c in keys], axis=1)
@@ -149,6 +150,4 @@ def fit_method_comparison(
                 for r, a in zip(pair_rows, adj, strict=True):
                     r["p_holm"] = a
             rows.extend(pair_rows)
-    from thaldask.stats.run import as_result
-
     return as_result("method_comparison", pd.DataFrame(rows), as_frame=as_frame)

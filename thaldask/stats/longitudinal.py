@@ -12,10 +12,14 @@ from scipy import stats
 
 from thaldask.errors import ConvergenceWarning, StatsError
 from thaldask.stats import _data
+from thaldask.stats._select import baseline_followup
+from thaldask.stats._tables import as_result
 from thaldask.stats.kernels import auc_batched, logit_batched
 from thaldask.stats.multitest import p_adjust
 
-__all__ = ["fit_longitudinal", "edss_worsening", "annualised_change", "hedges_g"]
+__all__ = ["fit_longitudinal", "edss_worsening", "annualised_change", "subject_annualised_change", "hedges_g"]
+
+CHANGE_FORMULA = "100 * (volume[follow-up] - volume[baseline]) / volume[baseline] / years"
 
 COLUMNS = [
     "analysis", "method", "contrast", "side", "term", "estimate", "estimate_name", "se",
@@ -73,18 +77,59 @@ def hedges_g(a, b, *, alpha: float = 0.05) -> tuple[float, float, float]:
     return (float(g), float(g - q * se), float(g + q * se))
 
 
-def _pairs(ds):
-    """Per subject: baseline position and the last later timepoint with years > 0."""
-    order = _data.scan_order(ds)
-    t0 = order[0]
-    if "years_since_baseline" not in ds:
-        raise StatsError("results dataset lacks 'years_since_baseline'; needed for longitudinal models")
-    yrs = ds["years_since_baseline"].transpose("subject", "timepoint").values.astype(float)
-    follow = np.full(yrs.shape[0], -1)
-    for t in order[1:]:
-        follow = np.where(np.isfinite(yrs[:, t]) & (yrs[:, t] > 0), t, follow)
-    years = np.where(follow >= 0, yrs[np.arange(yrs.shape[0]), np.maximum(follow, 0)], np.nan)
-    return t0, follow, years
+def subject_annualised_change(ds: xr.Dataset, *, side=None, group_var: str = "group") -> xr.Dataset:
+    """Per-subject annualised % volume change, baseline to follow-up: the values that the
+    ``annualised_change`` rows of :func:`fit_longitudinal` summarise and that its worsening
+    models take as the predictor.
+
+    Baseline and follow-up are :func:`thaldask.stats._select.baseline_followup`'s (the
+    first timepoint in time order; the last later one with ``years_since_baseline > 0``).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Results dataset with ``volume_mm3`` and ``years_since_baseline`` (≥ 2 timepoints).
+    side : str, list or "all", optional
+        As in :func:`fit_longitudinal`; default ``"total"``.
+    group_var : str
+        The clinical variable the table's ``annualised_change`` rows are grouped by.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``annualised_change_pct`` (subject, method, contrast, side), % per year, NaN where a
+        subject has no follow-up or a volume is missing; ``annualised_change_years``
+        (subject), years between the two scans; ``baseline_timepoint`` and
+        ``followup_timepoint`` (subject; ``""``: none) and, when the dataset has ``group_var``,
+        ``annualised_change_group`` (subject), its value at baseline (the table's groups).
+    """
+    _data.require(ds, "volume_mm3")
+    if ds.sizes.get("timepoint", 1) < 2:
+        raise StatsError(f"longitudinal models need ≥ 2 timepoints; the dataset has {ds.sizes.get('timepoint', 1)}")
+    t0, follow, years = baseline_followup(ds)
+    sides = _data.sides(ds, side)
+    S = ds.sizes["subject"]
+    v = ds["volume_mm3"].sel(side=sides).transpose("subject", "timepoint", "method", "contrast", "side").values
+    v1 = np.where(follow[:, None, None, None] >= 0, v[np.arange(S), np.maximum(follow, 0)], np.nan)
+    chg = annualised_change(v[:, t0], v1, years[:, None, None, None])  # (S, M, C, D)
+    tps = np.asarray([str(t) for t in ds["timepoint"].values], dtype=object)
+    out = xr.Dataset(
+        {
+            "annualised_change_pct": (("subject", "method", "contrast", "side"), chg),
+            "annualised_change_years": ("subject", years),
+            "baseline_timepoint": ("subject", np.full(S, tps[t0], dtype=object)),
+            "followup_timepoint": ("subject", np.where(follow >= 0, tps[np.maximum(follow, 0)], "").astype(object)),
+        },
+        coords={"subject": ds["subject"].values, "method": ds["method"].values,
+                "contrast": ds["contrast"].values, "side": sides},
+    )
+    base = _data.clinical_frame(ds).iloc[np.arange(S) * ds.sizes["timepoint"] + t0]
+    if group_var in base:
+        out["annualised_change_group"] = ("subject", base[group_var].astype(str).to_numpy(dtype=object))
+        out["annualised_change_group"].attrs["variable"] = group_var
+    out["annualised_change_pct"].attrs["units"] = "% per year"
+    out["annualised_change_pct"].attrs["formula"] = CHANGE_FORMULA
+    return out
 
 
 def fit_longitudinal(
@@ -145,7 +190,8 @@ def fit_longitudinal(
     if ds.sizes.get("timepoint", 1) < 2:
         raise StatsError(f"longitudinal models need ≥ 2 timepoints; the dataset has {ds.sizes.get('timepoint', 1)}")
     keys = methods or _data.method_contrasts(ds, "volume_mm3")
-    t0, follow, years = _pairs(ds)
+    t0, follow, years = baseline_followup(ds)
+    change = subject_annualised_change(ds, side=side, group_var=group_var)["annualised_change_pct"]
     clin = _data.clinical_frame(ds)
     S = ds.sizes["subject"]
     T = ds.sizes["timepoint"]
@@ -160,15 +206,13 @@ def fit_longitudinal(
         worse = edss_worsening(e[:, t0], e1, cut=edss_cut)
     meths = [str(m) for m in ds["method"].values]
     cons = [str(c) for c in ds["contrast"].values]
-    from thaldask.stats.run import as_result
-
     attrs = {"edss_cut": edss_cut, "mixed": int(mixed), "fdr_method": fdr_method, "alpha": alpha}
     rows = []
     for side_name in _data.sides(ds, side):
         v = ds["volume_mm3"].sel(side=side_name).transpose("subject", "timepoint", "method", "contrast").values
         vol = np.stack([v[:, :, meths.index(m), cons.index(c)] for m, c in keys], axis=-1)  # S,T,K
-        v1 = np.where(follow[:, None] >= 0, vol[np.arange(S), np.maximum(follow, 0)], np.nan)
-        chg = annualised_change(vol[:, t0], v1, years[:, None])  # (S, K)
+        arr = change.sel(side=side_name).transpose("subject", "method", "contrast").values
+        chg = np.stack([arr[:, meths.index(m), cons.index(c)] for m, c in keys], axis=-1)  # (S, K)
         rows += _change_rows(chg, base, keys, side_name, group_var, alpha)
         if np.isfinite(worse).any():
             rows += _worsening_rows(chg, worse, base, sel, covariates, keys, side_name, edss_cut, alpha)
@@ -208,7 +252,7 @@ def _change_rows(chg, base, keys, side, group_var, alpha):
                 analysis="annualised_change", method=m, contrast=c, side=side, term=g,
                 estimate=mean, estimate_name="mean_pct_per_year", se=se, ci_lower=mean - q * se,
                 ci_upper=mean + q * se, p=p, n=n,
-                formula="100 * (volume[follow-up] - volume[baseline]) / volume[baseline] / years",
+                formula=CHANGE_FORMULA,
             ))
     return rows
 

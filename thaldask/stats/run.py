@@ -10,14 +10,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from thaldask import __version__
 from thaldask import config as _config
-from thaldask.errors import ConfigError, StatsError, StatsStageWarning, ThaldaskWarning
-from thaldask.schema import STATS_TABLES, TABLE_KEYS
+from thaldask.errors import ConfigError, StatsError, StatsStageWarning
+from thaldask.schema import STATS_TABLES
+from thaldask.stats._tables import table_to_xarray, tables_to_dataset
 from thaldask.stats.agreement import fit_agreement
 from thaldask.stats.clinical import fit_clinical
 from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
-from thaldask.stats.longitudinal import fit_longitudinal
+from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
+from thaldask.store import open_store
 
 __all__ = [
     "run_stats",
@@ -109,7 +112,12 @@ def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFr
         ground truth, one timepoint, ...) gives a one-row table with a ``note`` instead of
         stopping the stage.
     """
-    cfg = _resolve(config)
+    return _run(ds, _resolve(config))[0]
+
+
+def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset | None]:
+    """:func:`run_stats` with resolved options; also returns the ComBat-harmonised dataset
+    the clinical and longitudinal models used (None when harmonisation did not run)."""
     alpha = cfg["alpha"]
     side = cfg["side"]
     tables: dict[str, pd.DataFrame] = {}
@@ -167,67 +175,7 @@ def run_stats(ds: xr.Dataset, config: dict | None = None) -> dict[str, pd.DataFr
         tables["longitudinal"]["harmonised"] = work is not ds
     except StatsError as exc:
         tables["longitudinal"] = _failed("longitudinal", exc)
-    return {k: tables[k] for k in STATS_TABLES}
-
-
-def tables_to_dataset(tables: dict[str, pd.DataFrame], attrs: dict | None = None) -> xr.Dataset:
-    """The stage's tables as one xarray Dataset: each table's rows along a dim
-    ``<table>_row``, columns as variables ``<table>__<column>``."""
-    parts = []
-    for name, df in tables.items():
-        if df is None or not len(df):
-            continue
-        d = df.reset_index(drop=True).copy()
-        for c in d.columns:
-            if d[c].dtype == bool:
-                d[c] = d[c].astype(bool)
-            elif d[c].dtype == object:
-                d[c] = d[c].map(lambda x: "" if x is None or (isinstance(x, float) and x != x) else str(x))
-        x = xr.Dataset(
-            {f"{name}__{c}": (f"{name}_row", d[c].to_numpy()) for c in d.columns}
-        )
-        parts.append(x)
-    out = xr.merge(parts) if parts else xr.Dataset()
-    out.attrs.update(attrs or {})
-    return out
-
-
-def table_to_xarray(name: str, table: pd.DataFrame) -> xr.Dataset:
-    """One of the stage's tables as an xarray Dataset whose dims are the columns that
-    identify its rows (e.g. ``clinical_cross`` -> outcome, method, contrast, side); cells
-    without a row are NaN.
-
-    >>> t = pd.DataFrame({"method": ["a", "b"], "contrast": ["T1w", "T1w"], "side": ["total"] * 2,
-    ...                   "bias_mm3": [1.0, 2.0]})
-    >>> table_to_xarray("agreement", t)["bias_mm3"].sel(side="total", contrast="T1w").values.tolist()
-    [1.0, 2.0]
-    """
-    keys = [k for k in TABLE_KEYS.get(name, []) if k in table]
-    if not keys or table[keys].duplicated().any():
-        raise StatsError(f"table {name!r} has no unique row keys {TABLE_KEYS.get(name)}; columns {list(table)}")
-    return table.set_index(keys).to_xarray()
-
-
-def as_result(name: str, table: pd.DataFrame, *, as_frame: bool = False, attrs: dict | None = None):
-    """What a public ``fit_*`` function returns: ``table`` itself when ``as_frame``, else
-    :func:`table_to_xarray` of it with ``attrs`` (``None`` values dropped, sequences joined
-    with ", ") and ``attrs["table"] = name``. A table without its key columns (no rows)
-    becomes an empty Dataset."""
-    if as_frame:
-        return table
-    keys = [k for k in TABLE_KEYS.get(name, []) if k in table]
-    if not len(table) and not keys:
-        out = xr.Dataset()
-    else:
-        out = table_to_xarray(name, table)
-    out.attrs["table"] = name
-    for k, v in (attrs or {}).items():
-        if v is None:
-            continue
-        if isinstance(v, (list, tuple)):
-            v = ", ".join(map(str, v))
-        out.attrs[k] = v
-    return out
+    return {k: tables[k] for k in STATS_TABLES}, (work if work is not ds else None)
 
 
 def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
@@ -247,16 +195,21 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     -------
     dict of str -> Path
         The CSV written per table; the same tables are stored as the ``stats`` dataset
-        in the store (``open_store(path).open_results("stats")``).
+        in the store (``open_store(path).open_results("stats")``), with the per-scan
+        numbers behind them that the report draws: ``annualised_change_pct`` (subject,
+        method, contrast, side; % per year) with ``annualised_change_years``,
+        ``annualised_change_group``, ``baseline_timepoint`` and ``followup_timepoint``
+        (subject) when the longitudinal models ran
+        (:func:`thaldask.stats.longitudinal.subject_annualised_change` of the volumes they
+        used), and ``harmonised_volume_mm3`` (subject, timepoint, method, contrast, side)
+        when ComBat ran.
     """
-    from thaldask import __version__
-    from thaldask.store import open_store
-
     if config is not None and not isinstance(config, dict):
         config = load_stats_config(config)
+    cfg = _resolve(config)
     st = open_store(store_path)
     ds = st.open_results()
-    tables = run_stats(ds, config)
+    tables, harmonised = _run(ds, cfg)
     if out is not None:
         folder = Path(out)
     elif "://" in os.fspath(store_path):  # object storage: tables go to the working directory
@@ -269,11 +222,26 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
         p = folder / f"{name}.csv"
         df.to_csv(p, index=False)
         paths[name] = p
-    st.write_results(
-        tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"}),
-        name="stats",
-    )
+    sds = tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"})
+    sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg)], combine_attrs="override")
+    st.write_results(sds, name="stats")
     return paths
+
+
+def _per_subject(ds: xr.Dataset, harmonised: xr.Dataset | None, tables, cfg) -> list[xr.Dataset]:
+    """The per-scan numbers behind the tables, stored beside them so the report draws them
+    instead of recomputing: the per-subject annualised change that ``longitudinal.csv``
+    summarises (from the volumes its models used), and the ComBat-harmonised volumes."""
+    parts = []
+    if harmonised is not None:
+        h = harmonised["volume_mm3"].rename("harmonised_volume_mm3")
+        h.attrs = {"units": "mm³", "harmonisation": harmonised.attrs.get("harmonisation", "ComBat")}
+        parts.append(h.to_dataset())
+    if "method" in tables["longitudinal"]:  # the longitudinal models ran
+        ch = subject_annualised_change(harmonised if harmonised is not None else ds, side=cfg["side"])
+        ch["annualised_change_pct"].attrs["harmonised"] = int(harmonised is not None)
+        parts.append(ch)
+    return parts
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""Which scans each analysis uses: the one home of the timepoint-order, ground-truth-scan
+and baseline/follow-up rules.
+
+The statistics and the report both import these, so a figure draws exactly the scans its
+table summarises. Every function takes a results dataset (dims subject, timepoint, ...)
+and returns per-subject timepoint *positions* (``-1``: none) or values picked at them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from thaldask.errors import StatsError
+
+__all__ = [
+    "first_timepoint",
+    "scan_order",
+    "gt_scans",
+    "at_scans",
+    "baseline_followup",
+]
+
+
+def first_timepoint(ds: xr.Dataset) -> str:
+    """The reference timepoint of cross-sectional models and ComBat: ``baseline`` if the
+    dataset has it, else its first timepoint."""
+    tps = [str(t) for t in ds["timepoint"].values]
+    return "baseline" if "baseline" in tps else tps[0]
+
+
+def scan_order(ds: xr.Dataset) -> np.ndarray:
+    """Timepoint positions sorted by time: years_since_baseline medians if present, else
+    the dataset order with ``baseline`` first."""
+    tps = [str(t) for t in ds["timepoint"].values]
+    if "years_since_baseline" in ds:
+        yrs = ds["years_since_baseline"].transpose("subject", "timepoint").values.astype(float)
+        with np.errstate(all="ignore"):
+            med = np.array([np.nanmedian(c) if np.isfinite(c).any() else np.inf for c in yrs.T])
+        return np.argsort(med, kind="mergesort")
+    order = list(range(len(tps)))
+    if "baseline" in tps:
+        order.remove(tps.index("baseline"))
+        order.insert(0, tps.index("baseline"))
+    return np.asarray(order)
+
+
+def gt_scans(ds: xr.Dataset, side: str = "total") -> np.ndarray:
+    """Per subject, the position of the earliest timepoint (:func:`scan_order`) with a
+    ground-truth volume on ``side`` (-1 if none): agreement and method comparison use one
+    scan per subject so pairs are independent."""
+    gt = ds["gt_volume_mm3"].sel(side=side).transpose("subject", "timepoint").values
+    order = scan_order(ds)
+    pick = np.full(gt.shape[0], -1)
+    for t in order[::-1]:
+        pick = np.where(np.isfinite(gt[:, t]), t, pick)
+    return pick
+
+
+def at_scans(da: xr.DataArray, pick: np.ndarray) -> np.ndarray:
+    """Values of ``da`` (subject, timepoint, ...) at each subject's chosen timepoint
+    position ``pick`` (shape (subject,), -1: NaN); array of shape (subject, ...)."""
+    arr = da.transpose("subject", "timepoint", ...).values
+    out = np.full((arr.shape[0], *arr.shape[2:]), np.nan)
+    has = pick >= 0
+    out[has] = arr[np.flatnonzero(has), pick[has]]
+    return out
+
+
+def baseline_followup(ds: xr.Dataset) -> tuple[int, np.ndarray, np.ndarray]:
+    """The baseline/follow-up pair of every subject for longitudinal change.
+
+    Returns
+    -------
+    (int, numpy.ndarray, numpy.ndarray)
+        The baseline position (the first of :func:`scan_order`, the same for every
+        subject); per subject the follow-up position, the last later timepoint with
+        ``years_since_baseline > 0`` (-1: none); and the years between them (NaN: none).
+    """
+    order = scan_order(ds)
+    t0 = order[0]
+    if "years_since_baseline" not in ds:
+        raise StatsError("results dataset lacks 'years_since_baseline'; needed for longitudinal models")
+    yrs = ds["years_since_baseline"].transpose("subject", "timepoint").values.astype(float)
+    follow = np.full(yrs.shape[0], -1)
+    for t in order[1:]:
+        follow = np.where(np.isfinite(yrs[:, t]) & (yrs[:, t] > 0), t, follow)
+    years = np.where(follow >= 0, yrs[np.arange(yrs.shape[0]), np.maximum(follow, 0)], np.nan)
+    return t0, follow, years
