@@ -182,7 +182,7 @@ def stage_report(ctx: Context) -> None:
     run_info = {f"stage {k}": f"{v:.1f} s" for k, v in ctx.timings.items()}
     try:
         index = write_report(ctx.store, out, stats_dir=ctx.out if has_csv else None,
-                             stats_config=_stats_config(ctx), side=sec.get("side", "total"),
+                             side=sec.get("side", "total"),
                              rng=sec.get("seed", 0), qc_random=int(sec.get("qc_random", 2)),
                              run_info=run_info, pipeline_config=ctx.config or None,
                              progress=ctx.progress)

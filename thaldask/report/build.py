@@ -175,7 +175,6 @@ def write_report(
     out,
     *,
     stats_dir=None,
-    stats_config: dict | None = None,
     side: str = "total",
     rng=0,
     qc_random: int = 2,
@@ -200,9 +199,6 @@ def write_report(
         (annualised change, harmonised site distributions) draw the store's stats dataset
         only when the tables are its own (read from it, or CSVs equal to it); with other
         tables, e.g. an explicit ``stats_dir``, they are absent.
-    stats_config : dict, optional
-        Not used: the harmonised volumes are read from the store's stats dataset, never
-        recomputed (kept so existing calls still work).
     side : {"total", "left", "right"}
         Thalamus side drawn in the figures (tables show every side they hold).
     rng : int or numpy.random.Generator
