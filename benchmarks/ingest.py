@@ -47,7 +47,7 @@ throughput; the fixed cost of one ingest call, 0.13 CPU s, is included)::
     ingest, float32 zstd-3 shuffle             0.43     1.03         0.49     0.87
     ingest, pcodec level 4                     0.32     0.66         0.46     0.94
 
-The store default (thaldask/store/core.py ``DEFAULT_LAYOUT``) follows from it: one chunk per
+The store default (thaldask/store/codecs.py ``DEFAULT_LAYOUT``) follows from it: one chunk per
 scan; integer arrays in blosc lz4-5 with bitshuffle (the fastest to ingest and to read, and
 smaller than the inputs); float arrays "auto": a map whose values all have a fixed number of
 decimals (the 4-decimal set) is stored as its integers value * 10**d with blosc lz4 + byte
