@@ -96,6 +96,7 @@ def stage_ingest(ctx: Context) -> None:
     if not ctx.manifest:
         raise SkipStage("no manifest given; using the existing store")
     from thaldask.store import ingest
+    from thaldask.store.format import INGEST_REPORT
 
     sec = ctx.section("ingest")
     report = ingest(
@@ -109,7 +110,7 @@ def stage_ingest(ctx: Context) -> None:
     ctx.outputs["ingest"] = report
     n_fail = int((report["status"] == "failed").sum())
     if n_fail:
-        ctx.outputs.setdefault("warnings", []).append(f"ingest: {n_fail} files failed (see ingest_report.csv)")
+        ctx.outputs.setdefault("warnings", []).append(f"ingest: {n_fail} files failed (see {INGEST_REPORT})")
 
 
 def stage_evaluate(ctx: Context) -> None:

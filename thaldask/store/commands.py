@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from thaldask.cli import EXIT_SOME_FAILED, handle_errors, scheduler_option
+from thaldask.store.format import INGEST_REPORT
 
 
 @click.command("ingest")
@@ -40,7 +41,7 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     n_fail = int(counts.get("failed", 0))
     click.echo(
         f"{store}: {int(counts.get('written', 0))} written, {int(counts.get('skipped', 0))} "
-        f"skipped, {n_fail} failed (report: {store.rstrip('/')}/ingest_report.csv)"
+        f"skipped, {n_fail} failed (report: {store.rstrip('/')}/{INGEST_REPORT})"
     )
     if n_fail:
         for r in report[report["status"] == "failed"].itertuples():
