@@ -8,8 +8,8 @@ scan share one voxel grid). ``gt_contrast`` in the results records the choice. A
 truth still gets its volumes; its overlap and surface metrics are NaN.
 
 Resumable and incremental: each scan's raw numbers are written to a small per-scan cache
-(a derived store array, :func:`thaldask.store.format.metrics_array`) by the task that computed them, together with a token
-of what they were computed from (the stored content hashes of both masks, the GT contrast,
+(derived store arrays named by :func:`thaldask.store.format.metrics_array`) by the task
+that computed them, together with a token of what they were computed from (the stored content hashes of both masks, the GT contrast,
 the voxel size and the kernel version). A re-run recomputes only scans whose token is
 missing (interrupted run) or different (a mask changed); the rest is read back.
 
