@@ -9,9 +9,10 @@ truth still gets its volumes; its overlap and surface metrics are NaN.
 
 Resumable and incremental: each scan's raw numbers are written to a small per-scan cache
 (derived store arrays named by :func:`thaldask.store.format.metrics_array`) by the task
-that computed them, together with a token of what they were computed from (the stored content hashes of both masks, the GT contrast,
-the voxel size and the kernel version). A re-run recomputes only scans whose token is
-missing (interrupted run) or different (a mask changed); the rest is read back.
+that computed them, together with a token of what they were computed from (the stored
+content hashes of both masks, the GT contrast, the voxel size and the kernel version). A
+re-run recomputes only scans whose token is missing (interrupted run) or different (a mask
+changed); the rest is read back.
 
 Graph: rows are grouped by (GT contrast, scan set); each group is one ``blockwise`` over
 blocks of ``thaldask.metrics.scans-per-task`` scans whose task reads the block's GT once,
