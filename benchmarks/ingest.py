@@ -47,7 +47,7 @@ throughput; the fixed cost of one ingest call, 0.13 CPU s, is included)::
     ingest, float32 zstd-3 shuffle             0.43     1.03         0.49     0.87
     ingest, pcodec level 4                     0.32     0.66         0.46     0.94
 
-The store default (thaldask/store/core.py ``DEFAULT_LAYOUT``) follows from it: one chunk per
+The store default (thaldask/store/codecs.py ``DEFAULT_LAYOUT``) follows from it: one chunk per
 scan; integer arrays in blosc lz4-5 with bitshuffle (the fastest to ingest and to read, and
 smaller than the inputs); float arrays "auto": a map whose values all have a fixed number of
 decimals (the 4-decimal set) is stored as its integers value * 10**d with blosc lz4 + byte
@@ -239,7 +239,7 @@ def run_kind(work, kind, args):
     wall, cpu = _timed(naive, args.repeat)
     results.append(_row("nibabel+np.save (naive)", mb, wall, cpu, _dir_size(out_np) / gz_bytes))
     shutil.rmtree(out_np)
-    from thaldask.store._io import decompress
+    from thaldask.store.nifti import decompress
 
     def isal_gunzip():
         for f in files:
@@ -273,9 +273,9 @@ def run_kind(work, kind, args):
         row = _row(f"ingest {name}", mb, wall, cpu, _dir_size(store) / gz_bytes)
         row["read_mb_s"] = mb / rwall
         row["read_mb_s_cpu"] = mb / rcpu
-        row["layout"] = st._attrs["layout"]
-        row["image_dtype"] = str(st._array(f"images/{contrast}").dtype)
-        row["codecs"] = [type(c).__name__ for c in st._array(f"images/{contrast}").metadata.codecs]
+        row["layout"] = st.layout
+        row["image_dtype"] = str(st.zarr_array(f"images/{contrast}").dtype)
+        row["codecs"] = [type(c).__name__ for c in st.zarr_array(f"images/{contrast}").metadata.codecs]
         results.append(row)
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(inp, ignore_errors=True)

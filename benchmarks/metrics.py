@@ -179,7 +179,7 @@ def bench_pair(name, shape, repeat, tmp):
 def make_bench_store(path, n_scans, shape, methods=("m1", "m2")):
     import pandas as pd
 
-    from thaldask.store.core import create_store
+    from thaldask.store.create import create_store
 
     rows = [(f"sub-{i:03d}", "baseline", "site") for i in range(n_scans)]
     scans = pd.DataFrame(rows, columns=["subject", "timepoint", "site"])

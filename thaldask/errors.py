@@ -18,6 +18,7 @@ __all__ = [
     "StoreError",
     "StoreNotFoundError",
     "StoreConflictError",
+    "NotAStoreError",
     "SegmenterError",
     "ModelWeightsError",
     "MissingDependencyError",
@@ -79,6 +80,13 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 class StoreConflictError(StoreError, FileExistsError):
     """Writing would overwrite different content already in the store."""
+
+
+class NotAStoreError(StoreError, FileExistsError):
+    """The target path exists and holds something other than a thaldask store.
+
+    thaldask creates a store only in a new or empty folder, and writes only inside a folder
+    that carries its own store marker: it never deletes or overwrites anything else."""
 
 
 class SegmenterError(ThaldaskError, RuntimeError):

@@ -23,7 +23,7 @@ def _shift(rng, g):
 def make_store(path, *, n_subjects=3, seed=0, grid=GRID):
     """Store with scans (subject × baseline/m12), GT on T1w (all) and FLAIR (some scans),
     method 'a' on T1w/FLAIR/R1, method 'b' on T1w for some scans, and a clinical table."""
-    from thaldask.store.core import create_store, set_clinical
+    from thaldask.store.create import create_store, set_clinical
 
     rng = np.random.default_rng(seed)
     rows = [(f"sub-{s:02d}", t, "siteA" if s % 2 else "siteB") for s in range(n_subjects) for t in ("baseline", "m12")]

@@ -11,6 +11,7 @@ import zarr
 from thaldask.metrics.evaluate import evaluate
 from thaldask.metrics.kernels import METRIC_FIELDS, SIDES, derive_metrics, pair_raw
 from thaldask.store import open_store
+from thaldask.store.format import metrics_array
 
 
 def _expected(truth, st, method, contrast, i, gt_contrast):
@@ -97,7 +98,7 @@ def test_evaluate_interrupted_cache_resumes_missing_rows_only(small_store):
     st, _ = small_store
     full = evaluate(st.path, progress=False, csv_path="")
     # what an interrupted run leaves: some rows never got their completion token
-    tok = zarr.open_array(st.path + "/_metrics/a/FLAIR/token", mode="r+")
+    tok = zarr.open_array(st.path + "/" + metrics_array("a", "FLAIR", "token"), mode="r+")
     tok[1] = np.zeros(tok.shape[1], np.uint8)
     tok[4] = np.zeros(tok.shape[1], np.uint8)
     resumed = evaluate(st.path, progress=False, csv_path="")
@@ -117,7 +118,7 @@ def test_evaluate_corrupt_chunk_one_row_nan_rest_complete(small_store):
     assert chunk
     with open(chunk[0], "wb") as fh:
         fh.write(b"not zstd")
-    tok = zarr.open_array(st.path + "/_metrics/b/T1w/token", mode="r+")
+    tok = zarr.open_array(st.path + "/" + metrics_array("b", "T1w", "token"), mode="r+")
     tok[3] = np.zeros(tok.shape[1], np.uint8)
     ds = evaluate(st.path, progress=False, csv_path="")
     assert ds.attrs["n_computed"] == 1 and ds.attrs["n_failed"] == 1

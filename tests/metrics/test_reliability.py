@@ -16,6 +16,7 @@ import zarr
 from metrics_store_helper import make_store
 
 from thaldask.metrics.evaluate import evaluate
+from thaldask.store.format import METRICS
 
 VARS = ("dice", "jaccard", "sensitivity", "precision", "hd95_mm", "assd_mm", "volume_mm3", "gt_volume_mm3")
 
@@ -28,7 +29,7 @@ def _assert_same(a, b):
 def _tokens_done(path):
     done = total = 0
     root = zarr.open_group(path, mode="r")
-    for name, node in root["_metrics"].members(max_depth=None):
+    for name, node in root[METRICS].members(max_depth=None):
         if name.endswith("token") and hasattr(node, "shape"):
             t = np.asarray(node[...])
             done += int((t != 0).any(axis=1).sum())

@@ -142,7 +142,7 @@ def make_store(path, *, n_subjects=8, seed=0):
     'dl-sim' (shifted) on T1w and FLAIR, clinical table. Returns the store."""
     import hashlib
 
-    from thaldask.store.core import create_store, set_clinical
+    from thaldask.store.create import create_store, set_clinical
 
     rng = np.random.default_rng(seed)
     rows = [(f"sub-{s:02d}", t, "siteA" if s % 3 else "siteB")

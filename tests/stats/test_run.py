@@ -19,7 +19,7 @@ SPECS = {("freesurfer-sim", "T1w"): (900.0, 0.15, 300.0, 0.86),
 
 
 def _store(tmp_path, ds):
-    from thaldask.store.core import create_store
+    from thaldask.store.create import create_store
 
     scans = pd.DataFrame({"subject": ["sub-000"], "timepoint": ["baseline"], "site": ["site-a"]})
     st = create_store(str(tmp_path / "cohort.zarr"), scans=scans, grid_shape=(4, 4, 4), scan_meta={},

@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from thaldask.store import _io, ingest, open_store
+from thaldask.store import fastcopy, ingest, nifti, open_store
+from thaldask.store.codecs import decimal_places
 
 
 def _fso(d, astype):
@@ -41,9 +42,9 @@ def test_quantised_copy_is_numcodecs_encode_and_decodes_back(orient, d, astype):
     vals = (k / 10**d).astype(np.float32)  # what a tool writing d decimals stores
     aff = make_affine(orient, vals.shape)
     src = np.asfortranarray(vals)  # nibabel's order, then a strided RAS view
-    ras = _io.to_ras(src, aff)[0]
+    ras = nifti.to_ras(src, aff)[0]
     out_shape = tuple(s + 3 for s in ras.shape)
-    got = _io.quantised_copy(ras, out_shape, 10.0**d, astype)
+    got = fastcopy.quantised_copy(ras, out_shape, 10.0**d, astype)
     assert got is not None and got.dtype == np.dtype(astype) and got.shape == out_shape
     want = np.ascontiguousarray(ras)
     inner = got[: ras.shape[0], : ras.shape[1], : ras.shape[2]]
@@ -53,12 +54,12 @@ def test_quantised_copy_is_numcodecs_encode_and_decodes_back(orient, d, astype):
     np.testing.assert_array_equal(back.view(np.uint32), want.view(np.uint32))
     # the same into a reused buffer (stale content must not leak into the padding)
     buf = np.full(out_shape, 99, astype)
-    np.testing.assert_array_equal(_io.quantised_copy(ras, out_shape, 10.0**d, astype, out=buf), got)
+    np.testing.assert_array_equal(fastcopy.quantised_copy(ras, out_shape, 10.0**d, astype, out=buf), got)
 
 
 def test_quantised_copy_refuses_what_integers_cannot_hold():
     vals = (np.arange(-500, 500) / 100).astype(np.float32).reshape(10, 10, 10)
-    assert _io.quantised_copy(vals, vals.shape, 100.0, "int16") is not None
+    assert fastcopy.quantised_copy(vals, vals.shape, 100.0, "int16") is not None
     for bad in (
         np.nextafter(np.float32(1.25), np.float32(2)),  # one ulp off a 2-decimal value
         np.float32(1.255),  # a third decimal
@@ -68,27 +69,27 @@ def test_quantised_copy_refuses_what_integers_cannot_hold():
     ):
         v = vals.copy()
         v[3, 4, 5] = bad
-        assert _io.quantised_copy(v, v.shape, 100.0, "int16") is None, bad
+        assert fastcopy.quantised_copy(v, v.shape, 100.0, "int16") is None, bad
     # a negative zero is the value 0: stored as 0, read back as 0.0
     v = vals.copy()
     v[0, 0, 0] = np.float32(-0.0)
-    k = _io.quantised_copy(v, v.shape, 100.0, "int16")
+    k = fastcopy.quantised_copy(v, v.shape, 100.0, "int16")
     assert k[0, 0, 0] == 0 and _fso(2, "<i2").decode(k).reshape(v.shape)[0, 0, 0] == 0.0
 
 
 def test_decimal_places_finds_the_fewest_and_rejects_full_precision():
     rng = np.random.default_rng(1)
     x = rng.uniform(0.2, 3.0, (80, 80, 80))
-    assert _io.decimal_places(np.round(x, 4).astype(np.float32)) == 4
-    assert _io.decimal_places(np.round(x, 1).astype(np.float32)) == 1
-    assert _io.decimal_places(np.round(x * 1000).astype(np.float32)) == 0  # e.g. T1 in ms
-    assert _io.decimal_places(x.astype(np.float32)) is None
-    assert _io.decimal_places(x) is None  # float64 is never stored this way
+    assert decimal_places(np.round(x, 4).astype(np.float32)) == 4
+    assert decimal_places(np.round(x, 1).astype(np.float32)) == 1
+    assert decimal_places(np.round(x * 1000).astype(np.float32)) == 0  # e.g. T1 in ms
+    assert decimal_places(x.astype(np.float32)) is None
+    assert decimal_places(x) is None  # float64 is never stored this way
     # one full-precision voxel outside the sample: the full check finds it, a sample not
     y = np.round(x, 2).astype(np.float32)
     y[0, 0, 1] = np.float32(1 / 3)
-    assert _io.decimal_places(y) is None
-    assert _io.decimal_places(y, sample=1000) == 2
+    assert decimal_places(y) is None
+    assert decimal_places(y, sample=1000) == 2
 
 
 def _r1_maps(root, n, *, decimals, shape=(30, 28, 26), orient="LIA", rng=0, site=None):
@@ -117,7 +118,7 @@ def _ras(path):
 
 
 def _codec_names(st, name="images/R1"):
-    return [type(c).__name__ for c in st._array(name).metadata.codecs]
+    return [type(c).__name__ for c in st.zarr_array(name).metadata.codecs]
 
 
 def _store_bytes(path):
@@ -216,7 +217,7 @@ def test_recode_leaves_float_arrays_alone(tmp_path):
     ingest(man, store, progress=False)
     st = open_store(store)
     assert _codec_names(st) == ["BytesCodec", "BloscCodec"]
-    assert st._array("images/R1").metadata.codecs[1].shuffle.value == "shuffle"  # bytes
+    assert st.zarr_array("images/R1").metadata.codecs[1].shuffle.value == "shuffle"  # bytes
     before = _store_bytes(store)
     assert st.recode_as_float("images/R1") == 0
     assert _store_bytes(store) == before
@@ -279,21 +280,21 @@ def test_huge_finite_values_are_not_taken_for_non_finite(tmp_path):
 def test_whole_chunk_write_of_a_decimal_array_stores_the_bytes_zarr_writes(tmp_path):
     import zarr
 
-    from thaldask.store.core import _codec, _write_whole_chunk
+    from thaldask.store.codecs import array_codecs, write_whole_chunk
 
     path = tmp_path / "s.zarr"
     zarr.open_group(path, mode="w")
     z = zarr.create_array(store=str(path), name="images/R1", shape=(2, 20, 30, 40),
                           chunks=(1, 20, 30, 40), dtype="float32", fill_value=0,
-                          **_codec("float32", None, (3, "int16")))
+                          **array_codecs("float32", None, (3, "int16")))
     vals = (np.random.default_rng(0).integers(-9000, 9000, (20, 30, 40)) / 1000).astype(np.float32)
     z[0] = vals
-    k = _io.quantised_copy(vals, vals.shape, 1000.0, np.int16)
-    assert _write_whole_chunk(z, 1, k)
+    k = fastcopy.quantised_copy(vals, vals.shape, 1000.0, np.int16)
+    assert write_whole_chunk(z, 1, k)
     c = path / "images" / "R1" / "c"
     assert (c / "1/0/0/0").read_bytes() == (c / "0/0/0/0").read_bytes()
     np.testing.assert_array_equal(zarr.open_array(str(path / "images" / "R1"))[1], vals)
-    assert not _write_whole_chunk(z, 1, vals)  # values, not stored integers: zarr's path
+    assert not write_whole_chunk(z, 1, vals)  # values, not stored integers: zarr's path
 
 
 def test_writing_values_into_a_decimal_array_is_exact_or_refused(tmp_path):

@@ -145,7 +145,7 @@ def test_ingest_int16_images_stored_exactly_as_int16_scaled_as_float32(tmp_path)
     store = str(tmp_path / "c.zarr")
     ingest(root / "m.csv", store, progress=False)
     st = open_store(store)
-    assert st._array("images/T1w").dtype == np.int16 and st._array("images/R1").dtype == np.float32
+    assert st.zarr_array("images/T1w").dtype == np.int16 and st.zarr_array("images/R1").dtype == np.float32
     ras = nib.as_closest_canonical(nib.load(root / "t1.nii.gz"))
     np.testing.assert_array_equal(st.load_image("T1w", 0), np.asarray(ras.dataobj).astype(np.float32))
     assert st.load_image("T1w", 0).dtype == np.float32 and st.image("T1w").dtype == np.float32
@@ -175,9 +175,9 @@ def test_float_maps_stored_bit_exactly_with_the_configured_codec(tmp_path, float
     with dask.config.set({"thaldask.store.float-codec": float_codec}):
         ingest(root / "m.csv", store, progress=False)
     st = open_store(store)
-    codecs = [type(c).__name__ for c in st._array("images/R1").metadata.codecs]
+    codecs = [type(c).__name__ for c in st.zarr_array("images/R1").metadata.codecs]
     assert ("PCodec" in codecs) == (float_codec == "pcodec"), codecs
-    assert st._attrs["layout"]["float_codec"] == float_codec
+    assert st.layout["float_codec"] == float_codec
     want = np.asarray(nib.as_closest_canonical(nib.load(root / "r1.nii.gz")).dataobj)
     got = st.load_image("R1", 0)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
@@ -231,7 +231,7 @@ def test_whole_chunk_write_stores_the_bytes_zarr_writes(tmp_path, dtype, shuffle
     import zarr
     from zarr.codecs import BloscCodec
 
-    from thaldask.store.core import _write_whole_chunk
+    from thaldask.store.codecs import write_whole_chunk
 
     path = tmp_path / "s.zarr"
     zarr.open_group(path, mode="w")
@@ -240,21 +240,21 @@ def test_whole_chunk_write_stores_the_bytes_zarr_writes(tmp_path, dtype, shuffle
                           chunks=(1, 40, 30, 20), dtype=dtype, compressors=[codec], fill_value=0)
     a = np.random.default_rng(0).normal(50, 10, (40, 30, 20)).astype(dtype)
     z[0] = a
-    assert _write_whole_chunk(z, 1, a)
+    assert write_whole_chunk(z, 1, a)
     chunk = path / "images" / "T1w" / "c"
     assert (chunk / "1/0/0/0").read_bytes() == (chunk / "0/0/0/0").read_bytes()
     np.testing.assert_array_equal(zarr.open_array(str(path / "images" / "T1w"))[1], a)
     # spatially chunked arrays and other dtypes go through zarr's own write
     z2 = zarr.create_array(store=str(path), name="images/R1", shape=(2, 40, 30, 20),
                            chunks=(1, 20, 30, 20), dtype=dtype, compressors=[codec], fill_value=0)
-    assert not _write_whole_chunk(z2, 1, a)
-    assert not _write_whole_chunk(z, 1, a.astype(np.float64))
+    assert not write_whole_chunk(z2, 1, a)
+    assert not write_whole_chunk(z, 1, a.astype(np.float64))
 
 
 def test_unknown_float_codec_is_a_store_error_naming_the_setting():
     from thaldask.errors import StoreError
-    from thaldask.store.core import _codec
+    from thaldask.store.codecs import array_codecs
 
     with pytest.raises(StoreError, match=r"thaldask.store.float-codec.*'zstd'"):
-        _codec("int16", {"float_codec": "zstd"})
+        array_codecs("int16", {"float_codec": "zstd"})
 

@@ -26,11 +26,13 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     from thaldask.cluster import get_client
     from thaldask.cohort.clinical import validate_clinical
     from thaldask.cohort.manifest import validate
+    from thaldask.store.create import check_store_target
     from thaldask.store.ingest import ingest
 
     # validate before starting any cluster: bad input fails in seconds
     df = validate(manifest)
     clin = validate_clinical(clinical, manifest=df) if clinical else None
+    check_store_target(store)  # a new or empty folder, or a thaldask store
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
         report = ingest(df, store, clinical=clin, overwrite=overwrite, client=client,
                         progress=not no_progress, split_binary=split_binary)
@@ -38,7 +40,7 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     n_fail = int(counts.get("failed", 0))
     click.echo(
         f"{store}: {int(counts.get('written', 0))} written, {int(counts.get('skipped', 0))} "
-        f"skipped, {n_fail} failed (report: {store.rstrip('/')}/ingest_report.csv)"
+        f"skipped, {n_fail} failed (report: {store.rstrip('/')}/{INGEST_REPORT})"
     )
     if n_fail:
         for r in report[report["status"] == "failed"].itertuples():

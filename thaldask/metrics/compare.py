@@ -14,7 +14,7 @@ __all__ = ["compare_files"]
 
 
 def _load(path: str, labels, role: str):
-    from thaldask.store._io import load_volume, to_ras
+    from thaldask.store.nifti import load_volume, to_ras
 
     try:
         vol = load_volume(str(path), kind="mask")
@@ -49,7 +49,7 @@ def compare_files(gt_path, pred_path, *, gt_labels=None, pred_labels=None, surfa
     and total. With a binary convention on either side only ``total`` is defined (left and
     right are NaN). Empty-mask rules as in :func:`thaldask.metrics.kernels.derive_metrics`.
     """
-    from thaldask.store._io import check_overlap, resample_to, same_grid
+    from thaldask.store.nifti import check_overlap, resample_to, same_grid
 
     g, gaff, gconv = _load(gt_path, gt_labels, "ground truth")
     p, paff, pconv = _load(pred_path, pred_labels, "prediction")

@@ -8,10 +8,11 @@ scan share one voxel grid). ``gt_contrast`` in the results records the choice. A
 truth still gets its volumes; its overlap and surface metrics are NaN.
 
 Resumable and incremental: each scan's raw numbers are written to a small per-scan cache
-(``_metrics/<method>/<contrast>``) by the task that computed them, together with a token
-of what they were computed from (the stored content hashes of both masks, the GT contrast,
-the voxel size and the kernel version). A re-run recomputes only scans whose token is
-missing (interrupted run) or different (a mask changed); the rest is read back.
+(derived store arrays named by :func:`thaldask.store.format.metrics_array`) by the task
+that computed them, together with a token of what they were computed from (the stored
+content hashes of both masks, the GT contrast, the voxel size and the kernel version). A
+re-run recomputes only scans whose token is missing (interrupted run) or different (a mask
+changed); the rest is read back.
 
 Graph: rows are grouped by (GT contrast, scan set); each group is one ``blockwise`` over
 blocks of ``thaldask.metrics.scans-per-task`` scans whose task reads the block's GT once,
@@ -34,6 +35,8 @@ import xarray as xr
 
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
+from thaldask.store.cohort_store import open_array, write_derived_rows
+from thaldask.store.format import hash_array, mask_array, metrics_array, metrics_cache
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
 
@@ -41,7 +44,6 @@ log = logging.getLogger(__name__)
 
 #: bump when the kernels change numerically: invalidates every cached row
 KERNEL_VERSION = "1"
-CACHE = "_metrics"
 TOKEN_LEN = 32
 
 CLINICAL_STRINGS = STRING_COLUMNS
@@ -49,12 +51,6 @@ CLINICAL_FLOATS = NUMERIC_COLUMNS
 
 
 # --------------------------------------------------------------------------- tasks
-def _zarr_store(path: str, storage_options: dict | None):
-    from thaldask.store.core import make_zarr_store
-
-    return make_zarr_store(path, storage_options=storage_options)
-
-
 def _single(block):
     while isinstance(block, (list, tuple)):
         if len(block) != 1:
@@ -65,13 +61,12 @@ def _single(block):
 
 def _eval_block(gt, spacing, scan, token, *preds, store_path, caches, with_gt, surface, storage_options=None):
     """Compute raw fields of one block of scans for every prediction sharing this GT, and
-    write each (scan, prediction) row to its per-scan cache.
+    write each (scan, prediction) row to its per-scan cache. ``caches``: (label, raw array,
+    token array) per prediction.
 
     Runs inside a Dask task; returns (scan, prediction, side, field). A row that fails
     (unreadable data, bad labels) stays NaN without a token, so the next run retries it.
     """
-    import zarr
-
     # blockwise without concatenation hands single-chunk contracted dims as nested lists
     gt, spacing, scan, token = (_single(a) for a in (gt, spacing, scan, token))
     preds = [_single(p) for p in preds]
@@ -88,26 +83,25 @@ def _eval_block(gt, spacing, scan, token, *preds, store_path, caches, with_gt, s
                     out[i, j, :, pv] = pair_raw(pred[i], pred[i], spacing[i], surface=False)[:, pv]
                 ok[i, j] = True
             except Exception as exc:  # one bad scan never stops the cohort
-                log.warning("evaluate: scan %d of %s failed: %s", int(scan[i, 0]), caches[j], exc)
-    zs = _zarr_store(store_path, storage_options)
-    for j, cache in enumerate(caches):
-        raw_z = zarr.open_array(store=zs, path=f"{cache}/raw", mode="r+")
-        tok_z = zarr.open_array(store=zs, path=f"{cache}/token", mode="r+")
-        for i in range(n):
-            if ok[i, j]:
-                s = int(scan[i, 0])
-                raw_z[s] = out[i, j]
-                tok_z[s] = token[i, j]  # token last: it marks the row complete
+                log.warning("evaluate: scan %d of %s failed: %s", int(scan[i, 0]), caches[j][0], exc)
+    for j, (_, raw_name, token_name) in enumerate(caches):
+        done = [i for i in range(n) if ok[i, j]]
+        write_derived_rows(store_path, raw_name, {int(scan[i, 0]): out[i, j] for i in done},
+                           storage_options=storage_options)
+        # tokens last: a token marks its row complete
+        write_derived_rows(store_path, token_name, {int(scan[i, 0]): token[i, j] for i in done},
+                           storage_options=storage_options)
     return out
 
 
 def _content_hashes(st, name: str) -> np.ndarray | None:
     """(scan, 32) content sha256 of a stored per-scan array, or None if unavailable."""
     try:
-        h = np.asarray(st._array(f"_meta/{name}/hash")[...], dtype=np.uint8)
+        if not st.has_array(hash_array(name)):
+            return None
+        return st.content_tokens(name)
     except Exception:
         return None
-    return h[:, 32:64]
 
 
 def _tokens(parts_per_scan: list[list[bytes]]) -> np.ndarray:
@@ -121,29 +115,13 @@ def _tokens(parts_per_scan: list[list[bytes]]) -> np.ndarray:
     return out
 
 
-def _ensure_cache(st, cache: str) -> tuple[np.ndarray, np.ndarray]:
+def _ensure_cache(st, cache) -> tuple[np.ndarray, np.ndarray]:
     """Create the cache arrays of one (method, contrast) if needed; return raw and tokens."""
-    import zarr
-
-    zs = _zarr_store(st.path, st.storage_options)
-    n = st.n_scans
-    specs = (
-        ("raw", (n, 3, len(RAW_FIELDS)), (1, 3, len(RAW_FIELDS)), "float64", np.nan),
-        ("token", (n, TOKEN_LEN), (1, TOKEN_LEN), "uint8", 0),
-    )
-    arrays = {}
-    for key, shape, chunks, dtype, fill in specs:
-        path = f"{cache}/{key}"
-        try:
-            z = zarr.open_array(store=zs, path=path, mode="r")
-            if tuple(z.shape) != shape:
-                raise KeyError(path)
-        except (FileNotFoundError, KeyError):
-            z = zarr.create_array(
-                store=zs, name=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True
-            )
-        arrays[key] = np.asarray(z[...])
-    return arrays["raw"], arrays["token"]
+    _, raw_name, token_name = cache
+    raw = st.ensure_derived(raw_name, row_shape=(3, len(RAW_FIELDS)), dtype="float64",
+                            fill_value=np.nan)
+    tok = st.ensure_derived(token_name, row_shape=(TOKEN_LEN,), dtype="uint8", fill_value=0)
+    return raw, tok
 
 
 # --------------------------------------------------------------------------- planning
@@ -184,7 +162,7 @@ def _plan(st, *, surface: bool):
     hashes = {}
     entries = []
     for m, c in methods:
-        name = f"masks/{m}/{c}"
+        name = mask_array(m, c)
         hashes[name] = _content_hashes(st, name)
     for m, c in methods:
         has_pred = np.asarray(st.has_mask(m, c), bool)
@@ -192,11 +170,11 @@ def _plan(st, *, surface: bool):
             choice = np.full(n, "", dtype=object)  # GT volumes: no comparison
         else:
             choice = _choose_gt(c, has_gt, n, reference)
-        ph = hashes[f"masks/{m}/{c}"]
+        ph = hashes[mask_array(m, c)]
         parts = []
         for i in range(n):
             g = choice[i]
-            gh = hashes.get(f"masks/gt/{g}") if g else None
+            gh = hashes.get(mask_array("gt", g)) if g else None
             if ph is None or (g and gh is None):
                 parts.append([os.urandom(16)])  # no content hash: always recompute
                 continue
@@ -217,7 +195,7 @@ def _plan(st, *, surface: bool):
                 "has": has_pred,
                 "gt": choice,
                 "tokens": _tokens(parts),
-                "cache": f"{CACHE}/{m}/{c}",
+                "cache": (metrics_cache(m, c), metrics_array(m, c, "raw"), metrics_array(m, c, "token")),
             }
         )
     return entries, _choose_gt("", has_gt, n, reference)
@@ -234,10 +212,8 @@ def _load_scans(idx, *, store_path, array_name, grid, storage_options=None):
     A scan whose chunk cannot be read is filled with :data:`UNREADABLE` and logged, so one
     bad scan never fails the task (and the graph) of the others.
     """
-    import zarr
-
     name = array_name
-    z = zarr.open_array(store=_zarr_store(store_path, storage_options), path=name, mode="r")
+    z = open_array(store_path, name, storage_options=storage_options)
     out = np.empty((len(idx),) + tuple(grid), np.uint8)
     for j, s in enumerate(np.asarray(idx).ravel()):  # the scans of one block
         try:
@@ -291,9 +267,9 @@ def _compute_arrays(st, entries, *, surface: bool, block: int):
         idx = np.frombuffer(idx_b, dtype=np.intp)
         chunks = tuple(min(block, len(idx) - s) for s in range(0, len(idx), block))
         preds = [
-            _scan_loader(st, f"masks/{entries[k]['method']}/{entries[k]['contrast']}", idx, chunks) for k in ks
+            _scan_loader(st, mask_array(entries[k]["method"], entries[k]["contrast"]), idx, chunks) for k in ks
         ]
-        gt = _scan_loader(st, f"masks/gt/{g}", idx, chunks) if g else preds[0]
+        gt = _scan_loader(st, mask_array("gt", g), idx, chunks) if g else preds[0]
         sp = da.from_array(st.spacing[idx], chunks=(chunks, 3))
         sc = da.from_array(idx.astype(np.int64)[:, None], chunks=(chunks, 1))
         tok = np.stack([entries[k]["tokens"][idx] for k in ks], axis=1)  # (scan, entry, 32)
@@ -524,7 +500,7 @@ def _write_csv(df: pd.DataFrame, path: str, storage_options=None):
 
 
 def _is_synthetic(st) -> bool:
-    attrs = st._attrs if hasattr(st, "_attrs") else {}
+    attrs = st.attrs if hasattr(st, "attrs") else {}
     for key in ("synthetic",):
         if key in attrs:
             return bool(attrs[key])

@@ -25,6 +25,7 @@ from thaldask.schema import STATS_TABLES
 from thaldask.segment.stage import segment_store
 from thaldask.stats.run import headline_findings, load_stats_config, write_stats
 from thaldask.store import ingest, open_store
+from thaldask.store.format import INGEST_REPORT
 from thaldask.synth import make_cohort
 
 __all__ = ["STAGES", "run_stages", "print_summary"]
@@ -68,7 +69,7 @@ def stage_ingest(ctx: Context) -> None:
     ctx.outputs["ingest"] = report
     n_fail = int((report["status"] == "failed").sum())
     if n_fail:
-        ctx.warn(f"ingest: {n_fail} files failed (see ingest_report.csv)")
+        ctx.warn(f"ingest: {n_fail} files failed (see {INGEST_REPORT})")
 
 
 def stage_segment(ctx: Context) -> None:

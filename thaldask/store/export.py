@@ -8,8 +8,10 @@ import re
 import numpy as np
 
 from thaldask.cohort.labels import from_sides
-from thaldask.store import _io
-from thaldask.store.core import CohortStore, open_store
+from thaldask.errors import StoreError
+from thaldask.store.cohort_store import CohortStore, open_store
+from thaldask.store.format import FORMAT_NIFTI1, FORMAT_NIFTI2
+from thaldask.store.nifti import from_ras
 
 __all__ = ["export_masks", "to_original_image"]
 
@@ -27,14 +29,14 @@ def to_original_image(st: CohortStore, i: int, sides: np.ndarray):
     """
     import nibabel as nib
 
-    data = _io.from_ras(np.asarray(sides), st.orig_ornt[i])
+    data = from_ras(np.asarray(sides), st.orig_ornt[i])
     shape = tuple(int(v) for v in st.orig_shapes[i])
     if data.shape != shape:  # pragma: no cover - guarded by ingest
         raise ValueError(f"scan {i}: mask shape {data.shape} does not match original {shape}")
     fmt, hb = st.orig_header(i)
-    if fmt in (_io.FORMAT_NIFTI1, _io.FORMAT_NIFTI2):
-        hcls = nib.Nifti1Header if fmt == _io.FORMAT_NIFTI1 else nib.Nifti2Header
-        icls = nib.Nifti1Image if fmt == _io.FORMAT_NIFTI1 else nib.Nifti2Image
+    if fmt in (FORMAT_NIFTI1, FORMAT_NIFTI2):
+        hcls = nib.Nifti1Header if fmt == FORMAT_NIFTI1 else nib.Nifti2Header
+        icls = nib.Nifti1Image if fmt == FORMAT_NIFTI1 else nib.Nifti2Image
         hdr = hcls(binaryblock=hb, check=False)
         hdr.set_data_dtype(data.dtype)
         hdr.set_data_shape(data.shape)
@@ -85,8 +87,6 @@ def export_masks(
 
     st = store if isinstance(store, CohortStore) else open_store(store, read_only=True)
     if (method, contrast) not in st.methods:
-        from thaldask.errors import StoreError
-
         raise StoreError(
             f"{st.path}: no masks for method {method!r} contrast {contrast!r}; "
             f"present: {', '.join(f'{m}/{c}' for m, c in st.methods) or 'none'}"

@@ -1,25 +1,42 @@
 """Read NIfTI/MGH files, reorient losslessly to RAS, resample through world coordinates.
 
-Everything here is plain numpy/nibabel on one file; the Dask layer lives in ingest.py.
+Everything here is plain numpy/nibabel on one file: decoding, orientation, grids, content
+hashes. The Dask layer lives in :mod:`thaldask.store.ingest`.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import threading
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from thaldask.errors import GridMismatchError, ScanError
+from thaldask.store.format import FORMAT_MGH, FORMAT_NIFTI1, FORMAT_NIFTI2
+
+__all__ = [
+    "Volume",
+    "load_volume",
+    "read_bytes",
+    "decompress",
+    "header_bytes",
+    "scrub_header",
+    "to_ras",
+    "from_ras",
+    "ras_affine",
+    "ras_orientation",
+    "ras_shape",
+    "axcodes",
+    "same_grid",
+    "check_overlap",
+    "resample_to",
+    "content_hash",
+]
 
 #: header fields that can carry personal data; never copied into the store
 PRIVATE_FIELDS = ("descrip", "db_name", "aux_file", "intent_name")
-
-FORMAT_NIFTI1, FORMAT_NIFTI2, FORMAT_MGH = 1, 2, 3
-HEADER_BYTES = 1024  # room for a NIfTI-2 header (540 bytes) or an MGH header (284 bytes)
 
 
 @dataclass
@@ -88,6 +105,23 @@ def scrub_header(hdr) -> None:
     for f in PRIVATE_FIELDS:
         if f in hdr:
             hdr[f] = b""
+
+
+def header_bytes(file: str) -> tuple[int, bytes]:
+    """(format code, scrubbed header bytes) of a NIfTI-1/NIfTI-2/MGH file's header."""
+    import nibabel as nib
+
+    img = nib.load(file)
+    hdr = img.header.copy()
+    if isinstance(img, nib.Nifti2Image):
+        fmt = FORMAT_NIFTI2
+    elif isinstance(img, nib.Nifti1Image):
+        fmt = FORMAT_NIFTI1
+    else:
+        fmt = FORMAT_MGH
+    if fmt != FORMAT_MGH:
+        scrub_header(hdr)
+    return fmt, bytes(hdr.binaryblock)
 
 
 def load_volume(path: str, *, kind: str = "image") -> Volume:
@@ -217,10 +251,18 @@ def ras_shape(shape, ornt) -> tuple[int, int, int]:
     return tuple(out)
 
 
+def ras_affine(affine: np.ndarray, shape) -> np.ndarray:
+    """Affine of the RAS grid :func:`to_ras` gives for voxels of ``shape`` on ``affine``."""
+    import nibabel.orientations as no
+
+    return affine @ no.inv_ornt_aff(ras_orientation(affine), shape)
+
+
 # ---------------------------------------------------------------- resampling
 
 
 def same_grid(aff_a, shape_a, aff_b, shape_b, atol: float = 1e-4) -> bool:
+    """Same shape and (within ``atol``) the same affine."""
     return tuple(shape_a) == tuple(shape_b) and np.allclose(aff_a, aff_b, atol=atol)
 
 
@@ -286,182 +328,3 @@ def content_hash(data: np.ndarray, affine: np.ndarray) -> bytes:
     h.update(np.ascontiguousarray(affine, dtype=np.float64).tobytes())
     h.update(memoryview(np.ascontiguousarray(data)).cast("B"))
     return h.digest()
-
-
-def fast_sides(data: np.ndarray, conv, *, allowed: set | None = None) -> np.ndarray:
-    """Integer mask -> uint8 0/1/2 (binary: 0/1), keeping the input's memory order.
-
-    Same result as :func:`thaldask.cohort.labels.to_sides` for labels in 0..65535. With
-    ``allowed``, a label outside it raises LabelConventionError naming the labels found.
-    """
-    from thaldask.errors import LabelConventionError
-
-    if allowed is not None:
-        if allowed == {0, 1}:
-            ok = not bool(((data < 0) | (data > 1)).any()) if data.dtype.kind == "i" else not bool((data > 1).any())
-        else:
-            hit = np.zeros_like(data, dtype=bool)
-            for a in allowed:
-                hit |= data == a
-            ok = bool(hit.all())
-        if not ok:
-            found = np.unique(data)
-            unexpected = sorted(set(found.tolist()) - set(allowed))
-            raise LabelConventionError(
-                f"mask holds unexpected labels {unexpected[:8]} for convention {conv.spec!r} "
-                f"(allowed {sorted(allowed)})"
-            )
-
-    def any_of(ids):
-        m = np.zeros_like(data, dtype=bool) if len(ids) != 1 else None
-        if m is None:
-            return data == ids[0]
-        for v in ids:
-            m |= data == v
-        return m
-
-    if conv.binary:
-        hit = any_of(conv.ids) if conv.ids else data != 0
-        return hit.view(np.uint8)
-    out = any_of(conv.left).view(np.uint8)
-    right = any_of(conv.right).view(np.uint8)
-    np.add(out, right, out=out)  # left + 2 * right, without temporaries
-    np.add(out, right, out=out)
-    return out
-
-
-_scratch = threading.local()
-
-
-def scratch(shape, dtype) -> np.ndarray:
-    """An uninitialised array reused by the calling thread (one per shape and type).
-
-    Ingest copies every scan into a fresh 256^3 array; reusing one spares the page faults
-    of new memory (about a third of the copy). The caller must be done with the previous
-    array of the same shape and type before asking again.
-    """
-    key = (tuple(int(v) for v in shape), np.dtype(dtype).str)
-    pool = _scratch.__dict__.setdefault("pool", {})
-    if key not in pool:
-        if len(pool) >= 4:
-            pool.clear()
-        pool[key] = np.empty(key[0], key[1])
-    return pool[key]
-
-
-def _target(src_shape, out_shape, dtype, out):
-    """``out`` (or a new array) ready to take ``src_shape`` in its corner, zeros elsewhere."""
-    if out is None:
-        return np.empty(out_shape, dtype) if out_shape == src_shape else np.zeros(out_shape, dtype)
-    if tuple(out.shape) != out_shape or out.dtype != dtype:
-        raise ValueError(f"out is {out.dtype}{out.shape}, expected {dtype}{out_shape}")
-    if out_shape != src_shape:
-        out.fill(0)
-    return out
-
-
-def c_copy(src: np.ndarray, out_shape=None, dtype=None, *, out=None) -> np.ndarray:
-    """C-ordered copy of ``src`` (any strides) in the corner of a zero array of ``out_shape``.
-
-    Reoriented NIfTI voxels are usually Fortran-ordered views; numpy's plain copy of such a
-    view walks memory with large strides. For 3D arrays whose fastest source axis is not the
-    last one, the copy goes one plane at a time across the third axis: each plane (a 2D
-    transpose, 128 kB for 256^2 int16) stays in cache, 4-5x faster than numpy's copy for
-    256^3 volumes. ``out``: write there (see :func:`scratch`).
-    """
-    dtype = np.dtype(dtype or src.dtype)
-    out_shape = tuple(int(v) for v in (out_shape or src.shape))
-    out = _target(src.shape, out_shape, dtype, out)
-    view = out[tuple(slice(0, n) for n in src.shape)]
-    fast = int(np.argmin(np.abs(src.strides)))
-    last = src.ndim - 1
-    if src.ndim != 3 or fast == last or src.size < 1 << 16:
-        view[...] = src
-        return out
-    other = 3 - fast - last
-    idx = [slice(None)] * 3
-    for k in range(src.shape[other]):
-        idx[other] = k
-        plane = tuple(idx)
-        view[plane] = src[plane]
-    return out
-
-
-#: decimal places tried when looking for a lossless integer form of a float image
-MAX_DECIMALS = 6
-#: integers stored in place of such images stay below 2**24: float32 holds them exactly
-_MAX_QUANTUM = 1 << 24
-
-
-def quantised_copy(
-    src: np.ndarray, out_shape, scale: float, dtype, *, out=None
-) -> np.ndarray | None:
-    """:func:`c_copy` of a float image as the integers ``k`` with ``float32(k / scale) == src``.
-
-    The result, in the corner of a zero array of ``out_shape``, decodes back to the values
-    of ``src`` through numcodecs' ``FixedScaleOffset(offset=0, scale=scale)``: bit for bit,
-    except that a negative zero comes back as 0.0, the same value. None when some voxel has
-    no such integer in the range of ``dtype`` (more decimals than ``scale`` resolves, out of
-    range, not finite). ``scale`` is a power of ten up to
-    10**MAX_DECIMALS: k / scale is then never within float64 rounding of a float32
-    rounding tie, so float32 division gives what the decoder's float64 division gives.
-
-    The copy goes one plane at a time (see :func:`c_copy`) and quantises and checks each
-    plane while it is in cache: about 25 % more than the plain copy. ``out``: write there
-    (see :func:`scratch`).
-    """
-    dtype = np.dtype(dtype)
-    s32 = np.float32(scale)
-    info = np.iinfo(dtype)
-    lo, hi = max(info.min, -_MAX_QUANTUM + 1), min(info.max, _MAX_QUANTUM - 1)
-    out_shape = tuple(int(v) for v in (out_shape or src.shape))
-    out = _target(src.shape, out_shape, dtype, out)
-    view = out[tuple(slice(0, n) for n in src.shape)]
-    other = None  # one "plane": the whole array
-    if src.ndim == 3 and src.size >= 1 << 16:
-        fast = int(np.argmin(np.abs(src.strides)))
-        other = 0 if fast == 2 else 3 - fast - 2  # planes across an axis that is neither
-    pshape = tuple(n for d, n in enumerate(src.shape) if d != other)
-    buf, k, back = (np.empty(pshape, np.float32) for _ in range(3))
-    differ = np.empty(pshape, bool)
-    idx = [slice(None)] * src.ndim
-    with np.errstate(over="ignore", invalid="ignore"):  # such voxels are refused below
-        for j in range(src.shape[other] if other is not None else 1):
-            if other is not None:
-                idx[other] = j
-            plane = tuple(idx)
-            buf[...] = src[plane]
-            np.multiply(buf, s32, out=k)
-            np.rint(k, out=k)
-            np.divide(k, s32, out=back)
-            np.not_equal(back, buf, out=differ)  # IEEE equality: -0.0 is kept as 0.0
-            if differ.any() or k.min() < lo or k.max() > hi:  # NaN/inf differ as well
-                return None
-            view[plane] = k
-    return out
-
-
-def decimal_places(
-    data: np.ndarray, max_decimals: int = MAX_DECIMALS, *, sample: int | None = None
-) -> int | None:
-    """Fewest decimal places that hold every value of a float image exactly, or None.
-
-    A map written with a fixed number of decimals (``np.round(r1, 4)`` in float32, or a
-    T1 map in whole milliseconds) is exactly ``float32(k / 10**d)`` for integers ``k``: the
-    store then keeps ``k`` (see :func:`quantised_copy`), losslessly and about a third the
-    size. A sample rules decimal counts out before the whole image is checked; with
-    ``sample`` (a number of voxels, evenly spread) only that sample is checked.
-    """
-    if data.dtype != np.float32 or data.size == 0:
-        return None
-    flat = data.reshape(-1, order="A" if data.flags.f_contiguous else "C")
-    few = np.ascontiguousarray(flat[:: max(1, flat.size // 65536)])
-    many = None
-    for d in range(max_decimals + 1):
-        if quantised_copy(few, few.shape, 10.0**d, np.int32) is None:
-            continue
-        if many is None:
-            many = np.ascontiguousarray(flat[:: max(1, flat.size // sample)]) if sample else data
-        if quantised_copy(many, many.shape, 10.0**d, np.int32) is not None:
-            return d
-    return None

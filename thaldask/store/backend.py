@@ -1,0 +1,47 @@
+"""Where a store lives: a local folder or an fsspec URL, and the zarr store objects for it."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+from thaldask import config
+
+__all__ = ["is_remote", "make_zarr_store", "set_zarr_concurrency", "quiet_zarr"]
+
+
+def is_remote(path: str) -> bool:
+    """Whether ``path`` is an fsspec URL other than ``file://``."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def set_zarr_concurrency(n: int | None = None) -> None:
+    """Lower zarr's async concurrency (oversubscription under Dask)."""
+    import zarr
+
+    n = int(n or config.get("store.zarr-concurrency") or 8)
+    if zarr.config.get("async.concurrency") != n:
+        zarr.config.set({"async.concurrency": n})
+
+
+def make_zarr_store(path: str, *, read_only: bool = False, storage_options: dict | None = None):
+    """A zarr Store for a local path or an fsspec URL (``s3://``, ``gs://``, ``memory://``)."""
+    import zarr
+
+    path = str(path)
+    if is_remote(path):
+        return zarr.storage.FsspecStore.from_url(
+            path, storage_options=storage_options or None, read_only=read_only
+        )
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+@contextlib.contextmanager
+def quiet_zarr():
+    """Silence zarr's notes about consolidated metadata and non-zarr files (the report CSV)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        warnings.filterwarnings("ignore", message=".*not recognized as a component.*")
+        yield

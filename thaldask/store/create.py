@@ -1,0 +1,226 @@
+"""Creating and growing a cohort store, and the rule about where thaldask may write.
+
+thaldask creates a store only in a new folder or an empty one, and writes only inside a
+folder that already is a thaldask store (a Zarr group whose root metadata carries the
+``thaldask`` marker, :data:`~thaldask.store.format.ROOT_ATTR`). Anything else at the target
+(a folder of NIfTIs, a manifest, a plain Zarr group, a file) is refused with
+:class:`~thaldask.errors.NotAStoreError` and left untouched: ``zarr.open_group(mode="w")``
+and recursive deletes run only on paths checked here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+
+from thaldask import __version__
+from thaldask.errors import NotAStoreError, StoreConflictError
+from thaldask.store.backend import is_remote, make_zarr_store
+from thaldask.store.codecs import default_layout
+from thaldask.store.cohort_store import CohortStore, write_scan_meta
+from thaldask.store.format import FORMAT_VERSION, ROOT_ATTR, ROOT_METADATA, is_per_scan
+
+__all__ = ["create_store", "append_scans", "set_clinical", "is_store", "check_store_target"]
+
+
+# ---------------------------------------------------------------- where thaldask may write
+def _fs(path: str, storage_options=None):
+    import fsspec
+
+    return fsspec.core.url_to_fs(path, **(storage_options or {}))
+
+
+def _listing(path: str, storage_options=None) -> tuple[str, list[str], list[str]] | None:
+    """None when nothing is at ``path``; else (kind, file names, folder names) with kind
+    ``"file"`` or ``"folder"``."""
+    if is_remote(path):
+        fs, p = _fs(path, storage_options)
+        if not fs.exists(p):
+            return None
+        if fs.isfile(p):
+            return "file", [], []
+        files, dirs = [], []
+        for e in fs.ls(p, detail=True):
+            name = os.path.basename(str(e["name"]).rstrip("/"))
+            (dirs if e.get("type") == "directory" else files).append(name)
+        return "folder", sorted(files), sorted(dirs)
+    path = path[len("file://"):] if path.startswith("file://") else path
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isdir(path):
+        return "file", [], []
+    files, dirs = [], []
+    with os.scandir(path) as it:
+        for e in it:
+            (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
+    return "folder", sorted(files), sorted(dirs)
+
+
+def _root_attrs(path: str, storage_options=None) -> dict | None:
+    """Root attributes of a Zarr v3 group at ``path``, or None when there is none."""
+    try:
+        if is_remote(path):
+            fs, p = _fs(path, storage_options)
+            raw = fs.cat(p.rstrip("/") + "/" + ROOT_METADATA)
+        else:
+            path = path[len("file://"):] if path.startswith("file://") else path
+            with open(os.path.join(path, ROOT_METADATA), "rb") as f:
+                raw = f.read()
+        meta = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    return meta.get("attributes") or {}
+
+
+def is_store(path: str, *, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` is a thaldask store (its root metadata carries thaldask's marker)."""
+    attrs = _root_attrs(str(path), storage_options)
+    return attrs is not None and isinstance(attrs.get(ROOT_ATTR), dict)
+
+
+def check_store_target(path: str, *, storage_options: dict | None = None) -> bool:
+    """Check that thaldask may write a store at ``path``.
+
+    Returns False when ``path`` is free (nothing there, or an empty folder: a store may be
+    created there) and True when it already is a thaldask store.
+
+    Raises
+    ------
+    NotAStoreError
+        something else is at ``path``; the message names it and what it holds.
+    """
+    path = str(path)
+    found = _listing(path, storage_options)
+    if found is None:
+        return False
+    kind, files, dirs = found
+    if kind == "file":
+        raise NotAStoreError(f"'{path}' is a file, not a thaldask store; choose a new folder")
+    if not files and not dirs:
+        return False
+    if is_store(path, storage_options=storage_options):
+        return True
+    parts = []
+    if files:
+        parts.append(f"{len(files)} file{'s' if len(files) != 1 else ''}")
+    if dirs:
+        parts.append(f"{len(dirs)} folder{'s' if len(dirs) != 1 else ''}")
+    example = files[0] if files else dirs[0] + "/"
+    what = "a Zarr group without thaldask's marker, " if ROOT_METADATA in files else ""
+    raise NotAStoreError(
+        f"'{path}' exists and is not a thaldask store ({what}holds {' and '.join(parts)}, "
+        f"e.g. {example}); choose a new folder"
+    )
+
+
+def _remove_store(path: str, storage_options=None) -> None:
+    """Delete the thaldask store at ``path`` (verified again here; never anything else)."""
+    if not is_store(path, storage_options=storage_options):  # pragma: no cover - callers check
+        raise NotAStoreError(f"'{path}' is not a thaldask store; refusing to delete it")
+    if is_remote(path):
+        fs, p = _fs(path, storage_options)
+        fs.rm(p, recursive=True)
+    else:
+        shutil.rmtree(path[len("file://"):] if path.startswith("file://") else path)
+
+
+# ---------------------------------------------------------------- creation
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _scans_attr(scans: pd.DataFrame) -> dict:
+    return {k: [str(v) for v in scans[k]] for k in ("subject", "timepoint", "site")}
+
+
+def create_store(
+    path: str,
+    *,
+    scans: pd.DataFrame,
+    grid_shape,
+    scan_meta: dict,
+    reference: list[str],
+    orig_axcodes: list[str],
+    layout: dict | None = None,
+    storage_options: dict | None = None,
+    replace: bool = False,
+) -> CohortStore:
+    """Create a new store with its scan table and scan-level metadata (written once).
+
+    ``path`` must be new or an empty folder; with ``replace=True`` it may also be an
+    existing thaldask store, which is deleted first.
+
+    Raises
+    ------
+    NotAStoreError
+        ``path`` holds something else than a thaldask store (nothing is touched).
+    StoreConflictError
+        ``path`` is a thaldask store and ``replace`` is False.
+    """
+    import zarr
+
+    path = str(path)
+    if check_store_target(path, storage_options=storage_options):
+        if not replace:
+            raise StoreConflictError(
+                f"'{path}' is already a thaldask store; open it, or pass overwrite to rebuild it"
+            )
+        _remove_store(path, storage_options)
+    zs = make_zarr_store(path, storage_options=storage_options)
+    attrs = {
+        ROOT_ATTR: {"format": FORMAT_VERSION, "version": __version__, "created": _now()},
+        "scans": _scans_attr(scans),
+        "grid_shape": [int(v) for v in grid_shape],
+        "reference": list(reference),
+        "orig_axcodes": list(orig_axcodes),
+        "layout": {**default_layout(), **(layout or {})},
+        "clinical": None,
+    }
+    # the target was just checked to be new or empty (or our store, deleted above)
+    zarr.open_group(store=zs, mode="w", attributes=json.loads(json.dumps(attrs)))
+    write_scan_meta(zs, scan_meta)
+    return CohortStore(path, storage_options=storage_options)
+
+
+def append_scans(st: CohortStore, scans: pd.DataFrame, scan_meta: dict, reference, orig_axcodes):
+    """Grow every per-scan array to ``len(scans)`` and rewrite the scan-level metadata.
+
+    Called by the single process that plans an ingest, before any task writes.
+    """
+    n_old, n = st.n_scans, len(scans)
+    for name, node in st.array_members():
+        if is_per_scan(name) and node.shape and node.shape[0] == n_old:
+            node.resize((n,) + tuple(node.shape[1:]))
+    st.write_scan_meta(scan_meta)
+    st.update_attrs({
+        "scans": _scans_attr(scans),
+        "reference": list(reference),
+        "orig_axcodes": list(orig_axcodes),
+    })
+
+
+def set_clinical(st: CohortStore, df: pd.DataFrame | None) -> None:
+    """Store a validated clinical table in the root attributes (JSON, NaN as null)."""
+    if df is None:
+        st.update_attrs({"clinical": None})
+        return
+    data = df.astype(object).where(pd.notna(df), None).values.tolist()
+    payload = {
+        "columns": [str(c) for c in df.columns],
+        "dtypes": {str(c): str(df[c].dtype) for c in df.columns},
+        "data": json.loads(json.dumps(data, default=_json_default)),
+    }
+    st.update_attrs({"clinical": payload})
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)

@@ -1,0 +1,297 @@
+"""Idempotent per-scan writes into the cohort store: arrays, their records and digests.
+
+:class:`ScanWriter` is the writing half of :class:`~thaldask.store.cohort_store.CohortStore`
+(which inherits it): each call touches only the chunks of one scan, so independent tasks
+can write different scans of one array; a scan's record is written last, so an interrupted
+write reads as "not written".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from thaldask.errors import StoreConflictError, StoreError
+from thaldask.store.codecs import (
+    array_codecs,
+    decimal_scale,
+    decode_decimal,
+    default_layout,
+    n_decimals,
+    recode_as_float,
+    spatial_chunks,
+    write_whole_chunk,
+)
+from thaldask.store.fastcopy import quantised_copy
+from thaldask.store.format import (
+    FILE_DIGEST_ONLY,
+    HAS_PROB,
+    HASH_LEN,
+    RECORD_LEN,
+    WRITTEN,
+    hash_array,
+    mask_array,
+    prob_array,
+    record_array,
+)
+from thaldask.store.nifti import content_hash
+
+__all__ = ["ScanWriter"]
+
+
+class ScanWriter:
+    """Writes of :class:`~thaldask.store.cohort_store.CohortStore` (a mixin: it uses the
+    store's ``path``, ``read_only``, grid, ``zarr_array`` and records)."""
+
+    def decimal_scale(self, name: str) -> tuple[int, np.dtype] | None:
+        """(scale, integer dtype) when array ``name`` stores integers value * scale."""
+        cache = self.__dict__.setdefault("_decimal_cache", {})
+        if name not in cache:
+            cache[name] = decimal_scale(self.zarr_array(name))
+        return cache[name]
+
+    # ------------------------------------------------------------------ writes
+    def ensure_array(
+        self, name: str, *, dtype, extra_dims: tuple[int, ...] = (), layout=None, decimals=None
+    ):
+        """Create a per-scan array (and its record/hash arrays) unless it exists.
+
+        ``decimals`` = (d, integer dtype) stores a float array as integers value * 10**d
+        (the caller has checked that its data have d decimals; see ``array_codecs``)."""
+        import zarr
+
+        if self.read_only:
+            raise StoreError(f"{self.path}: store opened read-only")
+        layout = layout or self.layout or default_layout()
+        g = self.grid_shape
+        n = self.n_scans
+        shape = (n,) + tuple(extra_dims) + g
+        chunks = (1,) + tuple(extra_dims) + spatial_chunks(g, layout)
+        dims = ("scan",) + tuple(f"dim{k}" for k in range(len(extra_dims))) + ("x", "y", "z")
+        specs = [
+            (name, shape, chunks, dtype, array_codecs(dtype, layout, decimals), dims),
+            (record_array(name), (n, RECORD_LEN), (1, RECORD_LEN), "float64", None, None),
+            (hash_array(name), (n, HASH_LEN), (1, HASH_LEN), "uint8", None, None),
+        ]
+        for path, shp, chk, dt, codec, dn in specs:
+            try:
+                z = self.zarr_array(path)
+                if tuple(z.shape) != shp:
+                    raise StoreConflictError(
+                        f"{self.path}: array {path!r} has shape {tuple(z.shape)}, expected {shp}"
+                    )
+                continue
+            except KeyError:
+                pass
+            try:
+                zarr.create_array(
+                    store=self._zstore,
+                    name=path,
+                    shape=shp,
+                    chunks=chk,
+                    dtype=dt,
+                    fill_value=0,
+                    **(codec if codec is not None else {"compressors": "auto"}),
+                    dimension_names=dn,
+                    overwrite=False,
+                )
+            except zarr.errors.ContainsArrayError:
+                pass  # created concurrently by another task: same metadata
+
+    def write_scan_array(
+        self,
+        name: str,
+        i: int,
+        data: np.ndarray,
+        *,
+        flags: int = 0,
+        source_shape=None,
+        source_affine=None,
+        file_sha256: bytes = b"",
+        content_sha256,
+        overwrite: bool = False,
+        extra: dict | None = None,
+    ) -> str:
+        """Write one scan's (cropped) data into its chunk-aligned region, idempotently.
+
+        ``data`` holds values, or for a decimal array (:func:`decimal_scale`) the stored
+        integers from :func:`~thaldask.store.fastcopy.quantised_copy`.
+
+        ``content_sha256`` is the digest of the padded region as stored (with
+        :func:`~thaldask.store.nifti.content_hash` and ``affines[i]``), or a function giving it:
+        then it is computed only when something is already stored (a first write records
+        the source file's digest only, and the stored region is hashed if ever needed).
+
+        Returns ``"written"`` or ``"skipped"`` (same content already stored).
+
+        Raises
+        ------
+        StoreConflictError
+            different content is stored and ``overwrite`` is False.
+        """
+        i = int(i)
+        z = self.zarr_array(name, mode="r+")
+        dec = decimal_scale(z)
+        if dec is not None and data.dtype != dec[1]:  # values: exact integers or refused
+            k = quantised_copy(np.asarray(data, dtype=z.dtype), None, dec[0], dec[1])
+            if k is None:
+                raise StoreError(
+                    f"{self.path}: {name} stores values with {n_decimals(dec[0])} decimals; "
+                    f"scan {i} has others (recode_as_float({name!r}) takes any float32)"
+                )
+            data = k
+        rec_z = self.zarr_array(record_array(name), mode="r+")
+        hash_z = self.zarr_array(hash_array(name), mode="r+")
+        old_flags = int(rec_z[i, 0])
+        if old_flags & WRITTEN:
+            old_hash = bytes(np.asarray(hash_z[i], dtype=np.uint8))[32:]
+            if callable(content_sha256):
+                content_sha256 = content_sha256()
+            if old_flags & FILE_DIGEST_ONLY or not any(old_hash):  # hash what is stored
+                old_hash = content_hash(np.asarray(self.zarr_array(name)[i]), self.affines[i])
+            if old_hash == content_sha256:
+                return "skipped"
+            if not overwrite:
+                raise StoreConflictError(
+                    f"{self.path}: {name} of scan {i} ({self.scans.subject[i]}, "
+                    f"{self.scans.timepoint[i]}) holds different content; pass overwrite=True "
+                    "(--overwrite) to replace it"
+                )
+            # mark unwritten first so that an interrupted overwrite is redone on re-run
+            rec_z[i, 0] = 0.0
+        stored = dec[1] if dec is not None else z.dtype
+        if tuple(data.shape) == tuple(z.shape[1:]) and data.dtype == stored:
+            full = data
+        else:
+            full = np.zeros(z.shape[1:], dtype=stored)
+            full[tuple(slice(0, s) for s in data.shape)] = data
+        if not write_whole_chunk(z, i, full):
+            if stored != z.dtype:  # stored integers: zarr encodes values
+                full = decode_decimal(full, dec[0], z.dtype)
+            z[i] = full  # the whole chunk-aligned region of scan i
+        for key, arr in (extra or {}).items():
+            ez = self.zarr_array(key, mode="r+")
+            efull = np.zeros(ez.shape[1:], dtype=ez.dtype)
+            efull[tuple(slice(0, s) for s in arr.shape)] = arr
+            ez[i] = efull
+        rec = np.zeros(RECORD_LEN)
+        lazy = callable(content_sha256)
+        rec[0] = flags | WRITTEN | (FILE_DIGEST_ONLY if lazy else 0)
+        rec[1:4] = np.asarray(source_shape if source_shape is not None else data.shape[-3:])
+        rec[4:20] = np.asarray(
+            source_affine if source_affine is not None else self.affines[i], dtype=np.float64
+        ).ravel()
+        h = np.zeros(HASH_LEN, dtype=np.uint8)
+        if file_sha256:
+            h[:32] = np.frombuffer(file_sha256, dtype=np.uint8)
+        # the content slot changes exactly when the stored content does (caches key on it)
+        h[32:] = np.frombuffer(file_sha256 if lazy else content_sha256, dtype=np.uint8) if (
+            file_sha256 or not lazy) else 0
+        hash_z[i] = h
+        rec_z[i] = rec  # written flag last: a crash before this line means "not written"
+        return "written"
+
+    def content_tokens(self, name: str) -> np.ndarray:
+        """(scan, 32) uint8 per-scan digests of one array's stored content; they change
+        exactly when a scan's data are rewritten (zeros: never written). For caches."""
+        try:
+            return np.asarray(self.zarr_array(hash_array(name))[...], dtype=np.uint8)[:, 32:]
+        except KeyError:
+            return np.zeros((self.n_scans, 32), np.uint8)
+
+    def stored_file_hash(self, name: str, i: int) -> bytes | None:
+        """Source-file sha256 of a written scan array, else None."""
+        try:
+            rec = self.zarr_array(record_array(name))[int(i), 0]
+        except KeyError:
+            return None
+        if not int(rec) & WRITTEN:
+            return None
+        return bytes(np.asarray(self.zarr_array(hash_array(name))[int(i)][:32], dtype=np.uint8))
+
+    def write_mask(
+        self,
+        method: str,
+        contrast: str,
+        i: int,
+        labels: np.ndarray,
+        *,
+        prob: np.ndarray | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Write scan ``i``'s mask (0/1/2, shape ``shapes[i]`` or ``grid_shape``), idempotent.
+
+        Creates ``masks/<method>/<contrast>`` on first use. ``prob``: float (2, *shape)
+        left/right probabilities in [0, 1], stored quantised to uint8 (1/255 steps).
+        Returns ``"written"`` or ``"skipped"`` (same content already there).
+
+        Raises
+        ------
+        StoreConflictError
+            different content is stored and ``overwrite`` is False.
+        ValueError
+            labels outside {0, 1, 2} or a wrong shape.
+        """
+        i = int(i)
+        shp = tuple(int(v) for v in self.shapes[i])
+        lab = np.asarray(labels)
+        if lab.shape == self.grid_shape and shp != self.grid_shape:
+            lab = lab[: shp[0], : shp[1], : shp[2]]
+        if lab.shape != shp:
+            raise ValueError(
+                f"write_mask: labels of scan {i} have shape {lab.shape}; expected {shp} "
+                f"(or the padded grid {self.grid_shape})"
+            )
+        if lab.dtype.kind == "f" and not np.all(lab == np.round(lab)):
+            raise ValueError("write_mask: labels hold non-integer values")
+        lab = lab.astype(np.uint8)
+        if lab.size and lab.max() > 2:
+            raise ValueError("write_mask: labels must be 0 background, 1 left, 2 right")
+        name = mask_array(method, contrast)
+        self.ensure_array(name, dtype="uint8")
+        extra = {}
+        flags = 0
+        h_parts = [lab]
+        if prob is not None:
+            p = np.asarray(prob, dtype=np.float32)
+            if p.shape == (2,) + self.grid_shape and shp != self.grid_shape:
+                p = p[:, : shp[0], : shp[1], : shp[2]]
+            if p.shape != (2,) + shp:
+                raise ValueError(f"write_mask: prob has shape {p.shape}; expected {(2,) + shp}")
+            q = np.round(np.clip(np.nan_to_num(p), 0, 1) * 255).astype(np.uint8)
+            pname = prob_array(method, contrast)
+            self.ensure_array(pname, dtype="uint8", extra_dims=(2,))
+            extra[pname] = q
+            flags |= HAS_PROB
+            h_parts.append(q)
+        full = np.zeros(self.grid_shape, np.uint8)
+        full[: shp[0], : shp[1], : shp[2]] = lab
+        if len(h_parts) == 1:  # same digest as ingest gives the same mask
+            digest = content_hash(full, self.affines[i])
+        else:
+            parts = [full] + [np.ascontiguousarray(a) for a in h_parts[1:]]
+            digest = content_hash(np.concatenate([a.ravel() for a in parts]), self.affines[i])
+        return self.write_scan_array(
+            name,
+            i,
+            lab,
+            flags=flags,
+            content_sha256=digest,
+            overwrite=overwrite,
+            extra=extra,
+        )
+
+    def recode_as_float(self, name: str, *, layout: dict | None = None) -> int:
+        """Re-encode a decimal array (:func:`~thaldask.store.codecs.decimal_scale`) as plain
+        float32, bit for bit (:func:`thaldask.store.codecs.recode_as_float`).
+
+        Ingest calls this when a scan brings values with more decimals than the array
+        stores. Returns the number of scans re-encoded.
+        """
+        if self.read_only:
+            raise StoreError(f"{self.path}: store opened read-only")
+        z = self.zarr_array(name, mode="r+")
+        self.__dict__.pop("_decimal_cache", None)
+        if decimal_scale(z) is None:
+            return 0
+        lay = {**default_layout(), **(layout or self.layout or {})}
+        return recode_as_float(z, np.flatnonzero(self.written(name)), lay)
