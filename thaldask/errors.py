@@ -23,6 +23,7 @@ __all__ = [
     "MissingDependencyError",
     "ConfigError",
     "StatsError",
+    "SkipStage",
     "ThaldaskWarning",
     "SmallSiteWarning",
     "ConvergenceWarning",
@@ -95,6 +96,10 @@ class ConfigError(ThaldaskError, ValueError):
 
 class StatsError(ThaldaskError, ValueError):
     """A statistical model cannot be fitted on the data given."""
+
+
+class SkipStage(ThaldaskError):
+    """A pipeline stage has nothing to do; the pipeline prints its reason and goes on."""
 
 
 class ThaldaskWarning(UserWarning):

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from thaldask.errors import ConfigError
+from thaldask.errors import ConfigError, SkipStage
 
 __all__ = ["Context", "Stage", "STAGES", "run_demo", "run_config", "run_stages", "load_config"]
 
@@ -64,10 +64,6 @@ class Stage:
 
 
 # --------------------------------------------------------------------------- stages
-class SkipStage(Exception):
-    """Raised by a stage that has nothing to do (its reason is printed)."""
-
-
 def stage_synth(ctx: Context) -> None:
     """Write a synthetic cohort (demo only: ``synth`` section with n_subjects, shape, seed)."""
     sec = ctx.section("synth")
