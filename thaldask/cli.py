@@ -79,6 +79,7 @@ def _register():
         "thaldask.synth.commands",
         "thaldask.metrics.commands",
         "thaldask.segment.commands",
+        "thaldask.thalnet.commands",
         "thaldask.stats.commands",
         "thaldask.report.commands",
         "thaldask.cluster.commands",
