@@ -19,6 +19,7 @@ from thaldask.errors import SegmenterError, SkipStage, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.ensemble import ensemble_average, ensemble_vote
 from thaldask.segment.registry import SegmenterPlugin, get_segmenter, loaded_segmenter
+from thaldask.store import open_store
 
 __all__ = ["segment_store", "pipeline_stage", "pipeline_summary"]
 
@@ -27,8 +28,6 @@ __all__ = ["segment_store", "pipeline_stage", "pipeline_summary"]
 
 def _run_scans(store_path, model, options, device, items, overwrite=False):
     """Segment the scans in ``items``; returns one status row per output."""
-    from thaldask.store import open_store
-
     st = open_store(store_path)
     seg = loaded_segmenter(model, options, device)
     rows = []
@@ -184,8 +183,6 @@ def segment_store(
     SegmenterError
         unknown model, contrast not in the store, or a contrast the model cannot take.
     """
-    from thaldask.store import open_store
-
     st = open_store(store_path)
     options = dict(options or {})
     contrasts = list(dict.fromkeys(contrasts or ()))
@@ -294,8 +291,6 @@ def pipeline_stage(ctx) -> None:
     """The pipeline's segment stage (section ``segment``: model, contrasts, ensembles,
     device, batch_size, options). Default: ``thalnet`` on every stored T1w/FLAIR/R1 and the
     ensemble of all of them."""
-    from thaldask.store import open_store
-
     sec = ctx.section("segment")
     st = open_store(ctx.store)
     contrasts = sec.get("contrasts") or [c for c in ("T1w", "FLAIR", "R1") if c in st.contrasts]
