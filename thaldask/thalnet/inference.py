@@ -327,7 +327,11 @@ class ThalNet:
 
 
 def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool = True) -> ThalNet:
-    """Load the shipped ``thalnet`` weights (SHA-256 checked against the model card).
+    """Load the shipped ``thalnet`` weights, or those at ``path`` (e.g. from ``thaldask train``).
+
+    With ``check_hash`` the weights' SHA-256 must match their model card: the shipped card,
+    or a ``thalnet.json`` beside ``path`` (``thaldask model-card``); weights without a card
+    beside them load unchecked.
 
     Raises
     ------
