@@ -31,7 +31,7 @@ import numpy as np
 
 def whole_head_scan(shape=(181, 217, 181)):
     """A 1 mm T1w-like whole-head render of the held-out anatomy, padded to ``shape``."""
-    from thaldask.segment.validate import load_heldout_anatomy, render_scan
+    from thaldask.thalnet.validate import load_heldout_anatomy, render_scan
 
     labels, affine = load_heldout_anatomy()
     img, truth, aff = render_scan(labels, affine, "T1w", rng=0)
@@ -102,7 +102,7 @@ def scans_per_minute(n_scans, workers_list, threads):
             with LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
                               env={"OMP_NUM_THREADS": str(threads)}) as cl, Client(cl) as client:
                 # warm-up: load the model on every worker before timing
-                from thaldask.segment.stage import SegmenterPlugin
+                from thaldask.segment.registry import SegmenterPlugin
 
                 client.register_plugin(SegmenterPlugin("thalnet", {"threads": threads}, "cpu"))
                 t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from thaldask.commands import segment as segment_commands
 from thaldask.commands import stats as stats_commands
 from thaldask.commands import store as store_commands
 from thaldask.commands import synth as synth_commands
+from thaldask.commands import thalnet as thalnet_commands
 
 # kept for scripts that imported them from here
 EXIT_SOME_FAILED = _click.EXIT_SOME_FAILED
@@ -39,6 +40,7 @@ COMMAND_MODULES = (
     synth_commands,
     metrics_commands,
     segment_commands,
+    thalnet_commands,
     stats_commands,
     report_commands,
     cluster_commands,

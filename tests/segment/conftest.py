@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from seg_helpers import crop_around_thalami
+
+from thaldask.thalnet.validate import crop_around_thalami, load_heldout_anatomy, render_scan
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -14,19 +15,11 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def anatomy():
-    from thaldask.segment.validate import load_heldout_anatomy
-
     return load_heldout_anatomy()
 
 
 @pytest.fixture(scope="session")
 def small_scans(anatomy):
-    """T1w- and FLAIR-like renders (1 mm) of a 112 x 112 x 96 mm box around the thalami."""
-    from thaldask.segment.validate import render_scan
-
+    """T1w-, FLAIR- and R1-like renders (1 mm) of a 112 x 112 x 96 mm box around the thalami."""
     labels, affine = crop_around_thalami(*anatomy)
-    out = {}
-    for k, c in enumerate(("T1w", "FLAIR", "R1")):
-        img, truth, aff = render_scan(labels, affine, c, rng=k)
-        out[c] = (img, truth, aff)
-    return out
+    return {c: render_scan(labels, affine, c, rng=k) for k, c in enumerate(("T1w", "FLAIR", "R1"))}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from thaldask.errors import SegmenterError
-from thaldask.segment.stage import ensemble_average, ensemble_vote, labels_from_prob
+from thaldask.segment.ensemble import ensemble_average, ensemble_vote, labels_from_prob
 
 
 def test_ensemble_vote_three_members_majority_wins():

@@ -5,7 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
-import thaldask.segment.base as base
+import thaldask.segment.registry as registry
 from thaldask.errors import (
     MissingDependencyError,
     ModelWeightsError,
@@ -68,8 +68,9 @@ def test_entry_points_good_plugin_registers_broken_plugin_warns(tmp_path, monkey
     _dist(tmp_path, "tdk_bad", "broken = tdk_missing_module_xyz:Nothing")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    monkeypatch.setattr(base, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_FROM_ENTRY_POINTS", set())
     with pytest.warns(SegmenterImportWarning, match="'broken'"):
         names = list_segmenters()
     assert "box" in names and "broken" not in names

@@ -4,14 +4,14 @@
 import nibabel as nib
 import numpy as np
 import pytest
-from seg_helpers import crop_around_thalami
+
+from thaldask.thalnet.validate import crop_around_thalami, dice, render_scan
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, anatomy):
-    from thaldask.segment.validate import render_scan
     from thaldask.store import ingest
 
     root = tmp_path_factory.mktemp("cohort")
@@ -34,14 +34,13 @@ def test_segment_store_gpu_resource_on_cpu_worker_writes_and_resumes(store):
     from distributed import Client, LocalCluster
 
     from thaldask.segment import segment_store
-    from thaldask.segment.validate import dice
     from thaldask.store import open_store
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"gpu": 1},
                       dashboard_address=None) as cluster, Client(cluster) as client:
         df = segment_store(store, "thalnet", ["T1w", "FLAIR"], ["T1w+FLAIR"], client=client,
                            device="cpu", require_gpu=True, progress=False)
-        loads = client.run(lambda: __import__("thaldask.segment.stage", fromlist=["x"]).LOAD_COUNT)
+        loads = client.run(lambda: __import__("thaldask.segment.registry", fromlist=["x"]).LOAD_COUNT)
         again = segment_store(store, "thalnet", ["T1w", "FLAIR"], ["T1w+FLAIR"], client=client,
                               device="cpu", require_gpu=True, progress=False)
     assert list(loads.values()) == [1]  # loaded once by the worker plugin, reused by every task

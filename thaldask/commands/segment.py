@@ -1,4 +1,5 @@
-"""CLI: ``thaldask segment-file``, ``thaldask segment`` and ``thaldask train``."""
+"""CLI: ``thaldask segment-file`` and ``thaldask segment`` (``thaldask train`` is in
+:mod:`thaldask.commands.thalnet`)."""
 
 from __future__ import annotations
 
@@ -99,11 +100,11 @@ def segment_file_command(inp, out, contrast, model, device, prob_out, option_pai
 def segment_command(store, model, contrasts, ensembles, kinds, device, batch_size, overwrite,
                     no_progress, option_pairs, scheduler, cluster_file):
     """Segment every scan of STORE with MODEL; masks and probabilities go into the store."""
+    if not contrasts and not ensembles:
+        contrasts = ("T1w",)
     from thaldask.cluster import get_client
     from thaldask.segment.stage import segment_store
 
-    if not contrasts and not ensembles:
-        contrasts = ("T1w",)
     ek = ("mean", "vote") if kinds == "both" else (kinds,)
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
         df = segment_store(store, model, list(contrasts), list(ensembles), client=client, device=device,
@@ -122,44 +123,4 @@ def segment_command(store, model, contrasts, ensembles, kinds, device, batch_siz
         raise SystemExit(EXIT_SOME_FAILED)
 
 
-@click.command("train")
-@click.option("--label-maps", type=click.Path(file_okay=False), default=None,
-              help="Folder of label maps (FreeSurfer labels, thalamus 10/49) for domain randomisation.")
-@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
-              help="Fine-tune on your own images with ground truth (manifest with image and gt rows).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
-@click.option("--steps", default=None, type=int,
-              help="Training steps (default: the shipped recipe's 2000; fine-tuning 300).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--init", type=click.Path(dir_okay=False), default=None,
-              help="Start from these weights (default for --manifest: the shipped ones).")
-@click.option("--threads", default=1, show_default=True,
-              help="torch threads (the shipped weights were trained with 1).")
-@click.option("--stop-after", type=int, default=None,
-              help="Checkpoint and stop after this many steps; the same command resumes.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA when available), cpu or cuda; the shipped weights are reproduced on cpu.")
-@handle_errors
-def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_after, device):
-    """Train the built-in thalnet model (reproduces the shipped weights) or fine-tune it."""
-    from thaldask.segment import train
-
-    if bool(label_maps) == bool(manifest):
-        fail("give exactly one of --label-maps DIR or --manifest FILE")
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
-    if label_maps:
-        cfg = train.TrainConfig(steps=steps or train.TrainConfig.steps, seed=seed, threads=threads)
-        res = train.train_model(label_maps, out, cfg, init=init, log=log, stop_after=stop_after,
-                                device=device)
-        if res["stopped"]:
-            click.echo(f"stopped after step {res['steps']}; run the same command to resume")
-            return
-    else:
-        if stop_after is not None:
-            fail("--stop-after applies to training from --label-maps")
-        res = train.finetune_manifest(manifest, out, steps=steps or 300, seed=seed, init=init,
-                                      threads=threads, log=log, device=device)
-    click.echo(f"weights: {res['weights']}\nsha256: {res['sha256']}")
-
-
-COMMANDS = [segment_file_command, segment_command, train_command]
+COMMANDS = [segment_file_command, segment_command]

@@ -8,16 +8,9 @@ import numpy as np
 
 from thaldask.errors import ScanError
 from thaldask.segment.base import split_contrast
+from thaldask.segment.registry import loaded_segmenter
 
 __all__ = ["segment_image", "segment_file"]
-
-_CACHE: dict = {}
-
-
-def _segmenter(model: str, device: str, options: dict):
-    from thaldask.segment.stage import loaded_segmenter
-
-    return loaded_segmenter(model, options, device)
 
 
 def _read(img, affine):
@@ -87,7 +80,7 @@ def segment_image(
         data, affine = _read(img, affine)
     if data.ndim == 4 and data.shape[-1] == 1 and len(parts) == 1:
         data = data[..., 0]
-    seg = _segmenter(model, device, dict(options or {}))
+    seg = loaded_segmenter(model, dict(options or {}), device)
     pred = seg.predict(data, np.asarray(affine, dtype=np.float64), contrast=contrast)
     return (pred.labels, pred.prob) if return_prob else pred.labels
 

@@ -1,31 +1,20 @@
-"""Segmenter plugins: base class, registry and entry points.
+"""The segmenter base class: what every segmentation method (built-in or plugin) implements.
 
 A segmenter is a class with a ``name``, ``load(device)`` (called once per process or Dask
 worker) and ``predict(image, affine, *, contrast)`` returning labels 0/1/2 on the input grid
-(and optionally left/right probabilities). Built-ins are registered here; third-party ones
-through the entry-point group ``thaldask.segmenters`` (value: ``module:Class``). A plugin that
-fails to import emits :class:`~thaldask.errors.SegmenterImportWarning` and is skipped.
+(and optionally left/right probabilities). :mod:`thaldask.segment.registry` finds them by
+name.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from thaldask.errors import SegmenterError, SegmenterImportWarning
+from thaldask.errors import SegmenterError
 
-__all__ = [
-    "Prediction",
-    "Segmenter",
-    "get_segmenter",
-    "list_segmenters",
-    "register_segmenter",
-    "split_contrast",
-]
-
-ENTRY_POINT_GROUP = "thaldask.segmenters"
+__all__ = ["Prediction", "Segmenter", "split_contrast"]
 
 
 def split_contrast(contrast: str) -> list[str]:
@@ -104,73 +93,3 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} device={self.device}>"
-
-
-_REGISTRY: dict[str, type[Segmenter]] = {}
-_ENTRY_POINTS_LOADED = False
-
-
-def register_segmenter(cls: type[Segmenter] | None = None, *, name: str | None = None, replace: bool = False):
-    """Register a :class:`Segmenter` subclass (usable as a decorator)."""
-
-    def deco(c):
-        if not (isinstance(c, type) and issubclass(c, Segmenter)):
-            raise TypeError(f"{c!r} is not a Segmenter subclass")
-        key = name or c.name
-        if not key:
-            raise ValueError(f"{c.__name__} has no name")
-        if key in _REGISTRY and _REGISTRY[key] is not c and not replace:
-            raise ValueError(f"a segmenter named {key!r} is already registered ({_REGISTRY[key].__name__})")
-        _REGISTRY[key] = c
-        return c
-
-    return deco(cls) if cls is not None else deco
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            cls = ep.load()
-            register_segmenter(cls, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must never stop the pipeline
-            warnings.warn(
-                f"segmenter plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
-                f"{type(exc).__name__}: {exc}",
-                SegmenterImportWarning,
-                stacklevel=2,
-            )
-
-
-def _builtins() -> None:
-    import thaldask.segment.builtin  # noqa: F401 - registers thalnet, thalnet-multi, mindglide
-
-
-def list_segmenters() -> list[str]:
-    """Names of every registered segmenter (built-ins and entry-point plugins)."""
-    _builtins()
-    _load_entry_points()
-    return sorted(_REGISTRY)
-
-
-def get_segmenter(name: str, **options) -> Segmenter:
-    """A new (not yet loaded) instance of the segmenter ``name``.
-
-    Raises
-    ------
-    SegmenterError
-        no segmenter of that name.
-    """
-    _builtins()
-    if name not in _REGISTRY:
-        _load_entry_points()
-    if name not in _REGISTRY:
-        raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)

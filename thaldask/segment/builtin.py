@@ -1,4 +1,9 @@
-"""Built-in segmenters: ``thalnet``, ``thalnet-multi`` and the ``mindglide`` adapter."""
+"""Built-in segmenters: ``thalnet``, ``thalnet-multi`` and the ``mindglide`` adapter.
+
+:data:`BUILTIN_SEGMENTERS` is what :mod:`thaldask.segment.registry` starts from. The model
+itself (torch) lives in :mod:`thaldask.thalnet` and loads in :meth:`Segmenter.load`, so
+importing this module stays light.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,14 @@ import threading
 import numpy as np
 
 from thaldask.errors import MissingDependencyError, ModelWeightsError, ScanError, SegmenterError
-from thaldask.segment.base import Prediction, Segmenter, register_segmenter
+from thaldask.segment.base import Prediction, Segmenter
+from thaldask.thalnet.assets import SLOTS
 
-__all__ = ["ThalNetSegmenter", "ThalNetMultiSegmenter", "MindGlideSegmenter"]
+__all__ = ["BUILTIN_SEGMENTERS", "ThalNetSegmenter", "ThalNetMultiSegmenter", "MindGlideSegmenter"]
 
 _LOCK = threading.Lock()
 
 
-@register_segmenter
 class ThalNetSegmenter(Segmenter):
     """The built-in model on one contrast of any kind (T1w, FLAIR, R1, ...).
 
@@ -37,7 +42,7 @@ class ThalNetSegmenter(Segmenter):
     def load(self, device: str = "auto") -> None:
         import torch
 
-        from thaldask.segment.inference import load_thalnet
+        from thaldask.thalnet.inference import load_thalnet  # torch: loaded with the model
 
         threads = self.options.get("threads")
         if threads:
@@ -58,7 +63,6 @@ class ThalNetSegmenter(Segmenter):
         return Prediction(labels, prob)
 
 
-@register_segmenter
 class ThalNetMultiSegmenter(ThalNetSegmenter):
     """The built-in model on several co-registered contrasts at once.
 
@@ -72,8 +76,6 @@ class ThalNetMultiSegmenter(ThalNetSegmenter):
     multi_channel = True
 
     def _channels(self, image, parts):
-        from thaldask.segment.inference import SLOTS
-
         arr = np.asarray(image)
         if arr.ndim == 3:
             arr = arr[None]
@@ -118,7 +120,6 @@ def _split_sides(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return out
 
 
-@register_segmenter
 class MindGlideSegmenter(Segmenter):
     """Adapter for MindGlide (``pip install mindglide``) with a local checkpoint.
 
@@ -155,7 +156,7 @@ class MindGlideSegmenter(Segmenter):
             raise MissingDependencyError(
                 "segmenter 'mindglide' needs the mindglide package: pip install 'thaldask[mindglide]'"
             ) from None
-        from thaldask.segment.inference import resolve_device
+        from thaldask.thalnet.inference import resolve_device  # torch: loaded with the model
 
         if not self.label_ids:
             raise SegmenterError(
@@ -218,3 +219,6 @@ class MindGlideSegmenter(Segmenter):
         if full.shape != arr.shape:
             raise ScanError(f"mindglide output shape {full.shape} differs from the input {arr.shape}")
         return Prediction(_split_sides(full, np.asarray(affine, float)), None)
+
+
+BUILTIN_SEGMENTERS = (ThalNetSegmenter, ThalNetMultiSegmenter, MindGlideSegmenter)

@@ -4,134 +4,30 @@ One task per scan (or per small batch of scans) computes every requested contras
 ensemble of that scan and writes masks (and quantised probabilities) with
 ``CohortStore.write_mask``: idempotent, so a re-run skips finished scans and a task that a
 worker death interrupted is simply recomputed. The model is loaded once per worker by a
-:class:`SegmenterPlugin` (a ``distributed.WorkerPlugin``) and never travels inside a task;
+:class:`~thaldask.segment.registry.SegmenterPlugin` (a ``distributed.WorkerPlugin``) and never travels inside a task;
 tasks ask for the ``gpu`` resource when the device is CUDA.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 
 import numpy as np
 import pandas as pd
 
 from thaldask.errors import SegmenterError, StoreError
-from thaldask.segment.base import get_segmenter, split_contrast
+from thaldask.segment.base import split_contrast
+from thaldask.segment.ensemble import ensemble_average, ensemble_vote
+from thaldask.segment.registry import SegmenterPlugin, get_segmenter, loaded_segmenter
+from thaldask.store import open_store
 
-__all__ = [
-    "SegmenterPlugin",
-    "ensemble_average",
-    "ensemble_vote",
-    "labels_from_prob",
-    "segment_store",
-    "loaded_segmenter",
-]
-
-_LOADED: dict[str, object] = {}
-_LOAD_LOCK = threading.Lock()
-#: how many times this process loaded a model (a worker should load each model once)
-LOAD_COUNT = 0
-
-
-def _key(model: str, options: dict, device: str) -> str:
-    return json.dumps([model, options or {}, device], sort_keys=True, default=str)
-
-
-def loaded_segmenter(model: str, options: dict | None = None, device: str = "auto"):
-    """The segmenter ``model`` loaded in this process (loaded on first use, then cached)."""
-    k = _key(model, options or {}, device)
-    with _LOAD_LOCK:
-        seg = _LOADED.get(k)
-        if seg is None:
-            global LOAD_COUNT
-            seg = get_segmenter(model, **(options or {}))
-            seg.load(device)
-            _LOADED[k] = seg
-            LOAD_COUNT += 1
-        return seg
-
-
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
-except ImportError:  # pragma: no cover - distributed is a core dependency
-    _WorkerPluginBase = object
-
-
-class SegmenterPlugin(_WorkerPluginBase):
-    """Loads a segmenter once on every worker (present and future) of a cluster.
-
-    A load failure is kept and raised again by the first task that needs the model, so the
-    error reaches the user as a task error with its message.
-    """
-
-    def __init__(self, model: str, options: dict | None = None, device: str = "auto"):
-        self.model = model
-        self.options = dict(options or {})
-        self.device = device
-        self.name = "thaldask-segmenter-" + _key(model, self.options, device)
-
-    def setup(self, worker=None):
-        try:
-            loaded_segmenter(self.model, self.options, self.device)
-        except Exception:  # noqa: BLE001 - reported by the task that needs the model
-            pass
-
-    def teardown(self, worker=None):
-        _LOADED.pop(_key(self.model, self.options, self.device), None)
-
-
-# ---------------------------------------------------------------- ensembles
-
-
-def labels_from_prob(prob: np.ndarray) -> np.ndarray:
-    """Left/right probabilities (2, X, Y, Z) -> labels 0/1/2, one component per side."""
-    from thaldask.segment.inference import _largest_component
-
-    p = np.asarray(prob, dtype=np.float32)
-    bg = 1.0 - p.sum(0)
-    lab = np.zeros(p.shape[1:], dtype=np.uint8)
-    lab[(p[0] > bg) & (p[0] >= p[1])] = 1
-    lab[(p[1] > bg) & (p[1] > p[0])] = 2
-    out = np.zeros_like(lab)
-    for side in (1, 2):
-        m = lab == side
-        if m.any():
-            out[_largest_component(m)] = side
-    return out
-
-
-def ensemble_average(probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Probability averaging: mean of (2, X, Y, Z) probabilities -> (labels, mean prob)."""
-    if not probs:
-        raise SegmenterError("ensemble of no members")
-    mean = np.mean(np.stack([np.asarray(p, dtype=np.float32) for p in probs]), axis=0)
-    return labels_from_prob(mean), mean
-
-
-def ensemble_vote(labels: list[np.ndarray]) -> np.ndarray:
-    """Majority vote of 0/1/2 label maps: a side wins a voxel with more than half the votes.
-
-    With two members this is their agreement (intersection per side).
-    """
-    if not labels:
-        raise SegmenterError("ensemble of no members")
-    stack = np.stack([np.asarray(lab, dtype=np.uint8) for lab in labels])
-    n = stack.shape[0]
-    out = np.zeros(stack.shape[1:], dtype=np.uint8)
-    for side in (1, 2):
-        out[(stack == side).sum(0) * 2 > n] = side
-    return out
-
+__all__ = ["segment_store"]
 
 # ---------------------------------------------------------------- worker side
 
 
 def _run_scans(store_path, model, options, device, items, overwrite=False):
     """Segment the scans in ``items``; returns one status row per output."""
-    from thaldask.store import open_store
-
     st = open_store(store_path)
     seg = loaded_segmenter(model, options, device)
     rows = []
@@ -287,8 +183,6 @@ def segment_store(
     SegmenterError
         unknown model, contrast not in the store, or a contrast the model cannot take.
     """
-    from thaldask.store import open_store
-
     st = open_store(store_path)
     options = dict(options or {})
     contrasts = list(dict.fromkeys(contrasts or ()))
@@ -391,52 +285,3 @@ def _progress(iterable, show: bool, description: str, total: int | None = None):
 
 
 # ---------------------------------------------------------------- pipeline stage
-
-
-def pipeline_stage(ctx) -> None:
-    """The pipeline's segment stage (section ``segment``: model, contrasts, ensembles,
-    device, batch_size, options). Default: ``thalnet`` on every stored T1w/FLAIR/R1 and the
-    ensemble of all of them."""
-    from thaldask.store import open_store
-
-    sec = ctx.section("segment")
-    st = open_store(ctx.store)
-    contrasts = sec.get("contrasts") or [c for c in ("T1w", "FLAIR", "R1") if c in st.contrasts]
-    if not contrasts:
-        from thaldask.pipeline import SkipStage
-
-        raise SkipStage("no T1w, FLAIR or R1 images in the store")
-    ensembles = sec.get("ensembles")
-    if ensembles is None:
-        ensembles = ["+".join(contrasts)] if len(contrasts) > 1 else []
-    t0 = time.perf_counter()
-    df = segment_store(
-        ctx.store,
-        sec.get("model", "thalnet"),
-        contrasts,
-        ensembles,
-        client=ctx.client,
-        device=sec.get("device", "auto"),
-        options=sec.get("options"),
-        batch_size=int(sec.get("batch_size", 1)),
-        progress=ctx.progress,
-    )
-    ctx.outputs["segment"] = dict(table=df, seconds=time.perf_counter() - t0,
-                                  model=sec.get("model", "thalnet"), contrasts=contrasts, ensembles=ensembles)
-    n_fail = int((df["status"] == "failed").sum()) if len(df) else 0
-    if n_fail:
-        ctx.outputs.setdefault("warnings", []).append(f"segment: {n_fail} outputs failed")
-
-
-def pipeline_summary(ctx, console) -> None:
-    out = ctx.outputs["segment"]
-    df = out["table"]
-    what = ", ".join(out["contrasts"] + out["ensembles"])
-    if df.empty:
-        console.print(f"[bold]segment:[/bold] {out['model']} on {what}: all masks already in the store")
-        return
-    counts = df["status"].value_counts().to_dict()
-    single = df[~df["contrast"].str.contains("+", regex=False) & (df["status"] == "written")]
-    per = f", {single['seconds'].mean():.1f} s per scan and contrast" if len(single) else ""
-    console.print(f"[bold]segment:[/bold] {out['model']} on {what}: "
-                  + ", ".join(f"{v} {k}" for k, v in counts.items()) + per)

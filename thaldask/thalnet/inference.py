@@ -9,10 +9,8 @@ kept. Every resampling is a ``torch.nn.functional.grid_sample`` between world-al
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +18,21 @@ import torch
 from torch.nn import functional as F
 
 from thaldask.errors import ModelWeightsError, ScanError, SegmenterError
-from thaldask.segment.network import build_network
-from thaldask.segment.synth import normalise
+from thaldask.thalnet.assets import SLOTS, card_beside, model_card, models_dir, sha256, weights_path
+from thaldask.thalnet.network import build_network
+from thaldask.thalnet.postprocess import labels_from_prob, largest_component
 
-__all__ = ["ThalNet", "load_thalnet", "resolve_device", "weights_path", "model_card"]
-
-SLOTS = ("T1w", "FLAIR", "R1")
+__all__ = [
+    "SLOTS",
+    "ThalNet",
+    "affine_grid",
+    "box_affine",
+    "load_thalnet",
+    "model_card",
+    "normalise",
+    "resolve_device",
+    "weights_path",
+]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -42,32 +49,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _models_dir() -> Path:
-    return Path(str(resources.files("thaldask") / "data" / "models"))
+def normalise(img: torch.Tensor, lo: float = 0.005, hi: float = 0.995) -> torch.Tensor:
+    """Robust min-max scaling to [0, 1] by the ``lo``/``hi`` quantiles, clipped.
+
+    What every image the networks see goes through, at inference and in training.
+    """
+    flat = img.reshape(-1)
+    if flat.numel() > 100_000:  # a regular subsample estimates the quantiles well enough
+        flat = flat[:: flat.numel() // 100_000 + 1]
+    if lo <= 0.0 and hi >= 1.0:
+        q = torch.stack([flat.min(), flat.max()]).float()
+    else:
+        q = torch.quantile(flat.float(), torch.tensor([lo, hi]))
+    scale = float(q[1] - q[0])
+    if scale <= 1e-8:
+        return torch.zeros_like(img)
+    return ((img - q[0]) / scale).clamp(0, 1)
 
 
-def weights_path(name: str = "thalnet") -> Path:
-    """Path of the shipped weights file of a built-in model."""
-    return _models_dir() / f"{name}.pt"
-
-
-def model_card(name: str = "thalnet") -> dict:
-    """The model card (JSON) shipped beside the weights."""
-    path = _models_dir() / f"{name}.json"
-    if not path.exists():
-        raise ModelWeightsError(f"{path}: model card missing; reinstall thaldask")
-    return json.loads(path.read_text())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _affine_grid(shape, affine_vox2world: np.ndarray, target_world2vox: np.ndarray, target_shape):
+def affine_grid(shape, affine_vox2world: np.ndarray, target_world2vox: np.ndarray, target_shape):
     """Normalised grid_sample coordinates of the voxels of ``shape`` in a target volume."""
     m = torch.as_tensor(target_world2vox @ affine_vox2world, dtype=torch.float32)
     axes = [torch.arange(n, dtype=torch.float32) for n in shape]
@@ -78,7 +78,7 @@ def _affine_grid(shape, affine_vox2world: np.ndarray, target_world2vox: np.ndarr
     return norm.flip(-1)[None]
 
 
-def _box_affine(center, shape, spacing) -> np.ndarray:
+def box_affine(center, shape, spacing) -> np.ndarray:
     """vox->world affine of a world-aligned (RAS) box of ``shape`` centred at ``center`` mm."""
     a = np.eye(4)
     a[:3, :3] = np.diag([spacing] * 3)
@@ -100,22 +100,11 @@ def _pool_to(img: torch.Tensor, affine: np.ndarray, target_mm: float):
     return pooled, a
 
 
-def _resample(img: torch.Tensor, affine: np.ndarray, box_affine: np.ndarray, box_shape, mode="bilinear"):
-    grid = _affine_grid(box_shape, box_affine, np.linalg.inv(affine), img.shape)
+def _resample(img: torch.Tensor, affine: np.ndarray, box: np.ndarray, box_shape, mode="bilinear"):
+    grid = affine_grid(box_shape, box, np.linalg.inv(affine), img.shape)
     out = F.grid_sample(img[None, None], grid.to(img.device), mode=mode, padding_mode="zeros",
                         align_corners=True)
     return out[0, 0]
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(sizes.argmax())
 
 
 #: fewest voxels (of the model grid, 3.375 mm³ each) per side for a box to count as holding
@@ -163,7 +152,7 @@ class ThalNet:
         shape = tuple(self.meta["loc_shape"])
         fov_center = affine @ np.append((np.asarray(img.shape) - 1) / 2, 1)
         pooled, paff = _pool_to(img, affine, spacing)
-        box = _box_affine(fov_center[:3], shape, spacing)
+        box = box_affine(fov_center[:3], shape, spacing)
         x = normalise(_resample(pooled, paff, box, shape))
         with torch.no_grad():
             prob = self.loc_net(x[None, None].to(self.device)).softmax(1)[0].float().cpu()
@@ -171,7 +160,7 @@ class ThalNet:
         mask = thal > 0.5
         if mask.sum() < 3:
             mask = thal >= max(thal.max() * 0.5, 1e-6)
-        mask = _largest_component(mask)
+        mask = largest_component(mask)
         # both sides: keep everything within 30 mm of the component's centre
         c = np.argwhere(mask).mean(0)
         w = thal * (thal > 0.25)
@@ -186,7 +175,7 @@ class ThalNet:
         """Probabilities (3, *roi_shape) on the 1 mm box centred at ``center`` (world mm)."""
         shape = self.roi_shape
         spacing = float(self.meta["roi_spacing"])
-        box = _box_affine(center, shape, spacing)
+        box = box_affine(center, shape, spacing)
         x = torch.zeros((len(SLOTS), *shape), dtype=torch.float32)
         for s, img in enumerate(channels):
             if img is None:
@@ -207,12 +196,12 @@ class ThalNet:
         shape = tuple(self.meta["loc_shape"])
         fov_center = affine @ np.append((np.asarray(img.shape) - 1) / 2, 1)
         pooled, paff = _pool_to(img, affine, spacing)
-        box = _box_affine(fov_center[:3], shape, spacing)
+        box = box_affine(fov_center[:3], shape, spacing)
         x = normalise(_resample(pooled, paff, box, shape)).numpy()
         head = x > 0.15
         if head.sum() < 100:
             return None
-        head = _largest_component(head)
+        head = largest_component(head)
         xyz = np.argwhere(head) @ box[:3, :3].T + box[:3, 3]
         top = float(np.percentile(xyz[:, 2], 99.5))
         upper = xyz[xyz[:, 2] > top - 110]
@@ -235,7 +224,7 @@ class ThalNet:
         for k in range(0, len(cands), batch):
             xs = []
             for c in cands[k : k + batch]:
-                box = _box_affine(c, shape, spacing)
+                box = box_affine(c, shape, spacing)
                 x = torch.zeros((len(SLOTS), *shape), dtype=torch.float32)
                 for s, pa in enumerate(pooled):
                     if pa is not None:
@@ -248,7 +237,7 @@ class ThalNet:
                 if sc > best_score:
                     best_score = sc
                     fg = (pr[1] + pr[2]).numpy() > 0.5
-                    box = _box_affine(cands[k + j], shape, spacing)
+                    box = box_affine(cands[k + j], shape, spacing)
                     best = (box @ np.append(np.argwhere(fg).mean(0), 1))[:3]
         return best
 
@@ -325,18 +314,10 @@ class ThalNet:
         sub_shape = tuple(int(v) for v in hi - lo)
         sub_aff = affine.copy()
         sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-        grid = _affine_grid(sub_shape, sub_aff, np.linalg.inv(box), roi_shape)
+        grid = affine_grid(sub_shape, sub_aff, np.linalg.inv(box), roi_shape)
         p = F.grid_sample(prob[None, 1:], grid, mode="bilinear", padding_mode="zeros",
                           align_corners=True)[0].numpy()
-        bg = 1.0 - p.sum(0)
-        lab = np.zeros(sub_shape, dtype=np.uint8)
-        lab[(p[0] > bg) & (p[0] >= p[1])] = 1
-        lab[(p[1] > bg) & (p[1] > p[0])] = 2
-        out = np.zeros(sub_shape, dtype=np.uint8)
-        for side in (1, 2):
-            m = lab == side
-            if m.any():
-                out[_largest_component(m)] = side
+        out = labels_from_prob(p)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
         labels[sl] = out
         if return_prob:
@@ -346,7 +327,11 @@ class ThalNet:
 
 
 def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool = True) -> ThalNet:
-    """Load the shipped ``thalnet`` weights (SHA-256 checked against the model card).
+    """Load the shipped ``thalnet`` weights, or those at ``path`` (e.g. from ``thaldask train``).
+
+    With ``check_hash`` the weights' SHA-256 must match their model card: the shipped card,
+    or a ``thalnet.json`` beside ``path`` (``thaldask model-card``); weights without a card
+    beside them load unchecked.
 
     Raises
     ------
@@ -357,10 +342,14 @@ def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool
     path = Path(path) if path is not None else weights_path("thalnet")
     if not path.exists():
         raise ModelWeightsError(f"{path}: model weights missing; reinstall thaldask or run 'thaldask train'")
-    if check_hash and path.parent == _models_dir():
-        card = model_card("thalnet")
+    card_path = card_beside(path)
+    shipped = path.parent == models_dir()
+    if check_hash and (shipped or card_path.exists()):
+        # the shipped weights always have their card; weights of your own are checked when
+        # a card written by ``thaldask model-card`` sits beside them
+        card = model_card("thalnet") if shipped else json.loads(card_path.read_text())
         expected = card.get("sha256")
-        got = _sha256(path)
+        got = sha256(path)
         if expected != got:
             raise ModelWeightsError(
                 f"{path}: SHA-256 {got[:12]}… does not match the model card's {str(expected)[:12]}…"

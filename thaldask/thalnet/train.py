@@ -7,7 +7,7 @@ random contrast (the single-contrast ``thalnet``), the other half fill a random 
 slots with co-registered renders of the same deformed anatomy (``thalnet-multi``), missing
 slots zeroed. The same weights therefore serve both model names.
 
-Run ``thaldask train --label-maps DIR --out DIR`` (or ``python -m thaldask.segment.train``).
+Run ``thaldask train --label-maps DIR --out DIR``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,16 +24,19 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from thaldask.segment import synth
-from thaldask.segment.network import UNet3D
+from thaldask.cohort.labels import to_sides
+from thaldask.cohort.manifest import read_manifest
+from thaldask.thalnet import augment
+from thaldask.thalnet.assets import SLOTS, weights_path
+from thaldask.thalnet.inference import affine_grid, box_affine, normalise, resolve_device
+from thaldask.thalnet.network import UNet3D
 
-__all__ = ["TrainConfig", "load_label_maps", "train_model", "export_weights"]
+__all__ = ["TrainConfig", "load_label_maps", "train_model", "finetune_manifest", "export_weights"]
 
 ROI_SHAPE = (56, 40, 32)  # voxels at 1.5 mm, RAS: 84 x 60 x 48 mm, both thalami
 ROI_SPACING = 1.5
 LOC_SHAPE = (64, 64, 64)  # voxels at 4 mm: a 256 mm field of view
 LOC_SPACING = 4.0
-SLOTS = ("T1w", "FLAIR", "R1")
 MULTI_SUBSETS = ((0, 2), (0, 1), (1, 2), (0, 1, 2))
 
 
@@ -118,7 +120,7 @@ def load_label_maps(folder, crop: int = 128) -> LabelMaps:
             raise ValueError(f"{p}: label map has no thalamus labels 10 and 49")
         values.update(np.unique(d).tolist())
         maps.append((p.name.split(".")[0], d))
-    bank = synth.LabelBank(values)
+    bank = augment.LabelBank(values)
     names, roi, roi_c, head, head_c = [], [], [], [], []
     half = crop // 2
     for name, d in maps:
@@ -148,7 +150,7 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
     a = cfg.augmentation
     geom = None
     if deform:
-        geom = synth.sample_geometry(
+        geom = augment.sample_geometry(
             gen,
             max_rotation_deg=a["roi_rotation_deg"],
             scale_range=tuple(a["roi_scale"]),
@@ -156,9 +158,9 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
             max_shift_mm=a["roi_shift_mm"],
         )
     else:
-        geom = synth.sample_geometry(gen, max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
+        geom = augment.sample_geometry(gen, max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
                                      max_elastic_mm=0, max_shift_mm=a["roi_shift_mm"] / 2)
-    idx = synth.sample_labels(maps.roi[i], 1.0, maps.roi_center[i], ROI_SHAPE, ROI_SPACING, geom)
+    idx = augment.sample_labels(maps.roi[i], 1.0, maps.roi_center[i], ROI_SHAPE, ROI_SPACING, geom)
     flip = deform and _uniform(gen, 0, 1) < a["lr_flip_prob"]
     if flip:
         idx = idx.flip(0)
@@ -178,7 +180,7 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
             contrast = SLOTS[s]
         else:
             contrast = None
-        image[s] = synth.render_image(idx, maps.bank, gen, spacing=ROI_SPACING, contrast=contrast,
+        image[s] = augment.render_image(idx, maps.bank, gen, spacing=ROI_SPACING, contrast=contrast,
                                       prior_prob=a["prior_prob"], skull_strip_prob=a["skull_strip_prob"])
     return image, target
 
@@ -186,30 +188,30 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
 def make_loc_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainConfig):
     """One localiser pair: image (1, *LOC_SHAPE) at 4 mm and target in {0, 1, 2}."""
     a = cfg.augmentation
-    geom = synth.sample_geometry(
+    geom = augment.sample_geometry(
         gen,
         max_rotation_deg=a["loc_rotation_deg"],
         scale_range=tuple(a["loc_scale"]),
         max_elastic_mm=a["loc_elastic_mm"],
         max_shift_mm=a["loc_shift_mm"],
     )
-    idx = synth.sample_labels(maps.head[i], 2.0, maps.head_center[i], LOC_SHAPE, LOC_SPACING, geom)
+    idx = augment.sample_labels(maps.head[i], 2.0, maps.head_center[i], LOC_SHAPE, LOC_SPACING, geom)
     flip = _uniform(gen, 0, 1) < a["lr_flip_prob"]
     if flip:
         idx = idx.flip(0)
     target = maps.bank.sides(idx)
     if flip:
         target = torch.where(target > 0, 3 - target, target)
-    img = synth.render_image(idx, maps.bank, gen, spacing=LOC_SPACING, prior_prob=a["prior_prob"],
+    img = augment.render_image(idx, maps.bank, gen, spacing=LOC_SPACING, prior_prob=a["prior_prob"],
                              skull_strip_prob=a["skull_strip_prob"])
-    img = synth.blur(img, [_uniform(gen, 0.3, 1.0)] * 3)
+    img = augment.blur(img, [_uniform(gen, 0.3, 1.0)] * 3)
     if _uniform(gen, 0, 1) < a["fov_cut_prob"]:  # partial head coverage
         axis = int(torch.randint(3, (1,), generator=gen))
         cut = int(_uniform(gen, 4, 16))
         sl = [slice(None)] * 3
         sl[axis] = slice(0, cut) if _uniform(gen, 0, 1) < 0.5 else slice(LOC_SHAPE[axis] - cut, None)
         img[tuple(sl)] = 0
-    return synth.normalise(img)[None], target
+    return normalise(img)[None], target
 
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -320,8 +322,6 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
     device : str
         ``"cpu"`` (bit-reproducible), ``"cuda"`` or ``"auto"`` (CUDA when available).
     """
-    from thaldask.segment.inference import resolve_device
-
     device = resolve_device(device)
     cfg = cfg or TrainConfig()
     out = Path(out)
@@ -424,35 +424,9 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
                 stopped=False)
 
 
-def main(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--label-maps", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=TrainConfig.batch)
-    p.add_argument("--init", default=None)
-    p.add_argument("--threads", type=int, default=TrainConfig.threads)
-    p.add_argument("--stop-after", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="cpu (bit-reproducible), cuda or auto")
-    a = p.parse_args(argv)
-    cfg = TrainConfig(steps=a.steps, seed=a.seed, batch=a.batch, threads=a.threads)
-    train_model(a.label_maps, a.out, cfg, init=a.init, log=lambda m: print(m, flush=True),
-                stop_after=a.stop_after, device=a.device)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _read_pairs(manifest, log):
     """(image, sides, affine) of every image with a ground-truth mask on the same grid."""
     import nibabel as nib
-
-    from thaldask.cohort.labels import to_sides
-    from thaldask.cohort.manifest import read_manifest
 
     df = read_manifest(manifest)
     img_rows = df[df.kind == "image"]
@@ -488,8 +462,6 @@ def finetune_manifest(manifest, out, *, steps: int = 300, seed: int = 0, init=No
     thalami with a random shift and rotation, and random intensity changes (gamma, bias
     field, noise); the localiser is kept as it is. Writes ``out/thalnet.pt``.
     """
-    from thaldask.segment.inference import _affine_grid, _box_affine, resolve_device, weights_path
-
     device = resolve_device(device)
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
@@ -515,18 +487,18 @@ def finetune_manifest(manifest, out, *, steps: int = 300, seed: int = 0, init=No
         c = aff @ np.append(fg.mean(0), 1)
         center = c[:3] + (torch.rand(3, generator=gen).numpy() * 2 - 1) * 6
         ang = (torch.rand(3, generator=gen).numpy() * 2 - 1) * np.radians(10)
-        box = _box_affine(center, shape, spacing)
-        rot = synth._rotation(ang.tolist()).numpy()
+        box = box_affine(center, shape, spacing)
+        rot = augment.rotation(ang.tolist()).numpy()
         box[:3, :3] = rot @ box[:3, :3]
         box[:3, 3] = center - rot @ (spacing * (np.asarray(shape) - 1) / 2)
-        grid = _affine_grid(shape, box, np.linalg.inv(aff), data.shape)
+        grid = affine_grid(shape, box, np.linalg.inv(aff), data.shape)
         x = F.grid_sample(torch.from_numpy(data)[None, None], grid, mode="bilinear", align_corners=True)[0, 0]
         y = F.grid_sample(torch.from_numpy(sides)[None, None].float(), grid, mode="nearest",
                           align_corners=True)[0, 0].long()
-        x = synth.normalise(x, 0.0, 1.0) ** math.exp(0.2 * float(torch.randn(1, generator=gen)))
+        x = normalise(x, 0.0, 1.0) ** math.exp(0.2 * float(torch.randn(1, generator=gen)))
         field = torch.randn(1, 1, 4, 4, 4, generator=gen) * 0.1
         x = x * torch.exp(F.interpolate(field, size=shape, mode="trilinear", align_corners=True)[0, 0])
-        x = synth.normalise(x + torch.randn(shape, generator=gen) * 0.02)
+        x = normalise(x + torch.randn(shape, generator=gen) * 0.02)
         inp = torch.zeros((1, roi_net.config["in_channels"], *shape))
         inp[0, 0] = x
         loss = seg_loss(roi_net(inp.to(device)), y[None].to(device))

@@ -1,37 +1,40 @@
-"""Install trained weights into the package with their model card (asset building only).
+"""The model card of a set of thalnet weights, written beside a copy of them.
 
-``python -m thaldask.segment.card --weights RUN/thalnet.pt [--label-maps DIR]`` copies the
-weights to ``thaldask/data/models/thalnet.pt`` and writes ``thalnet.json`` (machine-readable:
-SHA-256 checked at load time, label maps used and held out, seed, steps, augmentation,
-validation Dice) and ``thalnet.md`` (the same for people). With ``--label-maps`` the held-out
-maps are rendered as whole-head T1w-, FLAIR- and R1-like scans at 1 mm and 1 x 1 x 1.5 mm and
-segmented through the full inference path (localiser included); their Dice goes in the card.
+:func:`write_model_card` (``thaldask model-card WEIGHTS --out DIR``) puts ``thalnet.pt``
+into a folder of your choosing with ``thalnet.json`` (machine-readable: SHA-256 checked at
+load time, label maps used and held out, seed, steps, augmentation, validation Dice) and
+``thalnet.md`` (the same for people). Nothing is written into the installed package: load
+such weights with ``--option weights=DIR/thalnet.pt`` (or ``load_thalnet(path=...)``); the
+card beside them is checked. The shipped model files in ``thaldask/data/models`` are these
+three files, committed. With ``heldout`` (from :func:`heldout_dice`) the held-out maps,
+rendered as whole-head T1w-, FLAIR- and R1-like scans at 1 mm and 1 x 1 x 1.5 mm and
+segmented through the full inference path (localiser included), give the card's Dice.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 
-__all__ = ["install_weights", "heldout_dice"]
+from thaldask.errors import ModelWeightsError
+from thaldask.thalnet.assets import SLOTS, sha256
+from thaldask.thalnet.inference import load_thalnet
+from thaldask.thalnet.validate import evaluate_segmenter, response_slope, volume_response
 
-
-def _models_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "data" / "models"
+__all__ = ["write_model_card", "heldout_dice"]
 
 
 def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     """Full-pipeline Dice on held-out label maps (whole head, three contrasts, two grids)."""
     import nibabel as nib
-
-    from thaldask.segment.inference import load_thalnet
-    from thaldask.segment.validate import evaluate_segmenter
 
     model = load_thalnet("cpu", path=weights, check_hash=False)
 
@@ -47,8 +50,6 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
             log(f"rendering {n}")
             yield n, lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], aff
 
-    from thaldask.segment.inference import SLOTS
-
     def predict(img, aff, contrast):
         t0 = time.perf_counter()
         channels = [None] * len(SLOTS)
@@ -60,8 +61,6 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
         return lab
 
     rows = evaluate_segmenter(predict, maps(), contrasts=("T1w", "FLAIR", "R1", "T1w+FLAIR+R1"))
-    import pandas as pd
-
     df = pd.DataFrame(rows)
     g = df.groupby(["contrast", "spacing"])
     table = g["dice"].agg(["mean", "min"]).round(4)
@@ -72,8 +71,6 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     out["overall_mean"] = float(df["dice"].mean())
     out["overall_volume_error_pct"] = float(df["volume_error"].mean())
     out["per_scan"] = rows
-    from thaldask.segment.validate import response_slope, volume_response
-
     resp = volume_response(predict, maps(), contrast="T1w")
     rf = pd.DataFrame(resp)
     out["volume_response"] = dict(
@@ -85,16 +82,57 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     return out
 
 
-def install_weights(weights, *, heldout: dict | None = None, notes: str = "") -> dict:
-    """Copy ``weights`` into the package and write the model card beside them."""
-    import torch
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp_path)`` to a temporary file beside ``path``, then rename it to ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # our own temporary file, never the user's
+        raise
 
-    dest = _models_dir()
+
+def write_model_card(weights, out, *, heldout: dict | None = None, notes: str = "",
+                     overwrite: bool = False) -> dict:
+    """Copy ``weights`` to ``out/thalnet.pt`` and write the model card beside them.
+
+    Parameters
+    ----------
+    weights : path
+        A ``thalnet.pt`` from ``thaldask train``.
+    out : path
+        Folder to write into (created if missing; may be the folder ``weights`` is in).
+    heldout : dict, optional
+        Full-pipeline validation from :func:`heldout_dice`.
+    overwrite : bool
+        Replace a different ``thalnet.pt`` already in ``out`` (else an error).
+
+    Returns
+    -------
+    dict
+        The card, as written to ``out/thalnet.json`` (and, for people, ``out/thalnet.md``;
+        ``heldout`` also goes to ``out/thalnet.heldout.json`` for reuse). Every file is
+        written to a temporary name and renamed.
+
+    Raises
+    ------
+    ModelWeightsError
+        ``weights`` missing, or ``out`` holds other weights and ``overwrite`` is False.
+    """
+    weights, dest = Path(weights), Path(out)
+    if not weights.is_file():
+        raise ModelWeightsError(f"{weights}: weights file not found")
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / "thalnet.pt"
-    if Path(weights).resolve() != target.resolve():
-        shutil.copyfile(weights, target)
-    sha = hashlib.sha256(target.read_bytes()).hexdigest()
+    sha = sha256(weights)
+    if not (target.exists() and target.resolve() == weights.resolve()):
+        if target.exists() and sha256(target) != sha and not overwrite:
+            raise ModelWeightsError(
+                f"{target}: other weights are already there; choose another --out or pass --overwrite"
+            )
+        _write_atomic(target, lambda tmp: shutil.copyfile(weights, tmp))
     w = torch.load(target, map_location="cpu", weights_only=True)
     meta = w["meta"]
     n_params = {k: int(sum(v.numel() for v in w[k].values())) for k in ("roi", "loc")}
@@ -140,8 +178,12 @@ def install_weights(weights, *, heldout: dict | None = None, notes: str = "") ->
     for k in ("fine_tuned_from", "fine_tune_manifest", "fine_tune_steps"):
         if k in meta:
             card["training"][k] = meta[k]
-    (dest / "thalnet.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
-    (dest / "thalnet.md").write_text(_markdown(card))
+    text = json.dumps(card, indent=1, default=str) + "\n"
+    _write_atomic(dest / "thalnet.json", lambda tmp: tmp.write_text(text))
+    _write_atomic(dest / "thalnet.md", lambda tmp: tmp.write_text(_markdown(card)))
+    if heldout is not None:
+        held = json.dumps(heldout, indent=1, default=str)
+        _write_atomic(dest / "thalnet.heldout.json", lambda tmp: tmp.write_text(held))
     return card
 
 
@@ -215,28 +257,3 @@ def _markdown(card: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True)
-    p.add_argument("--label-maps", default=None, help="folder with the held-out label maps")
-    p.add_argument("--heldout-json", default=None, help="reuse held-out Dice written earlier")
-    p.add_argument("--notes", default="")
-    a = p.parse_args(argv)
-    heldout = None
-    if a.heldout_json:
-        heldout = json.loads(Path(a.heldout_json).read_text())
-    elif a.label_maps:
-        import torch
-
-        torch.set_num_threads(1)
-        meta = torch.load(a.weights, map_location="cpu", weights_only=True)["meta"]
-        heldout = heldout_dice(a.weights, a.label_maps, meta["held_out"])
-        Path(a.weights).with_suffix(".heldout.json").write_text(json.dumps(heldout, indent=1))
-    card = install_weights(a.weights, heldout=heldout, notes=a.notes)
-    print(json.dumps({k: card[k] for k in ("sha256", "size_bytes")}))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from thaldask.segment import get_segmenter
-from thaldask.segment.validate import dice, render_scan
+from thaldask.thalnet.validate import (
+    ThalamusResizer,
+    crop_around_thalami,
+    dice,
+    evaluate_segmenter,
+    render_scan,
+    response_slope,
+    volume_response,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +50,6 @@ def test_thalnet_heldout_1mm_beats_baseline_by_wide_margin(contrast, thalnet, sm
 
 
 def test_thalnet_heldout_thick_slices_beats_baseline(thalnet, anatomy):
-    from seg_helpers import crop_around_thalami
-
     labels, affine = crop_around_thalami(*anatomy)
     img, truth, aff = render_scan(labels, affine, "T1w", spacing=(1.0, 1.0, 1.5), rng=7)
     model = _mean_dice(thalnet.predict(img, aff, contrast="T1w").labels, truth)
@@ -55,10 +61,6 @@ def test_thalnet_heldout_thick_slices_beats_baseline(thalnet, anatomy):
 def test_evaluate_segmenter_volume_error_matches_dice_algebra(anatomy):
     """An all-left prediction of N voxels has Dice 2T/(N+T) and volume error 100 (N-T)/T for
     true volume T; an empty one -100 % for both sides."""
-    from seg_helpers import crop_around_thalami
-
-    from thaldask.segment.validate import evaluate_segmenter
-
     labels, affine = crop_around_thalami(*anatomy, size_mm=(80, 70, 60))
     sizes = []
 
@@ -80,8 +82,6 @@ def test_evaluate_segmenter_volume_error_matches_dice_algebra(anatomy):
 
 
 def test_response_slope_is_one_for_exact_and_zero_for_fixed_size():
-    from thaldask.segment.validate import response_slope
-
     rows = [dict(map="m", side=s, true_voxels=t, pred_voxels=p)
             for s in ("left", "right") for t, p in ((700, 700), (1000, 1000), (1150, 1150))]
     assert response_slope(rows) == pytest.approx(1.0)
@@ -92,10 +92,6 @@ def test_response_slope_is_one_for_exact_and_zero_for_fixed_size():
 
 
 def test_thalamus_resizer_scales_each_side_and_leaves_the_rest(anatomy):
-    from seg_helpers import crop_around_thalami
-
-    from thaldask.segment.validate import ThalamusResizer
-
     labels, _ = crop_around_thalami(*anatomy)
     resize = ThalamusResizer(labels, (10, 49))
     n = [np.count_nonzero(labels == c) for c in (10, 49)]
@@ -119,10 +115,6 @@ def test_thalnet_measures_planted_thalamic_atrophy(thalnet, anatomy):
     as a clear loss of volume. thalnet measures about three quarters of a planted change (slope
     0.74 in the model card; 1 would be all of it): it leans on the typical thalamic shape
     where the boundary is faint. The bounds hold it to at least that."""
-    from seg_helpers import crop_around_thalami
-
-    from thaldask.segment.validate import response_slope, volume_response
-
     labels, affine = crop_around_thalami(*anatomy)
     rows = volume_response(lambda img, aff, c: thalnet.predict(img, aff, contrast=c).labels,
                            [("heldout", labels, affine)], factors=(0.7, 1.0))

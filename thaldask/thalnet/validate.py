@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from thaldask.segment import synth
+from thaldask.thalnet import augment
+from thaldask.thalnet.assets import models_dir
 
-__all__ = ["load_heldout_anatomy", "render_scan", "dice", "evaluate_segmenter", "ThalamusResizer",
-           "volume_response", "response_slope"]
+__all__ = ["load_heldout_anatomy", "crop_around_thalami", "render_scan", "dice", "evaluate_segmenter",
+           "ThalamusResizer", "volume_response", "response_slope", "build_heldout_asset"]
 
 
 def load_heldout_anatomy():
@@ -23,11 +24,24 @@ def load_heldout_anatomy():
     Values are FreeSurfer brain labels (thalamus 10 left, 49 right); extra-cerebral
     generation classes are renumbered from 100.
     """
-    from importlib import resources
-
-    path = resources.files("thaldask") / "data" / "models" / "heldout_anatomy.npz"
-    with resources.as_file(path) as p, np.load(p) as z:
+    with np.load(models_dir() / "heldout_anatomy.npz") as z:
         return z["labels"], z["affine"]
+
+
+def crop_around_thalami(labels: np.ndarray, affine: np.ndarray, size_mm=(112, 112, 96)):
+    """A box of about ``size_mm`` (1 mm voxels) of a label map centred on its thalami (10/49).
+
+    Returns the cropped labels and their vox->world affine; small boxes keep renders fast.
+    """
+    thal = np.argwhere((labels == 10) | (labels == 49))
+    c = np.rint(thal.mean(0)).astype(int)
+    half = np.asarray(size_mm) // 2
+    lo = np.maximum(c - half, 0)
+    hi = np.minimum(c + half, labels.shape)
+    crop = labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    aff = affine.copy()
+    aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return crop, aff
 
 
 def render_scan(labels: np.ndarray, affine: np.ndarray, contrast: str, *, spacing=(1.0, 1.0, 1.0),
@@ -53,12 +67,12 @@ def render_scan(labels: np.ndarray, affine: np.ndarray, contrast: str, *, spacin
     """
     gen = torch.Generator().manual_seed(int(rng))
     values = np.unique(labels)
-    bank = synth.LabelBank(values)
+    bank = augment.LabelBank(values)
     idx = torch.from_numpy(bank.encode(labels))
-    img = synth.render_image(idx, bank, gen, spacing=1.0, contrast=contrast, prior_prob=1.0,
+    img = augment.render_image(idx, bank, gen, spacing=1.0, contrast=contrast, prior_prob=1.0,
                              skull_strip_prob=1.0 if skull_strip else 0.0, degrade=False)
     # mild, fixed degradations: scanner blur, bias field and noise
-    img = synth.blur(img, [0.5, 0.5, 0.5])
+    img = augment.blur(img, [0.5, 0.5, 0.5])
     field = torch.randn(1, 1, 4, 4, 4, generator=gen) * 0.15
     img = img * torch.exp(F.interpolate(field, size=img.shape, mode="trilinear", align_corners=True)[0, 0])
     img = img + torch.randn(img.shape, generator=gen) * 0.02
@@ -69,7 +83,7 @@ def render_scan(labels: np.ndarray, affine: np.ndarray, contrast: str, *, spacin
         return img.numpy().astype(np.float32), truth.numpy(), out_affine
     # thick slices: slab profile blur then sampling every `spacing` mm
     sig = [0.42 * max(s - 1.0, 0.0) * 1.2 for s in spacing]
-    img = synth.blur(img, sig)
+    img = augment.blur(img, sig)
     shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(img.shape, spacing, strict=False))
     grids = [torch.arange(m, dtype=torch.float32) * s for m, s in zip(shape, spacing, strict=False)]
     ijk = torch.stack(torch.meshgrid(*grids, indexing="ij"), dim=-1)
@@ -229,9 +243,9 @@ def build_heldout_asset(label_map, out) -> None:
     hi = np.minimum(nz.max(0) + 3, lab.shape)
     crop = lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     out_lab = np.zeros(crop.shape, dtype=np.uint8)
-    extra = sorted(v for v in np.unique(crop) if v and v not in synth.BRAIN_LABELS)
+    extra = sorted(v for v in np.unique(crop) if v and v not in augment.BRAIN_LABELS)
     for v in np.unique(crop):
-        if v in synth.BRAIN_LABELS:
+        if v in augment.BRAIN_LABELS:
             out_lab[crop == v] = v
     for k, v in enumerate(extra):
         out_lab[crop == v] = 100 + k

@@ -4,7 +4,8 @@ A label map is deformed (random affine + smooth non-linear field), each label ge
 Gaussian intensity (or, part of the time, a randomly jittered T1w-, FLAIR- or R1-like tissue
 prior), then the image is degraded: bias field, gamma, blur, thick slices, noise. No contrast
 is special. Everything here works on one region: a box of ``shape`` voxels of ``spacing`` mm
-centred at a point of a label volume.
+centred at a point of a label volume. Images are scaled to [0, 1] by the same
+:func:`~thaldask.thalnet.inference.normalise` that inference applies.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from thaldask.thalnet.inference import normalise
+
 __all__ = [
+    "BRAIN_LABELS",
     "TISSUE_PRIORS",
     "LabelBank",
+    "blur",
     "render_image",
+    "rotation",
     "sample_geometry",
     "sample_labels",
     "tissue_classes",
@@ -92,7 +98,8 @@ class LabelBank:
         return out
 
 
-def _rotation(angles) -> torch.Tensor:
+def rotation(angles) -> torch.Tensor:
+    """3x3 rotation matrix (float32) about x, then y, then z by ``angles`` in radians."""
     ax, ay, az = angles
     cx, sx, cy, sy, cz, sz = (math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az))
     rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]], dtype=torch.float32)
@@ -121,7 +128,7 @@ def sample_geometry(
     angles = [math.radians(a) for a in u(-max_rotation_deg, max_rotation_deg, 3).tolist()]
     scale = u(*scale_range) * torch.exp(u(-0.05, 0.05, 3))
     shear = torch.eye(3) + (torch.rand(3, 3, generator=gen) * 2 - 1) * max_shear * (1 - torch.eye(3))
-    matrix = _rotation(angles) @ torch.diag(scale) @ shear
+    matrix = rotation(angles) @ torch.diag(scale) @ shear
     elastic = torch.randn(1, 3, elastic_grid, elastic_grid, elastic_grid, generator=gen)
     elastic = elastic * u(0.0, max_elastic_mm)
     shift = u(-max_shift_mm, max_shift_mm, 3)
@@ -189,21 +196,6 @@ def blur(img: torch.Tensor, sigmas) -> torch.Tensor:
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = k.numel() // 2
         x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(shape))
     return x[0, 0]
-
-
-def normalise(img: torch.Tensor, lo: float = 0.005, hi: float = 0.995) -> torch.Tensor:
-    """Robust min-max scaling to [0, 1] by the ``lo``/``hi`` quantiles, clipped."""
-    flat = img.reshape(-1)
-    if flat.numel() > 100_000:  # a regular subsample estimates the quantiles well enough
-        flat = flat[:: flat.numel() // 100_000 + 1]
-    if lo <= 0.0 and hi >= 1.0:
-        q = torch.stack([flat.min(), flat.max()]).float()
-    else:
-        q = torch.quantile(flat.float(), torch.tensor([lo, hi]))
-    scale = float(q[1] - q[0])
-    if scale <= 1e-8:
-        return torch.zeros_like(img)
-    return ((img - q[0]) / scale).clamp(0, 1)
 
 
 def render_image(
