@@ -92,6 +92,7 @@ def run_batches(
     retries: int = 1,
     resources: dict | None = None,
     on_error: Callable[[Sequence, BaseException], Any] | None = None,
+    local_scheduler: str | None = None,
     args: tuple = (),
     kwargs: dict | None = None,
 ) -> list:
@@ -110,6 +111,9 @@ def run_batches(
     resources : Dask worker resources each task needs, e.g. ``{"gpu": 1}``
     on_error : ``on_error(batch, exc)`` gives the result of a batch whose task failed; by
         default the error is raised after every other batch has finished
+    local_scheduler : Dask scheduler without a distributed client (default: the one
+        ``dask.config`` names, else ``"threads"``); ``"sync"`` runs one batch after the
+        other, e.g. for a model that should be in memory once
     """
     kwargs = dict(kwargs or {})
     batches = [list(b) for b in batches]
@@ -154,7 +158,8 @@ def run_batches(
                         bar.advance(size(batches[names[key]]))
 
             with _Advance():
-                out = dask.compute(*tasks, scheduler=dask.config.get("scheduler", None) or "threads")
+                scheduler = local_scheduler or dask.config.get("scheduler", None) or "threads"
+                out = dask.compute(*tasks, scheduler=scheduler)
             results = list(out)
     errors = []
     for i, r in enumerate(results):

@@ -45,9 +45,8 @@ def _options(pairs) -> dict:
 _device = click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs.",
+    default=None,
+    help="Where the model runs (default: the dask config's thaldask.segment.device, auto).",
 )
 _option = click.option(
     "--option",
@@ -91,7 +90,8 @@ def segment_file_command(inp, out, contrast, model, device, prob_out, option_pai
               show_default=True, help="Probability averaging (method MODEL), majority vote "
               "(method MODEL-vote) or both.")
 @_device
-@click.option("--batch-size", default=1, show_default=True, help="Scans per task.")
+@click.option("--batch-size", default=None, type=click.IntRange(1), help="Scans per task (default: "
+              "the dask config's thaldask.segment.batch-size, 1).")
 @click.option("--overwrite", is_flag=True, help="Recompute scans that already have a mask.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_option

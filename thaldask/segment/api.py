@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thaldask import config
 from thaldask.errors import ScanError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.registry import loaded_segmenter
@@ -39,7 +40,7 @@ def segment_image(
     affine=None,
     *,
     contrast: str = "T1w",
-    device: str = "auto",
+    device: str | None = None,
     model: str = "thalnet",
     options: dict | None = None,
     return_prob: bool = False,
@@ -55,7 +56,7 @@ def segment_image(
         Voxel -> world (RAS, mm); taken from the file or image when not given.
     contrast : str
         ``T1w``, ``FLAIR``, ``R1``, ... (any contrast works with ``thalnet``).
-    device : ``"auto"``, ``"cpu"``, ``"cuda"``
+    device : ``"auto"``, ``"cpu"``, ``"cuda"`` (default: ``thaldask.segment.device``)
     model : str
         Registered segmenter; loaded once per process and cached.
     return_prob : bool
@@ -80,7 +81,7 @@ def segment_image(
         data, affine = _read(img, affine)
     if data.ndim == 4 and data.shape[-1] == 1 and len(parts) == 1:
         data = data[..., 0]
-    seg = loaded_segmenter(model, dict(options or {}), device)
+    seg = loaded_segmenter(model, dict(options or {}), device or config.get("segment.device"))
     pred = seg.predict(data, np.asarray(affine, dtype=np.float64), contrast=contrast)
     return (pred.labels, pred.prob) if return_prob else pred.labels
 
@@ -90,7 +91,7 @@ def segment_file(
     out,
     *,
     contrast: str = "T1w",
-    device: str = "auto",
+    device: str | None = None,
     model: str = "thalnet",
     options: dict | None = None,
     prob_out=None,

@@ -15,6 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from thaldask import config
+from thaldask._shared.compute import active_client, run_batches
 from thaldask.errors import SegmenterError, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.ensemble import ensemble_average, ensemble_vote
@@ -26,7 +28,7 @@ __all__ = ["segment_store"]
 # ---------------------------------------------------------------- worker side
 
 
-def _run_scans(store_path, model, options, device, items, overwrite=False):
+def run_scans(items, store_path, model, options, device, overwrite=False):
     """Segment the scans in ``items``; returns one status row per output."""
     st = open_store(store_path)
     seg = loaded_segmenter(model, options, device)
@@ -135,10 +137,10 @@ def segment_store(
     ensembles=(),
     *,
     client=None,
-    device: str = "auto",
+    device: str | None = None,
     options: dict | None = None,
     ensemble_kinds=("mean", "vote"),
-    batch_size: int = 1,
+    batch_size: int | None = None,
     overwrite: bool = False,
     require_gpu: bool | None = None,
     progress: bool = True,
@@ -159,13 +161,15 @@ def segment_store(
         averaging is written as method ``model``, majority vote as ``model + "-vote"``, both
         with the ensemble name as contrast (``ensemble_kinds`` selects them).
     client : distributed.Client, optional
-        Where to run; None runs in this process (no Dask).
+        Where to run; None: the active distributed client if there is one, else this
+        process, one batch after the other.
     device : ``"auto"``, ``"cpu"``, ``"cuda"``
         Resolved on each worker; with ``"cuda"`` tasks ask for the ``gpu`` resource.
+        Default: ``thaldask.segment.device``.
     options : dict
         Segmenter options (e.g. ``{"checkpoint": ..., "label_ids": "3"}`` for mindglide).
     batch_size : int
-        Scans per task.
+        Scans per task (default: ``thaldask.segment.batch-size``).
     overwrite : bool
         Recompute scans that already have a mask.
     require_gpu : bool, optional
@@ -184,6 +188,8 @@ def segment_store(
         unknown model, contrast not in the store, or a contrast the model cannot take.
     """
     st = open_store(store_path)
+    device = device or config.get("segment.device")
+    batch_size = max(1, int(batch_size or config.get("segment.batch-size")))
     options = dict(options or {})
     contrasts = list(dict.fromkeys(contrasts or ()))
     ensembles = list(dict.fromkeys(ensembles or ()))
@@ -211,42 +217,30 @@ def segment_store(
         return pd.DataFrame(columns=cols)
     if require_gpu is None:
         require_gpu = str(device).lower().startswith("cuda")
-    batches = [items[k : k + max(1, int(batch_size))] for k in range(0, len(items), max(1, int(batch_size)))]
-    rows: list[dict] = []
-    if client is None:
-        for b in _progress(batches, progress, f"segment {model}"):
-            rows.extend(_run_scans(st.path, model, options, device, b, overwrite))
-    else:
-        from dask.base import tokenize
-        from distributed import as_completed
-
+    client = active_client(client)
+    if client is not None:
         client.register_plugin(SegmenterPlugin(model, options, device))
-        resources = {"gpu": 1} if require_gpu else None
-        futures = [
-            client.submit(
-                _run_scans,
-                st.path,
-                model,
-                options,
-                device,
-                b,
-                overwrite,
-                key=f"thaldask-segment-{model}-{tokenize(st.path, model, options, device, b, time.time())}",
-                resources=resources,
-                pure=False,
-                retries=1,
-            )
-            for b in batches
-        ]
-        for fut in _progress(as_completed(futures), progress, f"segment {model}", total=len(futures)):
-            try:
-                rows.extend(fut.result())
-            except Exception as exc:  # noqa: BLE001 - the batch's scans are reported failed
-                idx = futures.index(fut)
-                for item in batches[idx]:
-                    for c in item["contrasts"] + item["ensembles"]:
-                        rows.append(dict(scan=item["scan"], method=model, contrast=c, status="failed",
-                                         seconds=np.nan, error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
+
+    def failed(batch, exc):  # a task that failed (or whose worker died twice): its rows
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return [dict(scan=item["scan"], method=model, contrast=c, status="failed", seconds=np.nan,
+                     error=reason)
+                for item in batch for c in item["contrasts"] + item["ensembles"]]
+
+    results = run_batches(
+        run_scans,
+        [items[k : k + batch_size] for k in range(0, len(items), batch_size)],
+        client=client,
+        label=f"segment {model}",
+        progress=progress,
+        key_prefix=f"thaldask-segment-{model}",
+        resources={"gpu": 1} if require_gpu else None,
+        on_error=failed,
+        local_scheduler="sync",  # one model in memory, its own threads
+        args=(st.path, model, options, device),
+        kwargs={"overwrite": overwrite},
+    )
+    rows = [r for batch_rows in results for r in batch_rows]
     try:
         st.consolidate()
     except Exception:  # noqa: BLE001 - consolidation is an optimisation
@@ -259,29 +253,3 @@ def segment_store(
         if c not in df:
             df[c] = None
     return df[cols].sort_values(["scan", "method", "contrast"]).reset_index(drop=True)
-
-
-def _progress(iterable, show: bool, description: str, total: int | None = None):
-    if not show:
-        yield from iterable
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    items = iterable if total is not None else list(iterable)
-    n = total if total is not None else len(items)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as prog:
-        task = prog.add_task(description, total=n)
-        for x in items:
-            yield x
-            prog.advance(task)
-
-
-# ---------------------------------------------------------------- pipeline stage
