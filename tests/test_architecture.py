@@ -18,6 +18,9 @@ MAX_LINES = 600
 # modules allowed to import thaldask modules inside functions: the command-line layer,
 # which keeps `thaldask --help` from importing the stages
 LAZY_OK = ("thaldask.commands.",)
+# a thaldask module that imports one of these at its top is heavy: importing it inside a
+# function is a lazy import of that package, not a hidden dependency
+HEAVY = ("torch",)
 
 
 def _modules() -> dict[str, Path]:
@@ -135,13 +138,24 @@ def test_cycle_detector_finds_a_planted_cycle():
     assert _cycles(g) == [["a", "b", "c"]]
 
 
+def _imports_heavy_at_top(path: Path) -> bool:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in HEAVY for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in HEAVY:
+            return True
+    return False
+
+
 def test_no_thaldask_import_inside_functions_outside_the_cli_layer():
     hidden = []
+    heavy = {m for m, p in MODULES.items() if _imports_heavy_at_top(p)}
+    assert "thaldask.thalnet.inference" in heavy  # the rule sees torch where it is
     for m, p in MODULES.items():
         if m.startswith(LAZY_OK):
             continue
         for target, line, in_func, _ in _imports(m, p):
-            if in_func:
+            if in_func and target not in heavy:
                 hidden.append(f"{p.relative_to(ROOT.parent)}:{line} imports {target}")
     assert hidden == []
 

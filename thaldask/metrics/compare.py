@@ -9,13 +9,12 @@ import numpy as np
 from thaldask.cohort.labels import detect_convention, parse_labels, to_sides
 from thaldask.errors import LabelConventionError, ScanError
 from thaldask.metrics.kernels import METRIC_FIELDS, SIDES, derive_metrics, pair_raw
+from thaldask.store.nifti import check_overlap, load_volume, resample_to, same_grid, to_ras
 
 __all__ = ["compare_files"]
 
 
 def _load(path: str, labels, role: str):
-    from thaldask.store.nifti import load_volume, to_ras
-
     try:
         vol = load_volume(str(path), kind="mask")
     except ScanError as exc:
@@ -49,8 +48,6 @@ def compare_files(gt_path, pred_path, *, gt_labels=None, pred_labels=None, surfa
     and total. With a binary convention on either side only ``total`` is defined (left and
     right are NaN). Empty-mask rules as in :func:`thaldask.metrics.kernels.derive_metrics`.
     """
-    from thaldask.store.nifti import check_overlap, resample_to, same_grid
-
     g, gaff, gconv = _load(gt_path, gt_labels, "ground truth")
     p, paff, pconv = _load(pred_path, pred_labels, "prediction")
     resampled = False

@@ -27,15 +27,17 @@ import hashlib
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from thaldask import __version__, config
+from thaldask._shared.compute import active_client
+from thaldask._shared.progress import Progress
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
-from thaldask.store.cohort_store import open_array, write_derived_rows
+from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
 from thaldask.store.format import hash_array, mask_array, metrics_array, metrics_cache
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
@@ -295,52 +297,41 @@ def _compute_arrays(st, entries, *, surface: bool, block: int):
     return todo
 
 
+def _block_units(todo) -> dict:
+    """Task key of every scoring block -> its (scan, mask) rows, for the progress display."""
+    units = {}
+    for ks, _, arr in todo:
+        for i, n in enumerate(arr.chunks[0]):
+            units[(arr.name, i, 0, 0, 0)] = int(n) * len(ks)
+    return units
+
+
 def _run(todo, client, progress: bool):
     import dask
+    from dask.callbacks import Callback
 
     arrays = [a for _, _, a in todo]
     if not arrays:
         return []
-    if client is None:
-        try:
-            from distributed import default_client
+    units = _block_units(todo)
+    client = active_client(client)
+    with Progress(sum(units.values()), "evaluate", unit="rows", enabled=progress) as bar:
+        if client is None:
 
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-    if client is None:
-        if progress:
-            from dask.diagnostics import ProgressBar
+            class _Advance(Callback):
+                def _posttask(self, key, result, dsk, state, id):
+                    if key in units:
+                        bar.advance(units[key])
 
-            with ProgressBar(out=sys.stderr):
+            with _Advance():
                 return list(dask.compute(*arrays))
-        return list(dask.compute(*arrays))
-    from distributed import futures_of, wait
+        from distributed import as_completed, futures_of
 
-    persisted = client.persist(arrays)
-    futs = futures_of(persisted)
-    if progress and futs:
-        _progress(futs)
-    wait(futs)
-    return client.gather(client.compute(persisted))
-
-
-def _progress(futs):
-    from distributed import as_completed
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("evaluate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task("evaluate", total=len(futs))
-        for _ in as_completed(futs):
-            bar.advance(task)
+        persisted = client.persist(arrays)
+        blocks = [f for f in futures_of(persisted) if f.key in units]
+        for fut in as_completed(blocks):
+            bar.advance(units[fut.key])
+        return client.gather(client.compute(persisted))
 
 
 def _natural_timepoints(values) -> list[str]:
@@ -401,8 +392,6 @@ def _assemble(st, entries, gt_main, *, synthetic):
         },
     )
     _add_covariates(ds, st, scans, si, ti)
-    from thaldask import __version__
-
     ds.attrs.update(
         {
             "synthetic": bool(synthetic),
@@ -548,9 +537,6 @@ def evaluate(
     scans of one (method, contrast) and writes their rows to the per-scan cache, so killed
     workers only cost their own tasks, and an interrupted call resumes where it stopped.
     """
-    from thaldask import config
-    from thaldask.store import open_store
-
     st = open_store(store_path, storage_options=storage_options)
     block = int(config.get("metrics.scans-per-task") or 4)
     entries, gt_main = _plan(st, surface=surface)
