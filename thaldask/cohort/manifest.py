@@ -267,8 +267,12 @@ def _header_problem(img, file: str, size: int, fixes: list[str]) -> tuple[str, l
     itemsize = np.dtype(hdr.get_data_dtype()).itemsize
     n_bytes = math.prod(shape) * itemsize
     low = file.lower()
-    if low.endswith((".nii", ".mgh")):
+    # nibabel keeps the data offset on the array proxy (the loaded header's vox_offset is 0)
+    offset = getattr(img.dataobj, "offset", None)
+    if offset is None:
         offset = int(hdr["vox_offset"]) if is_nifti else _MGH_DATA_OFFSET
+    offset = int(offset)
+    if low.endswith((".nii", ".mgh")):
         if offset + n_bytes > size:
             return (
                 f"truncated: the header declares {_x(shape)} voxels of "
@@ -276,11 +280,12 @@ def _header_problem(img, file: str, size: int, fixes: list[str]) -> tuple[str, l
                 f"but the file has {size} bytes", notes
             )
     elif n_bytes < 2**32:
-        offset = int(hdr["vox_offset"]) if is_nifti else _MGH_DATA_OFFSET
         isize = _gzip_isize(file)
-        if isize is not None and isize < offset + n_bytes:
+        need = offset + n_bytes
+        # NIfTI ends with its data; MGH may carry optional tags after it
+        if isize is not None and (isize < need if low.endswith(".mgz") else isize != need):
             notes.append(
-                f"the gzip trailer records {isize} bytes uncompressed but the header needs "
+                f"the gzip trailer records {isize} bytes uncompressed but the header declares "
                 f"{offset + n_bytes}; the file may be truncated"
             )
     return "", notes
@@ -306,9 +311,11 @@ def check_file(file: str, *, read_header: bool = True) -> FileCheck:
     Notes
     -----
     A zero voxel size in a header without qform/sform is a warning: nibabel takes it as
-    1 mm. For gzip-compressed files the data size is checked against the gzip trailer (4
-    bytes read), and a shortfall is only a warning, since a multi-member gzip file has
-    no reliable trailer.
+    1 mm. A gzip-compressed file is not decompressed: its trailer (the last 4 bytes, the
+    uncompressed size mod 2**32) is compared with the size the header declares, and a
+    difference is only a warning, since a multi-member gzip file's trailer counts its last
+    member only. A truncated file ends in compressed data, so its "trailer" almost never
+    matches.
     """
     if not str(file).lower().endswith(SUPPORTED_SUFFIXES):
         return FileCheck(f"unsupported file type; allowed: {', '.join(SUPPORTED_SUFFIXES)}")
@@ -489,9 +496,9 @@ def validate(
     df["problem"] = row_problem
     df["warning"] = row_warning
     if check_files and read_headers:
-        df["shape"] = [None if p else c.shape for p, c in zip(row_problem, checks, strict=True)]
-        df["affine"] = [None if p else c.affine for p, c in zip(row_problem, checks, strict=True)]
-        df["dtype"] = [None if p else c.dtype for p, c in zip(row_problem, checks, strict=True)]
+        for col in ("shape", "affine", "dtype"):
+            vals = [None if p else getattr(c, col) for p, c in zip(row_problem, checks, strict=True)]
+            df[col] = pd.Series(vals, index=df.index, dtype=object)
         df.attrs["validated"] = True
     return df
 
