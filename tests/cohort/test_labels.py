@@ -96,3 +96,14 @@ def test_detect_convention_float_mask_with_whole_values_accepted():
 def test_label_values_nan_refused():
     with pytest.raises(LabelConventionError, match="NaN or infinite"):
         label_values(np.array([0.0, np.nan]))
+
+
+def test_to_sides_strict_checks_declared_convention():
+    from thaldask.cohort import to_sides
+
+    with pytest.raises(LabelConventionError, match=r"^x.nii: labels found \[0, 1\]; .*did you mean binary\?$"):
+        to_sides(np.array([0, 1, 1]), "freesurfer", strict=True, where="x.nii: ")
+    with pytest.raises(LabelConventionError, match="looks like an intensity image"):
+        to_sides(np.linspace(0, 1, 27).reshape(3, 3, 3), "binary", strict=True)
+    assert to_sides(np.array([0, 10, 49]), "freesurfer", strict=True).tolist() == [0, 1, 2]
+    assert to_sides(np.array([0, 1, 1]), "freesurfer").tolist() == [0, 0, 0]  # not strict: as before

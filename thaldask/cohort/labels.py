@@ -147,16 +147,20 @@ def parse_labels(spec: str | LabelConvention) -> LabelConvention:
     )
 
 
-def to_sides(mask: np.ndarray, labels: str | LabelConvention, *, strict: bool = False) -> np.ndarray:
+def to_sides(
+    mask: np.ndarray, labels: str | LabelConvention, *, strict: bool = False, where: str = ""
+) -> np.ndarray:
     """Map a mask in its own label convention to uint8 0/1/2 (binary: 0/1).
 
     Parameters
     ----------
     mask : array of integers (any shape)
     labels : convention name, id spec or :class:`LabelConvention`
-    strict : if True, a binary mask must contain only 0 and 1 (or its ids) and a sided
-        convention raises on ids it does not know *unless* they could be other structures
-        (FreeSurfer/DBSegment files carry many labels, which are simply dropped).
+    strict : if True, the mask must be a label mask (:func:`label_values`), a binary mask
+        must contain only 0 and 1 (or its ids), and a sided convention must find both sides
+        (:func:`check_sides`); ids of other structures (FreeSurfer/DBSegment files carry
+        many labels) are simply dropped.
+    where : prefix of error messages naming the file and row (with ``strict``)
 
     Returns
     -------
@@ -169,19 +173,22 @@ def to_sides(mask: np.ndarray, labels: str | LabelConvention, *, strict: bool = 
     """
     conv = parse_labels(labels)
     m = np.asarray(mask)
+    if strict:
+        found = label_values(m, where=where)
+        if not conv.binary or conv.ids:
+            check_sides(found, conv, where=where)
     if m.dtype.kind == "f":
         if not np.all(np.isfinite(m)) or not np.all(m == np.round(m)):
-            raise LabelConventionError("mask holds non-integer values")
+            raise LabelConventionError(f"{where}mask holds non-integer values")
         m = m.astype(np.int64)
     if conv.binary:
         if conv.ids:
             return np.isin(m, conv.ids).astype(np.uint8)
         if strict:
-            vals = np.unique(m)
-            bad = vals[(vals != 0) & (vals != 1)]
-            if bad.size:
+            bad = [v for v in found if v not in (0, 1)]
+            if bad:
                 raise LabelConventionError(
-                    f"binary mask holds labels {bad[:5].tolist()}; allowed 0 and 1"
+                    f"{where}binary mask holds labels {bad[:5]}; allowed 0 and 1"
                 )
         return (m != 0).astype(np.uint8)
     out = np.zeros(m.shape, dtype=np.uint8)
