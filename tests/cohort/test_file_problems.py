@@ -275,3 +275,11 @@ def test_check_file_good_file_returns_header():
         fc = check_file(good_image(os.path.join(d, "a.nii")))
     assert fc.problem == "" and fc.warning == "" and fc.shape == (8, 8, 8) and fc.dtype == "int16"
     assert fc.affine.shape == (4, 4)
+
+
+def test_validate_flagged_frame_raises_when_revalidated_strictly(tmp_path):
+    (tmp_path / "e.nii").write_bytes(b"")
+    df = validate(write_manifest(tmp_path, ["s1,t,,image,T1w,,,e.nii"]), on_file_error="flag")
+    assert validate(df, on_file_error="flag") is df
+    with pytest.raises(ManifestError, match=r"m.csv row 2: 'e.nii': empty file \(0 bytes\)"):
+        validate(df)

@@ -134,3 +134,9 @@ def test_read_table_same_reader_for_both(tmp_path):
     p.write_text("a\tb\n1\t2\n")
     df = read_table(p, what="table")
     assert df.columns.tolist() == ["row", "a", "b"] and df.iloc[0].tolist() == [2, "1", "2"]
+
+
+def test_read_manifest_comment_with_unbalanced_quote_ignored(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text('# note: "draft\n' + HEADER + "\ns1,t,,image,T1w,,,a.nii.gz\n")
+    assert read_manifest(p)["row"].tolist() == [3]

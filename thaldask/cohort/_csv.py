@@ -119,15 +119,15 @@ def read_table(
     if start == len(lines):
         raise error(f"{path}: {what} is empty (no header line)")
     delim = _delimiter(path, lines[start])
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, skipinitialspace=True)
+    # comment lines never reach the CSV parser (an unbalanced quote there would swallow rows)
+    body = "".join(text.splitlines(keepends=True)[start:])
+    reader = csv.reader(io.StringIO(body, newline=""), delimiter=delim, skipinitialspace=True)
     header: list[str] | None = None
     records: list[list[str]] = []
     rows: list[int] = []
     problems: list[str] = []
-    for k, rec in enumerate(reader, start=1):
+    for k, rec in enumerate(reader, start=start + 1):
         if header is None:
-            if k <= start:
-                continue
             header = [c.strip() for c in rec]
             if lower_columns:
                 header = [c.lower() for c in header]
