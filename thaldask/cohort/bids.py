@@ -19,13 +19,20 @@ import os
 import re
 import warnings
 
+import numpy as np
 import pandas as pd
 
+from thaldask._shared.paths import atomic_write, check_may_write
+from thaldask.cohort._csv import read_table
 from thaldask.cohort.labels import detect_convention
 from thaldask.cohort.manifest import MANIFEST_COLUMNS
 from thaldask.errors import ManifestError, ThaldaskWarning
 
-__all__ = ["manifest_from_bids", "write_manifest", "BIDS_CONTRASTS"]
+__all__ = ["manifest_from_bids", "write_manifest", "BIDS_CONTRASTS", "MANIFEST_MARKER"]
+
+#: first line of every manifest thaldask writes (a ``#`` comment the manifest reader skips);
+#: a file that starts with it may be replaced without ``overwrite``
+MANIFEST_MARKER = "# thaldask manifest"
 
 #: BIDS suffix -> thaldask contrast
 BIDS_CONTRASTS = {"T1w": "T1w", "FLAIR": "FLAIR", "R1map": "R1"}
@@ -51,11 +58,26 @@ def _entities(fname: str) -> tuple[dict, str]:
     return ents, parts[-1]
 
 
+def _utf8_name(path: str) -> bool:
+    """Whether ``path`` (as ``glob`` returns it) is valid UTF-8; warn and say no if not."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        warnings.warn(
+            f"{shown}: file name is not valid UTF-8; skipped (rename it)",
+            ThaldaskWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
 def _sites(root: str) -> dict[str, str]:
     p = os.path.join(root, "participants.tsv")
     if not os.path.isfile(p):
         return {}
-    df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
+    df = read_table(p, what="participants table", error=ManifestError)
     col = next((c for c in ("site", "scanner", "center", "centre") if c in df.columns), None)
     if col is None or "participant_id" not in df.columns:
         return {}
@@ -118,6 +140,8 @@ def manifest_from_bids(root: str | os.PathLike, *, labels: dict[str, str] | None
         glob.glob(os.path.join(root, "sub-*", "anat", "*.nii*"))
         + glob.glob(os.path.join(root, "sub-*", "ses-*", "anat", "*.nii*"))
     ):
+        if not _utf8_name(f):
+            continue
         ents, suffix = _entities(f)
         if suffix not in BIDS_CONTRASTS or "sub" not in ents:
             continue
@@ -157,6 +181,8 @@ def manifest_from_bids(root: str | os.PathLike, *, labels: dict[str, str] | None
             )
         )
         for f in files:
+            if not _utf8_name(f):
+                continue
             ents, _ = _entities(f)
             if "sub" not in ents:
                 continue
@@ -181,7 +207,6 @@ def manifest_from_bids(root: str | os.PathLike, *, labels: dict[str, str] | None
             if not lab:
                 try:
                     import nibabel as nib
-                    import numpy as np
 
                     lab = detect_convention(np.asarray(nib.load(f).dataobj)).spec
                 except Exception as exc:
@@ -199,12 +224,24 @@ def manifest_from_bids(root: str | os.PathLike, *, labels: dict[str, str] | None
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def write_manifest(df: pd.DataFrame, out: str | os.PathLike) -> str:
-    """Write a manifest CSV with paths relative to its own folder."""
+def write_manifest(df: pd.DataFrame, out: str | os.PathLike, *, overwrite: bool = False) -> str:
+    """Write a manifest CSV with paths relative to its own folder; return its path.
+
+    The file is written to a temporary name and renamed, so an interrupted write leaves
+    any previous manifest as it was. Its first line is :data:`MANIFEST_MARKER`.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` exists and was not written by thaldask (no marker), unless ``overwrite``.
+    """
     out = os.path.abspath(os.fspath(out))
+    check_may_write(out, overwrite=overwrite, marker=MANIFEST_MARKER)
     folder = os.path.dirname(out)
     os.makedirs(folder, exist_ok=True)
     df = df.copy()
     df["path"] = [os.path.relpath(p, folder) if os.path.isabs(p) else p for p in df["path"]]
-    df[MANIFEST_COLUMNS].to_csv(out, index=False)
+    with atomic_write(out, "w", newline="") as f:
+        f.write(MANIFEST_MARKER + "\n")
+        df[MANIFEST_COLUMNS].to_csv(f, index=False, lineterminator="\n")
     return out

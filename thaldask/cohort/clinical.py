@@ -10,12 +10,14 @@ are kept as they are. Empty cells are missing values (NaN).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from thaldask.cohort._csv import read_table
 from thaldask.errors import ClinicalTableError, ThaldaskWarning
 
 __all__ = [
@@ -41,24 +43,22 @@ NUMERIC_RANGES: dict[str, tuple[float, float, float | None]] = {
 #: the clinical contract's known columns besides subject and timepoint
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(NUMERIC_RANGES)
 STRING_COLUMNS: tuple[str, ...] = ("site", "group", "sex")
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
 
 
 def read_clinical(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a clinical CSV/TSV as strings (no validation); ``row`` = spreadsheet row."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClinicalTableError(f"{path}: clinical table not found")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
-    try:
-        df = pd.read_csv(path, sep=sep, engine="python", dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise ClinicalTableError(f"{path}: cannot be parsed as CSV/TSV ({exc})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    for c in df.columns:
-        df[c] = df[c].fillna("").astype(str).str.strip()
-    df.insert(0, "row", range(2, len(df) + 2))
-    df.attrs["source"] = str(path)
-    return df
+    """Read a clinical CSV/TSV as strings (no validation); ``row`` = spreadsheet row.
+
+    Read by the same strict reader as the manifest
+    (:func:`thaldask.cohort._csv.read_table`): UTF-8 with or without a byte-order mark,
+    every row with the header's field count.
+
+    Raises
+    ------
+    ClinicalTableError
+        not found, not UTF-8 (naming the line), or a row with the wrong number of fields.
+    """
+    return read_table(path, what="clinical table", error=ClinicalTableError)
 
 
 def validate_clinical(
@@ -110,8 +110,13 @@ def validate_clinical(
             continue
         raw = out[col].astype(str).str.strip()
         vals = pd.to_numeric(raw.where(raw != "", None), errors="coerce").astype("float64")
+        commas = [(r, s) for r, s in zip(out["row"], raw, strict=False) if _DECIMAL_COMMA.fullmatch(s)]
+        if commas:
+            r, s = commas[0]
+            more = f" (and {len(commas) - 1} more row{'s' if len(commas) > 2 else ''})" if len(commas) > 1 else ""
+            bad(r, f"{col}: {s!r} looks like a decimal comma{more}; write numbers with a point ({s.replace(',', '.')})")
         for r, s, v in zip(out["row"], raw, vals, strict=False):
-            if s == "" or s.lower() in ("nan", "na", "n/a"):
+            if s == "" or s.lower() in ("nan", "na", "n/a") or _DECIMAL_COMMA.fullmatch(s):
                 continue
             if not np.isfinite(v):
                 bad(r, f"{col}: {s!r} is not a number")

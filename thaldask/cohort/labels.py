@@ -31,6 +31,9 @@ __all__ = [
     "to_sides",
     "from_sides",
     "detect_convention",
+    "label_values",
+    "check_sides",
+    "MAX_MASK_LABELS",
     "split_binary_by_midline",
 ]
 
@@ -47,6 +50,11 @@ CONVENTIONS: dict[str, tuple[tuple[int, ...], tuple[int, ...]] | None] = {
 }
 
 _NEEDS_IDS = {"mindglide"}
+
+#: most distinct non-zero values a label mask may hold. Whole-brain label maps in use stay
+#: well below it (FreeSurfer aseg ~45 labels, aparc+aseg ~110, aparc.a2009s+aseg ~190);
+#: an MR intensity image, even an integer one, holds hundreds to thousands of values.
+MAX_MASK_LABELS = 255
 
 
 @dataclass(frozen=True)
@@ -139,16 +147,20 @@ def parse_labels(spec: str | LabelConvention) -> LabelConvention:
     )
 
 
-def to_sides(mask: np.ndarray, labels: str | LabelConvention, *, strict: bool = False) -> np.ndarray:
+def to_sides(
+    mask: np.ndarray, labels: str | LabelConvention, *, strict: bool = False, where: str = ""
+) -> np.ndarray:
     """Map a mask in its own label convention to uint8 0/1/2 (binary: 0/1).
 
     Parameters
     ----------
     mask : array of integers (any shape)
     labels : convention name, id spec or :class:`LabelConvention`
-    strict : if True, a binary mask must contain only 0 and 1 (or its ids) and a sided
-        convention raises on ids it does not know *unless* they could be other structures
-        (FreeSurfer/DBSegment files carry many labels, which are simply dropped).
+    strict : if True, the mask must be a label mask (:func:`label_values`), a binary mask
+        must contain only 0 and 1 (or its ids), and a sided convention must find both sides
+        (:func:`check_sides`); ids of other structures (FreeSurfer/DBSegment files carry
+        many labels) are simply dropped.
+    where : prefix of error messages naming the file and row (with ``strict``)
 
     Returns
     -------
@@ -161,19 +173,22 @@ def to_sides(mask: np.ndarray, labels: str | LabelConvention, *, strict: bool = 
     """
     conv = parse_labels(labels)
     m = np.asarray(mask)
+    if strict:
+        found = label_values(m, where=where)
+        if not conv.binary or conv.ids:
+            check_sides(found, conv, where=where)
     if m.dtype.kind == "f":
         if not np.all(np.isfinite(m)) or not np.all(m == np.round(m)):
-            raise LabelConventionError("mask holds non-integer values")
+            raise LabelConventionError(f"{where}mask holds non-integer values")
         m = m.astype(np.int64)
     if conv.binary:
         if conv.ids:
             return np.isin(m, conv.ids).astype(np.uint8)
         if strict:
-            vals = np.unique(m)
-            bad = vals[(vals != 0) & (vals != 1)]
-            if bad.size:
+            bad = [v for v in found if v not in (0, 1)]
+            if bad:
                 raise LabelConventionError(
-                    f"binary mask holds labels {bad[:5].tolist()}; allowed 0 and 1"
+                    f"{where}binary mask holds labels {bad[:5]}; allowed 0 and 1"
                 )
         return (m != 0).astype(np.uint8)
     out = np.zeros(m.shape, dtype=np.uint8)
@@ -200,19 +215,142 @@ def from_sides(sides: np.ndarray, labels: str | LabelConvention, *, dtype=None) 
     return out
 
 
+def label_values(mask: np.ndarray, *, where: str = "") -> list[int]:
+    """The distinct label ids in ``mask`` (0 included when present), refusing intensity images.
+
+    A label mask holds integers (a float array is accepted when every value is a whole
+    number) and at most :data:`MAX_MASK_LABELS` distinct non-zero ids. Anything else is an
+    intensity image, most likely given where a mask was meant.
+
+    Parameters
+    ----------
+    mask : array of any shape
+    where : prefix of messages, e.g. ``"manifest.csv row 7: 'x.nii.gz': "``
+
+    Raises
+    ------
+    LabelConventionError
+        ``"... looks like an intensity image (N distinct values), not a label mask"``.
+
+    >>> label_values(np.array([0, 10, 49, 10]))
+    [0, 10, 49]
+    >>> label_values(np.array([0.0, 0.5, 1.0]))
+    Traceback (most recent call last):
+    ...
+    thaldask.errors.LabelConventionError: looks like an intensity image (non-integer values such as 0.5), not a label mask
+    """
+    m = np.asarray(mask)
+    if m.dtype.kind == "b":
+        m = m.astype(np.uint8)
+    if m.dtype.kind == "f":
+        finite = np.isfinite(m)
+        if not finite.all():
+            raise LabelConventionError(f"{where}holds NaN or infinite values, not a label mask")
+        frac = m != np.round(m)
+        if frac.any():
+            example = float(m[frac].flat[0])
+            raise LabelConventionError(
+                f"{where}looks like an intensity image (non-integer values such as {example:g}), "
+                "not a label mask"
+            )
+    elif m.dtype.kind not in "iu":
+        raise LabelConventionError(f"{where}has voxel type {m.dtype}; a label mask holds integers")
+    vals = np.unique(m)
+    n = int(np.count_nonzero(vals))
+    if n > MAX_MASK_LABELS:
+        raise LabelConventionError(
+            f"{where}looks like an intensity image ({vals.size} distinct values), not a label mask "
+            f"(at most {MAX_MASK_LABELS} labels)"
+        )
+    return [int(v) for v in vals]
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    return "/".join(map(str, ids))
+
+
+def check_sides(
+    labels_present,
+    convention: str | LabelConvention,
+    *,
+    where: str = "",
+    require_both: bool = True,
+) -> None:
+    """Check that a mask's labels fit its declared convention; raise naming what was found.
+
+    A sided convention (``freesurfer``: 10 left, 49 right) must find at least one voxel of
+    each side (``require_both``); a mask holding only 0/1 under a sided convention is
+    reported as most likely ``binary``. A ``binary`` mask holding both 10 and 49 is reported
+    as most likely ``freesurfer``. An empty mask (only 0) passes: empty predictions are
+    scored by the metrics' empty-mask rule, not refused.
+
+    Parameters
+    ----------
+    labels_present : the distinct values in the mask (:func:`label_values`)
+    convention : convention name, id spec or :class:`LabelConvention`
+    where : message prefix naming the file and row
+    require_both : a side without voxels is an error (else only a mask without any
+        thalamus id is)
+
+    Raises
+    ------
+    LabelConventionError
+        one line, e.g. ``"labels found [0, 1]; expected 10 (left) and 49 (right) for
+        'freesurfer'; did you mean binary?"``.
+
+    >>> check_sides([0, 10, 49], "freesurfer")
+    >>> check_sides([0, 1], "freesurfer")
+    Traceback (most recent call last):
+    ...
+    thaldask.errors.LabelConventionError: labels found [0, 1]; expected 10 (left) and 49 (right) for 'freesurfer'; did you mean binary?
+    """
+    conv = parse_labels(convention)
+    found = sorted({int(v) for v in labels_present})
+    nonzero = [v for v in found if v != 0]
+    shown = found if len(found) <= 12 else found[:12] + ["..."]
+    if not nonzero:
+        return
+    if conv.binary:
+        if not conv.ids and {10, 49} <= set(nonzero):
+            raise LabelConventionError(
+                f"{where}labels found {shown}; declared {conv.spec!r} but 10 and 49 look like "
+                "FreeSurfer left/right thalamus; did you mean freesurfer?"
+            )
+        if conv.ids and not set(conv.ids) & set(nonzero):
+            raise LabelConventionError(
+                f"{where}labels found {shown}; expected {_ids(conv.ids)} (thalamus) for {conv.spec!r}"
+            )
+        return
+    expected = f"expected {_ids(conv.left)} (left) and {_ids(conv.right)} (right) for {conv.spec!r}"
+    has_left = bool(set(conv.left) & set(nonzero))
+    has_right = bool(set(conv.right) & set(nonzero))
+    if not has_left and not has_right:
+        hint = "; did you mean binary?" if set(nonzero) <= {1} else (
+            "; did you mean 'L:1;R:2'?" if set(nonzero) <= {1, 2} else ""
+        )
+        raise LabelConventionError(f"{where}labels found {shown}; {expected}{hint}")
+    if require_both and not (has_left and has_right):
+        side = "left" if not has_left else "right"
+        raise LabelConventionError(
+            f"{where}no voxel of the {side} thalamus: labels found {shown}; {expected}"
+        )
+
+
 def detect_convention(mask: np.ndarray) -> LabelConvention:
     """Guess a mask's convention when it is unambiguous.
 
     0/1 only is binary; 0/1/2 is already sided (``L:1;R:2``); containing 10 and/or 49 among
     many FreeSurfer ids, or only {0, 10, 49}, is FreeSurfer-style; only {0, 24..31} is
-    DBSegment. Anything else raises :class:`LabelConventionError` asking for explicit labels.
+    DBSegment. An intensity image (non-integer values, or more than
+    :data:`MAX_MASK_LABELS` distinct ids, see :func:`label_values`) and anything else
+    raise :class:`LabelConventionError` asking for explicit labels.
 
     >>> detect_convention(np.array([0, 1, 1])).name
     'binary'
     >>> detect_convention(np.array([0, 10, 49])).name
     'freesurfer'
     """
-    vals = set(np.unique(np.asarray(mask)).tolist()) - {0}
+    vals = set(label_values(mask)) - {0}
     if vals <= {1}:
         return parse_labels("binary")
     if vals <= {1, 2}:
