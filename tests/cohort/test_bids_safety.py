@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from cohort_inputs import digests, good_image, one_line, raw_nifti, set_pixdim, write_manifest
 
 from thaldask.cli import main
-from thaldask.cohort.bids import MANIFEST_MARKER, manifest_from_bids, write_manifest as write_bids_manifest
+from thaldask._shared.paths import written_by_thaldask
+from thaldask.cohort.bids import manifest_from_bids, write_manifest as write_bids_manifest
 from thaldask.errors import OutputExistsError, ThaldaskWarning
 
 
@@ -43,7 +44,7 @@ def test_manifest_from_bids_non_utf8_names_warned_and_skipped(tmp_path):
     assert all("\n" not in m for m in msgs)
     assert df["path"].map(os.path.basename).tolist() == ["sub-01_T1w.nii.gz", "sub-01_desc-aseg_dseg.nii.gz"]
     out = write_bids_manifest(df, tmp_path / "manifest.csv")  # no UnicodeEncodeError
-    assert open(out).readline().strip() == MANIFEST_MARKER
+    assert open(out).readline().startswith("subject,timepoint") and written_by_thaldask(out)
 
 
 def test_write_manifest_refuses_foreign_file(tmp_path):
@@ -55,8 +56,11 @@ def test_write_manifest_refuses_foreign_file(tmp_path):
     assert one_line(str(ei.value)).startswith(f"{out}: exists and was not written by thaldask")
     assert out.read_text() == "my own notes\n"
     write_bids_manifest(df, out, overwrite=True)
-    assert out.read_text().startswith(MANIFEST_MARKER)
+    assert out.read_text().startswith("subject,timepoint")
     write_bids_manifest(df, out)  # its own manifest is replaced without asking
+    out.write_text(out.read_text() + "edited,by,hand\n")
+    with pytest.raises(OutputExistsError):  # ... but not once the user edited it
+        write_bids_manifest(df, out)
 
 
 def test_from_bids_cli_refuses_foreign_file_unless_overwrite(tmp_path):
@@ -89,7 +93,8 @@ def test_write_manifest_interrupted_leaves_old_file_intact(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         write_bids_manifest(df, out)
     assert out.read_bytes() == old
-    assert os.listdir(out.parent) == ["manifest.csv"]  # no temporary file left behind
+    # no temporary file left behind (the ledger records what thaldask wrote)
+    assert sorted(os.listdir(out.parent)) == [".thaldask-outputs.json", "manifest.csv"]
 
 
 def test_manifest_written_by_from_bids_reads_back(tmp_path):
@@ -98,7 +103,7 @@ def test_manifest_written_by_from_bids_reads_back(tmp_path):
     df = manifest_from_bids(_dataset(tmp_path / "ds"))
     out = write_bids_manifest(df, tmp_path / "manifest.csv")
     v = validate(out, on_file_error="flag")
-    assert v["row"].tolist() == [3, 4]  # the marker line is row 1, the header row 2
+    assert v["row"].tolist() == [2, 3]  # the header is row 1
     assert v["problem"].tolist() == ["", ""]
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from thaldask._shared.paths import (
+    OUTPUT_LEDGER,
     atomic_write,
     check_may_write,
     check_writable_dir,
@@ -14,6 +15,7 @@ from thaldask._shared.paths import (
     is_url,
     safe_name,
     write_text,
+    written_by_thaldask,
 )
 from thaldask.errors import OutputError, OutputExistsError
 
@@ -32,7 +34,13 @@ def test_atomic_write_interrupted_leaves_the_old_file_and_no_temporary(tmp_path)
 def test_write_text_replaces_atomically(tmp_path):
     p = write_text(tmp_path / "a.txt", "one")
     write_text(p, "two")
-    assert p.read_text() == "two" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+    assert p.read_text() == "two" and sorted(os.listdir(tmp_path)) == [OUTPUT_LEDGER, "a.txt"]
+    assert written_by_thaldask(p)
+    check_may_write(p)  # thaldask's own, unchanged: may be replaced
+    p.write_text("edited by the user")
+    assert not written_by_thaldask(p)
+    with pytest.raises(OutputExistsError):
+        check_may_write(p)
 
 
 def test_check_may_write_refuses_a_file_not_written_by_thaldask(tmp_path):

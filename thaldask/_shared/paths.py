@@ -5,12 +5,16 @@ through :func:`atomic_write` or :func:`write_text`: the content is written to a 
 file in the target's folder and renamed over the target, so an interrupted command never
 leaves a truncated file that looks complete. :func:`check_may_write` is the one rule for
 "never overwrite a file thaldask did not write": a file is replaced only when asked to
-(``overwrite=True``) or when it carries thaldask's own marker.
+(``overwrite=True``), or when thaldask wrote it and it is unchanged since: every file
+written through :func:`atomic_write` has its SHA-256 recorded in the folder's
+``.thaldask-outputs.json`` (a file's own format is never changed to carry a marker).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -28,7 +32,12 @@ __all__ = [
     "write_bytes",
     "check_may_write",
     "check_writable_dir",
+    "written_by_thaldask",
+    "OUTPUT_LEDGER",
 ]
+
+#: per folder: file name -> SHA-256 of the content thaldask last wrote there
+OUTPUT_LEDGER = ".thaldask-outputs.json"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -65,11 +74,52 @@ def safe_name(name) -> str:
     return _SAFE.sub("-", str(name)).strip("-") or "x"
 
 
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_ledger(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / OUTPUT_LEDGER).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(path: Path) -> None:
+    ledger = _read_ledger(path.parent)
+    ledger[path.name] = _sha256(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{OUTPUT_LEDGER}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(ledger, f, indent=0, sort_keys=True)
+        os.replace(tmp, path.parent / OUTPUT_LEDGER)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def written_by_thaldask(path) -> bool:
+    """Whether ``path`` holds exactly what thaldask last wrote there."""
+    p = Path(path)
+    want = _read_ledger(p.parent).get(p.name)
+    try:
+        return want is not None and p.is_file() and _sha256(p) == want
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", *, encoding: str | None = "utf-8", newline=None) -> Iterator:
     """Open a temporary file beside ``path``; on success rename it to ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
+    On an exception the temporary file is removed and ``path`` is left as it was. The
+    written content's SHA-256 is recorded in the folder's :data:`OUTPUT_LEDGER`.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.txt"
@@ -91,6 +141,7 @@ def atomic_write(path, mode: str = "w", *, encoding: str | None = "utf-8", newli
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # our own temporary file, never the user's
         raise
+    _record(path)
 
 
 def write_text(path, text: str) -> Path:
@@ -111,16 +162,17 @@ def check_may_write(path, *, overwrite: bool = False, marker: str | None = None)
     """Raise ``FileExistsError`` (:class:`~thaldask.errors.OutputExistsError`)
     unless ``path`` may be written.
 
-    A missing file may be written. An existing one only when ``overwrite`` is set, or when
-    ``marker`` is given and the file's first 4 KiB contain it (a file thaldask wrote itself).
-    A directory is never replaced by a file.
+    A missing file may be written. An existing one only when ``overwrite`` is set, when
+    thaldask wrote it and it is unchanged since (:func:`written_by_thaldask`), or when
+    ``marker`` is given and the file's first 4 KiB contain it. A directory is never
+    replaced by a file.
     """
     p = Path(path)
     if not p.exists() and not p.is_symlink():
         return
     if p.is_dir():
         raise OutputExistsError(f"{p}: is a folder; thaldask writes a file there, choose another name")
-    if overwrite:
+    if overwrite or written_by_thaldask(p):
         return
     if marker is not None:
         try:

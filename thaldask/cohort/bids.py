@@ -28,11 +28,7 @@ from thaldask.cohort.labels import detect_convention
 from thaldask.cohort.manifest import MANIFEST_COLUMNS
 from thaldask.errors import ManifestError, ThaldaskWarning
 
-__all__ = ["manifest_from_bids", "write_manifest", "BIDS_CONTRASTS", "MANIFEST_MARKER"]
-
-#: first line of every manifest thaldask writes (a ``#`` comment the manifest reader skips);
-#: a file that starts with it may be replaced without ``overwrite``
-MANIFEST_MARKER = "# thaldask manifest"
+__all__ = ["manifest_from_bids", "write_manifest", "BIDS_CONTRASTS"]
 
 #: BIDS suffix -> thaldask contrast
 BIDS_CONTRASTS = {"T1w": "T1w", "FLAIR": "FLAIR", "R1map": "R1"}
@@ -228,20 +224,20 @@ def write_manifest(df: pd.DataFrame, out: str | os.PathLike, *, overwrite: bool 
     """Write a manifest CSV with paths relative to its own folder; return its path.
 
     The file is written to a temporary name and renamed, so an interrupted write leaves
-    any previous manifest as it was. Its first line is :data:`MANIFEST_MARKER`.
+    any previous manifest as it was.
 
     Raises
     ------
     OutputExistsError
-        ``out`` exists and was not written by thaldask (no marker), unless ``overwrite``.
+        ``out`` exists and is not a manifest thaldask wrote there (unchanged since),
+        unless ``overwrite``.
     """
     out = os.path.abspath(os.fspath(out))
-    check_may_write(out, overwrite=overwrite, marker=MANIFEST_MARKER)
+    check_may_write(out, overwrite=overwrite)
     folder = os.path.dirname(out)
     os.makedirs(folder, exist_ok=True)
     df = df.copy()
     df["path"] = [os.path.relpath(p, folder) if os.path.isabs(p) else p for p in df["path"]]
     with atomic_write(out, "w", newline="") as f:
-        f.write(MANIFEST_MARKER + "\n")
         df[MANIFEST_COLUMNS].to_csv(f, index=False, lineterminator="\n")
     return out

@@ -37,7 +37,7 @@ def _report_files(df) -> int:
 def from_bids_command(root, out, labels, no_check, overwrite):
     """Manifest of a BIDS dataset ROOT (raw anat images and derivatives/<method>/ masks)."""
     from thaldask._shared.paths import check_may_write
-    from thaldask.cohort.bids import MANIFEST_MARKER, manifest_from_bids, write_manifest
+    from thaldask.cohort.bids import manifest_from_bids, write_manifest
     from thaldask.cohort.manifest import validate
     from thaldask.errors import ManifestError
 
@@ -47,7 +47,7 @@ def from_bids_command(root, out, labels, no_check, overwrite):
         if not sep or not k or not v:
             raise ManifestError(f"--labels {item!r}: expected METHOD=SPEC, e.g. manual=binary")
         spec[k.strip()] = v.strip()
-    check_may_write(out, overwrite=overwrite, marker=MANIFEST_MARKER)  # before scanning
+    check_may_write(out, overwrite=overwrite)  # before scanning
     df = manifest_from_bids(root, labels=spec)
     path = write_manifest(df, out, overwrite=overwrite)
     n_img = int((df["kind"] == "image").sum())
