@@ -20,7 +20,7 @@ import yaml
 
 from thaldask.errors import ConfigError
 
-__all__ = ["get", "register", "defaults", "schema", "describe", "flat_keys", "check_keys"]
+__all__ = ["get", "settings", "register", "defaults", "schema", "describe", "flat_keys", "check_keys"]
 
 _HERE = Path(__file__).parent
 
@@ -87,6 +87,14 @@ def get(key: str, default=None):
 
     register()
     return dask.config.get(f"thaldask.{key}", default=default)
+
+
+def settings() -> dict:
+    """The whole ``thaldask`` namespace of dask's configuration as now set (nested dict)."""
+    import dask.config
+
+    register()
+    return dask.config.get("thaldask", {})
 
 
 def check_keys(section: dict, allowed, *, where: str) -> None:

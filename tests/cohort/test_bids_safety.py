@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from cohort_inputs import digests, good_image, one_line, raw_nifti, set_pixdim, write_manifest
 
-from thaldask.cli import main
 from thaldask._shared.paths import written_by_thaldask
-from thaldask.cohort.bids import manifest_from_bids, write_manifest as write_bids_manifest
+from thaldask.cli import main
+from thaldask.cohort.bids import manifest_from_bids
+from thaldask.cohort.bids import write_manifest as write_bids_manifest
 from thaldask.errors import OutputExistsError, ThaldaskWarning
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from thaldask._shared.compute import active_client, run_batches, split_batches

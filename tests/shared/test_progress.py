@@ -72,3 +72,14 @@ def test_format_eta():
     assert format_eta(0) == "0:00:00"
     assert format_eta(59.6) == "0:01:00"
     assert format_eta(-1) == "?"
+
+
+def test_progress_counts_work_done_before_the_display_started():
+    out = io.StringIO()
+    clock = Clock()
+    with Progress(24, "ingest", stream=out, terminal=False, clock=clock, initial=1) as p:
+        clock.t = 23.0
+        p.advance(23)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "ingest: 1/24 scans (4%)"
+    assert lines[-1].startswith("ingest: 24/24 scans (100%), 1 scans/s")

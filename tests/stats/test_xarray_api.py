@@ -7,13 +7,13 @@ import pytest
 import xarray as xr
 from stats_synth import build_results
 
+from thaldask.schema import TABLE_KEYS
 from thaldask.stats import (
     fit_agreement,
     fit_clinical,
     fit_longitudinal,
     fit_method_comparison,
 )
-from thaldask.schema import TABLE_KEYS
 
 
 def _isnan(v) -> bool:

@@ -158,7 +158,6 @@ def test_maps_with_fixed_decimals_are_stored_as_integers_and_read_back_exactly(t
 
 
 def test_changed_content_in_a_decimal_array_is_a_conflict_until_overwrite(tmp_path):
-    from thaldask.errors import StoreConflictError
 
     man = _r1_maps(tmp_path / "in", 2, decimals=3)
     store = str(tmp_path / "c.zarr")

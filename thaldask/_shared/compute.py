@@ -93,6 +93,7 @@ def run_batches(
     resources: dict | None = None,
     on_error: Callable[[Sequence, BaseException], Any] | None = None,
     local_scheduler: str | None = None,
+    done: int = 0,
     args: tuple = (),
     kwargs: dict | None = None,
 ) -> list:
@@ -114,6 +115,7 @@ def run_batches(
     local_scheduler : Dask scheduler without a distributed client (default: the one
         ``dask.config`` names, else ``"threads"``); ``"sync"`` runs one batch after the
         other, e.g. for a model that should be in memory once
+    done : units already done before this call (shown as done, counted in the total)
     """
     kwargs = dict(kwargs or {})
     batches = [list(b) for b in batches]
@@ -124,7 +126,7 @@ def run_batches(
     run = uuid.uuid4().hex[:12]
     prefix = key_prefix or f"thaldask-{label}"
     results: list = [None] * len(batches)
-    with Progress(total, label, unit=unit, enabled=progress) as bar:
+    with Progress(total + done, label, unit=unit, enabled=progress, initial=done) as bar:
         if client is not None:
             from distributed import as_completed
 

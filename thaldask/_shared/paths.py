@@ -30,6 +30,7 @@ __all__ = [
     "atomic_write",
     "write_text",
     "write_bytes",
+    "save_image",
     "check_may_write",
     "check_writable_dir",
     "written_by_thaldask",
@@ -149,6 +150,25 @@ def write_text(path, text: str) -> Path:
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def save_image(img, path) -> Path:
+    """``nibabel.save`` of ``img`` to ``path``, atomically (format from the suffix)."""
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # our own temporary file
+        raise
+    _record(path)
+    return path
 
 
 def write_bytes(path, data: bytes) -> Path:

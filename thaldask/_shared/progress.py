@@ -50,6 +50,7 @@ class Progress:
         (default: ``thaldask.progress.interval``)
     terminal : force terminal (True) or plain (False) mode; default: ``stream.isatty()``
     clock : a ``time.monotonic``-like function (tests)
+    initial : units already done when the display starts
 
     >>> import io
     >>> out = io.StringIO()
@@ -70,6 +71,7 @@ class Progress:
         interval: float | None = None,
         terminal: bool | None = None,
         clock=time.monotonic,
+        initial: int = 0,
     ):
         self.total = int(total)
         self.label = label
@@ -79,7 +81,8 @@ class Progress:
         self.interval = interval
         self.terminal = terminal
         self.clock = clock
-        self.done = 0
+        self.done = int(initial)
+        self._initial = int(initial)
         self._rich = None
         self._task = None
         self._t0 = None
@@ -135,13 +138,20 @@ class Progress:
         if self.clock() - self._last >= self.interval:
             self._line()
 
+    def add_total(self, n: int) -> None:
+        """``n`` more units of work than announced."""
+        self.total += int(n)
+        if self._rich is not None:
+            self._rich.update(self._task, total=self.total)
+
     @property
     def rate(self) -> float:
         """Units per second since the start (NaN before any unit is done)."""
-        if self._t0 is None or not self.done:
+        new = self.done - self._initial
+        if self._t0 is None or not new:
             return float("nan")
         dt = self.clock() - self._t0
-        return self.done / dt if dt > 0 else float("nan")
+        return new / dt if dt > 0 else float("nan")
 
     def status(self) -> str:
         """The plain line, e.g. ``ingest: 12/24 scans (50%), 1.3 scans/s, ETA 0:00:09``."""
@@ -175,11 +185,13 @@ class Progress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress as RichProgress,
             TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
         )
 
         class _Rate(TextColumn):
@@ -206,7 +218,7 @@ class Progress:
             transient=False,
         )
         self._rich.__enter__()
-        self._task = self._rich.add_task(self.label, total=self.total)
+        self._task = self._rich.add_task(self.label, total=self.total, completed=self.done)
 
 
 def clock_is_real(clock) -> bool:

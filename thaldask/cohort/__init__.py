@@ -1,5 +1,6 @@
 """Cohort manifest and clinical table: parse, validate, BIDS discovery."""
 
+from thaldask.cohort._csv import read_table
 from thaldask.cohort.bids import manifest_from_bids, write_manifest
 from thaldask.cohort.clinical import read_clinical, validate_clinical
 from thaldask.cohort.labels import (
@@ -13,7 +14,6 @@ from thaldask.cohort.labels import (
     split_binary_by_midline,
     to_sides,
 )
-from thaldask.cohort._csv import read_table
 from thaldask.cohort.manifest import FileCheck, check_file, read_manifest, scan_table, validate
 
 __all__ = [

@@ -27,6 +27,7 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     from thaldask.cohort.clinical import validate_clinical
     from thaldask.cohort.manifest import validate
     from thaldask.store.create import check_store_target
+    from thaldask.store.format import INGEST_REPORT
     from thaldask.store.ingest import ingest
 
     # validate before starting any cluster: bad input fails in seconds

@@ -34,6 +34,7 @@ import xarray as xr
 
 from thaldask import __version__, config
 from thaldask._shared.compute import active_client
+from thaldask._shared.paths import is_remote, write_text
 from thaldask._shared.progress import Progress
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
@@ -479,13 +480,13 @@ def _csv_path(store_path: str) -> str:
 
 
 def _write_csv(df: pd.DataFrame, path: str, storage_options=None):
-    if "://" in path and not path.startswith("file://"):
+    if is_remote(path):
         import fsspec
 
         with fsspec.open(path, "w", **(storage_options or {})) as fh:
             df.to_csv(fh, index=False)
     else:
-        df.to_csv(path, index=False)
+        write_text(path, df.to_csv(index=False))
 
 
 def _is_synthetic(st) -> bool:

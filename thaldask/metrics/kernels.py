@@ -33,6 +33,7 @@ __all__ = [
     "pair_raw",
     "derive_metrics",
     "compute_pair_metrics",
+    "side_dice",
 ]
 
 _FACE = ndimage.generate_binary_structure(3, 1)
@@ -250,6 +251,21 @@ def pair_raw(gt: np.ndarray, pred: np.ndarray, spacing=(1.0, 1.0, 1.0), *, surfa
             boxb[local] = pa[sel]
             out[s, 5:] = hd95_assd(*_box_distances(boxa, boxb, spacing))
     return out
+
+
+def side_dice(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Dice of the left, right and total thalamus of two 0/1/2 masks (NaN where both
+    are empty); the same rule as :func:`derive_metrics`.
+
+    >>> g = np.zeros((2, 2, 2), np.uint8); p = g.copy()
+    >>> g[0, 0, :] = 1; p[0, :, 0] = 1
+    >>> side_dice(g, p).round(3).tolist()
+    [0.5, nan, 0.5]
+    """
+    oc = overlap_counts(confusion_matrix(gt, pred)).astype(np.float64)
+    tp, fp, fn = oc[:, 0], oc[:, 1], oc[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * tp / (2 * tp + fp + fn)
 
 
 def derive_metrics(raw: np.ndarray, voxel_volume_mm3) -> np.ndarray:

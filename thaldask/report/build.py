@@ -14,11 +14,12 @@ import datetime as _dt
 import time
 from pathlib import Path
 
-import dask.config
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from thaldask._shared.paths import is_remote, write_text
+from thaldask.config import settings
 from thaldask.errors import StoreNotFoundError
 from thaldask.report.page import PAGE, esc
 from thaldask.report.sections import (
@@ -124,11 +125,11 @@ def build_report(
     stats = {k: v for k, v in (stats or {}).items() if v is not None}
     stats = {k: stats[k] for k in [*STATS_TABLES, *sorted(set(stats) - set(STATS_TABLES))] if k in stats}
     for name, df in stats.items():
-        df.to_csv(out / "tables" / f"{name}.csv", index=False)
+        write_text(out / "tables" / f"{name}.csv", df.to_csv(index=False))
     page = Page(out)
     if results is not None and "method" in results.dims:
         page.colours = method_colours([str(m) for m in results["method"].values])
-    config = {"thaldask": dask.config.get("thaldask", {})}
+    config = {"thaldask": settings()}
     if results is not None and "config" in results.attrs:
         config["results"] = results.attrs["config"]
     if pipeline_config:
@@ -166,7 +167,7 @@ def build_report(
                    f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC"),
     )
     index = out / "index.html"
-    index.write_text(html_text, encoding="utf-8")
+    write_text(index, html_text)
     return index
 
 
@@ -228,7 +229,7 @@ def write_report(
     except StoreNotFoundError:  # no statistics yet: the sections say so
         sds = None
     stats, source, stored = {}, None, None
-    local = "://" not in str(st.path)
+    local = not is_remote(st.path)
     if stats_dir is not None:
         stats, source = load_stats(stats_dir), f"CSV files in {stats_dir}"
     elif local and load_stats(Path(str(st.path)).resolve().parent):

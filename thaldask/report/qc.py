@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from thaldask._shared.paths import safe_name
 from thaldask.errors import ScanError
 from thaldask.report.style import GT_COLOUR, PRED_COLOUR, new_figure, save, styled
 from thaldask.schema import GT_METHOD
@@ -301,8 +302,3 @@ def write_qc(store, subject: str, out, *, timepoint: str | None = None, fmt: str
         save(fig, path)
         written.append(path)
     return written
-
-
-def safe_name(name: str) -> str:
-    """``name`` with every character but letters, digits and ``-_.`` as ``_`` (file names)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))

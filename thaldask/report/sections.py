@@ -19,17 +19,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-from rich.progress import Progress as RichProgress
 
+from thaldask._shared.paths import safe_name
+from thaldask._shared.progress import Progress as SharedProgress
 from thaldask.report import figures as F
 from thaldask.report.page import absent_html, esc, figure_html, table_html
 from thaldask.report.qc import (
     gt_mask_for,
     image_contrast_of,
     plot_scan_qc,
-    safe_name,
     scan_index,
     select_qc_cases,
 )
@@ -102,28 +100,20 @@ def first_per_subject(da: xr.DataArray) -> np.ndarray:
 
 
 class Progress:
-    """A rich progress bar on stderr over the report's figures (silent when disabled)."""
+    """The report's figures on the one progress display (silent when disabled)."""
 
     def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            self.bar = RichProgress(TextColumn("report"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.description}"),
-                                console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task("", total=total)
+        self.display = SharedProgress(total, "report", unit="figures", enabled=enabled)
+        self.display.__enter__()
 
     def step(self, what: str):
-        if self.enabled:
-            self.bar.update(self.task, advance=1, description=what)
+        self.display.advance(1, what=what)
 
     def add(self, n: int):
-        if self.enabled:
-            self.bar.update(self.task, total=(self.bar.tasks[0].total or 0) + n)
+        self.display.add_total(n)
 
     def close(self):
-        if self.enabled:
-            self.bar.stop()
+        self.display.__exit__(None, None, None)
 
 
 def save_figure(page: Page, fig, name: str, caption: str, progress: Progress, *,

@@ -8,12 +8,15 @@ get marker shapes, so no figure relies on colour alone.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # the report never opens a window; safe inside Dask workers
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+from thaldask._shared.paths import atomic_write  # noqa: E402
 
 __all__ = [
     "OKABE_ITO",
@@ -92,6 +95,9 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **kw
 
 
 def save(fig, path) -> None:
-    """Write ``fig`` to ``path`` (format from the suffix) and release its memory."""
-    fig.savefig(path)
-    plt.close(fig)
+    """Write ``fig`` to ``path`` atomically (format from the suffix) and release its memory."""
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from thaldask import config
+from thaldask._shared.paths import save_image
 from thaldask.errors import ScanError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.registry import loaded_segmenter
@@ -114,10 +115,10 @@ def segment_file(
     except Exception:  # noqa: BLE001 - mgz headers differ; the affine is what matters
         pass
     img.set_data_dtype(np.uint8)
-    nib.save(img, str(out))
+    save_image(img, out)
     if prob_out is not None:
         if prob is None:
             raise ScanError(f"segmenter {model!r} gives no probabilities; drop --prob")
         p = np.moveaxis(np.asarray(prob, dtype=np.float32), 0, -1)
-        nib.save(nib.Nifti1Image(p, affine), str(prob_out))
+        save_image(nib.Nifti1Image(p, affine), prob_out)
     return out

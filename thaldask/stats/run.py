@@ -12,6 +12,7 @@ import xarray as xr
 
 from thaldask import __version__
 from thaldask import config as _config
+from thaldask._shared.paths import is_remote, write_text
 from thaldask.errors import ConfigError, StatsError, StatsStageWarning
 from thaldask.schema import STATS_TABLES
 from thaldask.stats._tables import table_to_xarray, tables_to_dataset
@@ -212,7 +213,7 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     tables, harmonised = _run(ds, cfg)
     if out is not None:
         folder = Path(out)
-    elif "://" in os.fspath(store_path):  # object storage: tables go to the working directory
+    elif is_remote(store_path):  # object storage: tables go to the working directory
         folder = Path.cwd()
     else:
         folder = Path(os.fspath(store_path)).resolve().parent
@@ -220,7 +221,7 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     paths = {}
     for name, df in tables.items():
         p = folder / f"{name}.csv"
-        df.to_csv(p, index=False)
+        write_text(p, df.to_csv(index=False))
         paths[name] = p
     sds = tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"})
     sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg)], combine_attrs="override")

@@ -6,13 +6,9 @@ import contextlib
 import warnings
 
 from thaldask import config
+from thaldask._shared.paths import is_remote
 
-__all__ = ["is_remote", "make_zarr_store", "set_zarr_concurrency", "quiet_zarr"]
-
-
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is an fsspec URL other than ``file://``."""
-    return "://" in str(path) and not str(path).startswith("file://")
+__all__ = ["make_zarr_store", "set_zarr_concurrency", "quiet_zarr"]
 
 
 def set_zarr_concurrency(n: int | None = None) -> None:

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from thaldask import __version__
+from thaldask._shared.paths import is_remote
 from thaldask.errors import NotAStoreError, StoreConflictError
-from thaldask.store.backend import is_remote, make_zarr_store
+from thaldask.store.backend import make_zarr_store
 from thaldask.store.codecs import default_layout
 from thaldask.store.cohort_store import CohortStore, write_scan_meta
 from thaldask.store.format import FORMAT_VERSION, ROOT_ATTR, ROOT_METADATA, is_per_scan

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
+from thaldask._shared.paths import safe_name, save_image
 from thaldask.cohort.labels import from_sides
 from thaldask.errors import StoreError
 from thaldask.store.cohort_store import CohortStore, open_store
@@ -14,10 +14,6 @@ from thaldask.store.format import FORMAT_NIFTI1, FORMAT_NIFTI2
 from thaldask.store.nifti import from_ras
 
 __all__ = ["export_masks", "to_original_image"]
-
-
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(s)).strip("-") or "x"
 
 
 def to_original_image(st: CohortStore, i: int, sides: np.ndarray):
@@ -102,8 +98,8 @@ def export_masks(
         img = to_original_image(st, int(i), sides)
         s = st.scans.iloc[int(i)]
         ext = ".mgz" if isinstance(img, nib.MGHImage) else ".nii.gz"
-        name = f"{_safe(s.subject)}_{_safe(s.timepoint)}_{_safe(method)}_{_safe(contrast)}{ext}"
+        name = f"{safe_name(s.subject)}_{safe_name(s.timepoint)}_{safe_name(method)}_{safe_name(contrast)}{ext}"
         p = os.path.join(str(out), name)
-        nib.save(img, p)
+        save_image(img, p)
         paths.append(p)
     return paths

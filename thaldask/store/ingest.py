@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 
 import numpy as np
 import pandas as pd
 
+from thaldask._shared.compute import active_client, n_slots, run_batches
+from thaldask._shared.paths import is_remote, write_text
 from thaldask.cohort.clinical import validate_clinical
 from thaldask.cohort.labels import parse_labels, split_binary_by_midline
 from thaldask.cohort.manifest import validate
@@ -23,7 +26,6 @@ from thaldask.errors import (
     ThaldaskError,
 )
 from thaldask.store import fastcopy, nifti
-from thaldask.store.backend import is_remote
 from thaldask.store.codecs import choose_decimals, decode_decimal, default_layout, n_decimals
 from thaldask.store.cohort_store import CohortStore, open_store
 from thaldask.store.create import append_scans, check_store_target, create_store, set_clinical
@@ -109,7 +111,7 @@ def ingest_scan(
     return out
 
 
-def ingest_batch(store_path: str, specs: list[ScanSpec], **kwargs) -> list[dict]:
+def ingest_batch(specs: list[ScanSpec], store_path: str, **kwargs) -> list[dict]:
     """:func:`ingest_scan` for a few scans in one task (the store opened once)."""
     st = open_store(store_path, storage_options=kwargs.get("storage_options"))
     rows: list[dict] = []
@@ -269,12 +271,6 @@ def _mask_sides(data: np.ndarray, conv) -> np.ndarray:
 # ---------------------------------------------------------------- driver
 
 
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 def _write_report(path: str, report: pd.DataFrame, storage_options=None):
     if is_remote(path):
         import fsspec
@@ -282,7 +278,7 @@ def _write_report(path: str, report: pd.DataFrame, storage_options=None):
         with fsspec.open(path.rstrip("/") + "/" + INGEST_REPORT, "w", **(storage_options or {})) as f:
             report.to_csv(f, index=False)
     else:
-        report.to_csv(os.path.join(path, INGEST_REPORT), index=False)
+        write_text(os.path.join(path, INGEST_REPORT), report.to_csv(index=False))
 
 
 def ingest(
@@ -395,16 +391,17 @@ def ingest(
         rows.extend(ingest_scan(store, by_scan[k], store=st, loaded=loaded, **kwargs))
     loaded.clear()
     rest = [sp for sp in plan.specs if sp.scan not in probed]
-    rows += _run(store, rest, client=client, progress=progress, kwargs=kwargs)
+    rows += _run(store, rest, client=client, progress=progress, kwargs=kwargs, done=len(probed))
     deferred = [r for r in rows if r["status"] == "deferred"]
     if deferred:  # an image with more decimals than its array: re-encode, then redo these
         for name in sorted({r["array"] for r in deferred}):
             first = next(r for r in deferred if r["array"] == name)
             n = st.recode_as_float(name)
             if progress:
-                _stderr_console().print(
+                print(
                     f"{name}: {first['subject']} {first['timepoint']} has {first['reason']}; "
-                    f"re-encoded its {n} stored scans as float32 (values unchanged)"
+                    f"re-encoded its {n} stored scans as float32 (values unchanged)",
+                    file=sys.stderr,
                 )
         specs = only_rows(plan.specs, {r["row"] for r in deferred})
         again = {r["row"]: r for r in _run(store, specs, client=client, progress=progress,
@@ -448,64 +445,19 @@ def _probe_decimals(plan: IngestPlan, name: str):
     return None, None, {}
 
 
-def _run(store, specs, *, client, progress, kwargs):
-    if client is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-    rows: list[dict] = []
-    if client is not None:
-        slots = max(1, sum(client.nthreads().values()))
-    else:
-        import dask
-
-        slots = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+def _run(store, specs, *, client, progress, kwargs, done=0):
+    client = active_client(client)
     # at least two tasks per thread when the cohort allows, so that all workers stay busy
-    groups = batches(specs, scans=max(1, min(BATCH_SCANS, -(-len(specs) // (2 * slots)))))
-    bar = _Bar(len(specs), "ingest", enabled=progress)
-    if client is not None:
-        import uuid
+    per_task = -(-len(specs) // (2 * n_slots(client)))
+    groups = batches(specs, scans=max(1, min(BATCH_SCANS, per_task)))
 
-        from distributed import as_completed
+    def failed(grp, exc):  # the task crashed or its worker died twice: its scans failed
+        return [r for sp in grp for r in _failed_rows(sp, f"task failed: {_reason(exc)}")]
 
-        run = uuid.uuid4().hex[:12]  # a fresh key per run: a re-run must re-check the store
-        futs = {}
-        for grp in groups:
-            key = f"thaldask-ingest-{run}-{grp[0].scan}"
-            f = client.submit(ingest_batch, store, grp, key=key, pure=False, retries=1, **kwargs)
-            futs[f] = grp
-        with bar:
-            for fut in as_completed(list(futs)):
-                grp = futs[fut]
-                try:
-                    rows.extend(fut.result())
-                except Exception as exc:  # worker died or task crashed
-                    for sp in grp:
-                        rows.extend(_failed_rows(sp, f"task failed: {_reason(exc)}"))
-                bar.advance(len(grp))
-        return rows
-    import dask
-
-    sizes = {}
-    tasks = []
-    for k, grp in enumerate(groups):
-        name = f"thaldask-ingest-{k}"
-        sizes[name] = len(grp)
-        tasks.append(dask.delayed(ingest_batch, pure=False)(store, grp, dask_key_name=name, **kwargs))
-    from dask.callbacks import Callback
-
-    class _CB(Callback):
-        def _posttask(self, key, result, dsk, state, id):
-            bar.advance(sizes.get(key, 0))
-
-    with bar, _CB():
-        results = dask.compute(*tasks, scheduler=dask.config.get("scheduler", None) or "threads")
-    for r in results:
-        rows.extend(r)
-    return rows
+    results = run_batches(ingest_batch, groups, client=client, label="ingest", progress=progress,
+                          key_prefix="thaldask-ingest", on_error=failed, args=(store,),
+                          kwargs=kwargs, done=done)
+    return [r for rows in results for r in rows]
 
 
 def _failed_rows(sp, reason):
@@ -515,39 +467,3 @@ def _failed_rows(sp, reason):
          "resampled": False, "reason": reason}
         for e in sp.entries
     ]
-
-
-class _Bar:
-    """A rich progress bar on stderr (no-op when disabled)."""
-
-    def __init__(self, total: int, label: str, *, enabled: bool = True):
-        self.total, self.label, self.enabled = total, label, enabled
-        self._p = None
-        self._t = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=_stderr_console(), transient=False,
-            )
-            self._p.__enter__()
-            self._t = self._p.add_task(self.label, total=self.total)
-        return self
-
-    def advance(self, n: int = 1):
-        if self._p is not None:
-            self._p.advance(self._t, n)
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-        return False

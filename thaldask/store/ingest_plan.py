@@ -18,7 +18,14 @@ import pandas as pd
 from thaldask.cohort.manifest import scan_table
 from thaldask.store.cohort_store import CohortStore
 from thaldask.store.format import HEADER_BYTES, scan_array
-from thaldask.store.nifti import axcodes, header_bytes, ras_affine, ras_orientation, ras_shape, same_grid
+from thaldask.store.nifti import (
+    axcodes,
+    header_bytes,
+    ras_affine,
+    ras_orientation,
+    ras_shape,
+    same_grid,
+)
 
 __all__ = [
     "FileEntry",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thaldask._shared.paths import is_url
 from thaldask.errors import GridMismatchError, ScanError
 from thaldask.store.format import FORMAT_MGH, FORMAT_NIFTI1, FORMAT_NIFTI2
 
@@ -53,7 +54,7 @@ class Volume:
 
 def read_bytes(path: str) -> bytes:
     """Whole file as bytes (local path or fsspec URL)."""
-    if "://" in path:
+    if is_url(path):
         import fsspec
 
         with fsspec.open(path, "rb") as f:

@@ -34,9 +34,9 @@ from thaldask.errors import ConfigError
 from thaldask.synth.anatomy import (
     THALAMUS,
     list_templates,
-    rotation_matrix,
     load_template,
     make_geometry,
+    rotation_matrix,
     sample_labels,
 )
 from thaldask.synth.images import draw_tissue, render_contrasts

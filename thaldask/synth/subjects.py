@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from thaldask.cohort.clinical import GROUPS
 from thaldask.errors import ConfigError
 from thaldask.synth.anatomy import list_templates
 from thaldask.synth.params import SITE_PRESETS, merge_params
@@ -32,7 +33,6 @@ CLINICAL_COLUMNS = [
     "years_since_baseline",
     "icv_mm3",
 ]
-GROUPS = ("MS", "NMOSD", "MOGAD", "HC")
 
 
 def timepoint_names(n_timepoints: int) -> list[str]:

@@ -14,9 +14,6 @@ segmented through the full inference path (localiser included), give the card's 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from thaldask._shared.paths import write_bytes, write_text
 from thaldask.errors import ModelWeightsError
 from thaldask.thalnet.assets import SLOTS, sha256
 from thaldask.thalnet.inference import load_thalnet
@@ -82,18 +80,6 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     return out
 
 
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` to a temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)  # our own temporary file, never the user's
-        raise
-
-
 def write_model_card(weights, out, *, heldout: dict | None = None, notes: str = "",
                      overwrite: bool = False) -> dict:
     """Copy ``weights`` to ``out/thalnet.pt`` and write the model card beside them.
@@ -132,7 +118,7 @@ def write_model_card(weights, out, *, heldout: dict | None = None, notes: str = 
             raise ModelWeightsError(
                 f"{target}: other weights are already there; choose another --out or pass --overwrite"
             )
-        _write_atomic(target, lambda tmp: shutil.copyfile(weights, tmp))
+        write_bytes(target, Path(weights).read_bytes())
     w = torch.load(target, map_location="cpu", weights_only=True)
     meta = w["meta"]
     n_params = {k: int(sum(v.numel() for v in w[k].values())) for k in ("roi", "loc")}
@@ -179,11 +165,11 @@ def write_model_card(weights, out, *, heldout: dict | None = None, notes: str = 
         if k in meta:
             card["training"][k] = meta[k]
     text = json.dumps(card, indent=1, default=str) + "\n"
-    _write_atomic(dest / "thalnet.json", lambda tmp: tmp.write_text(text))
-    _write_atomic(dest / "thalnet.md", lambda tmp: tmp.write_text(_markdown(card)))
+    write_text(dest / "thalnet.json", text)
+    write_text(dest / "thalnet.md", _markdown(card))
     if heldout is not None:
         held = json.dumps(heldout, indent=1, default=str)
-        _write_atomic(dest / "thalnet.heldout.json", lambda tmp: tmp.write_text(held))
+        write_text(dest / "thalnet.heldout.json", held)
     return card
 
 

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from thaldask._shared.paths import write_text
 from thaldask.cohort.labels import to_sides
 from thaldask.cohort.manifest import read_manifest
+from thaldask.metrics.kernels import side_dice
 from thaldask.thalnet import augment
 from thaldask.thalnet.assets import SLOTS, weights_path
 from thaldask.thalnet.inference import affine_grid, box_affine, normalise, resolve_device
@@ -227,12 +229,9 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def dice_sides(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    out = []
-    for c in (1, 2):
-        p, t = pred == c, target == c
-        denom = int(p.sum() + t.sum())
-        out.append(2 * int((p & t).sum()) / denom if denom else float("nan"))
-    return out[0], out[1]
+    """Left and right Dice of two label volumes (tensors on the CPU)."""
+    left, right, _ = side_dice(target.numpy(), pred.numpy())
+    return float(left), float(right)
 
 
 def _atomic_save(obj, path: Path):
@@ -417,8 +416,7 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
             return dict(weights=str(out / "thalnet.pt"), sha256=None, validation=val, steps=done,
                         stopped=True)
     sha = export_weights(roi_net, loc_net, meta(cfg.steps, val), out)
-    with open(out / "train_history.json", "w") as f:
-        json.dump(history, f)
+    write_text(out / "train_history.json", json.dumps(history))
     log(f"done: {cfg.steps} steps, weights {out / 'thalnet.pt'} sha256 {sha}")
     return dict(weights=str(out / "thalnet.pt"), sha256=sha, validation=val, steps=cfg.steps,
                 stopped=False)

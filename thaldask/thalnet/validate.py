@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from thaldask.metrics.kernels import side_dice
 from thaldask.thalnet import augment
 from thaldask.thalnet.assets import models_dir
 
@@ -96,10 +97,8 @@ def render_scan(labels: np.ndarray, affine: np.ndarray, contrast: str, *, spacin
 
 
 def dice(pred: np.ndarray, truth: np.ndarray, side: int) -> float:
-    """Dice of one side (NaN when both are empty)."""
-    p, t = pred == side, truth == side
-    denom = int(p.sum()) + int(t.sum())
-    return 2.0 * int((p & t).sum()) / denom if denom else float("nan")
+    """Dice of one side, 1 left or 2 right (NaN when both are empty)."""
+    return float(side_dice(truth, pred)[side - 1])
 
 
 def evaluate_segmenter(predict, maps, *, contrasts=("T1w", "FLAIR", "R1"),
