@@ -146,7 +146,7 @@ def test_ingest_bad_inputs_fail_only_their_rows(tmp_path):
     assert by[("s0", "image")].status == "written" and by[("s0", "mask")].status == "written"
     expect = {
         ("s1", "image"): "truncated",
-        ("s2", "image"): "dimensions",
+        ("s2", "image"): "one 3-D volume is needed",
         ("s3", "image"): "NaN-filled",
         ("s4", "mask"): "non-integer",
         ("s5", "mask"): "unexpected labels",
@@ -161,8 +161,10 @@ def test_ingest_bad_inputs_fail_only_their_rows(tmp_path):
     assert by[("s1", "mask")].status == "failed" and "reference image" in by[("s1", "mask")].reason
     assert by[("s4", "image")].status == "written"
     st = open_store(store)
-    assert st.has_image("T1w").tolist() == [True, False, False, False, True, True, True, True]
-    assert st.has_mask("gt", "T1w").tolist() == [True] + [False] * 6 + [False]
+    # s2's only image failed its header checks before planning: the scan is not in the store
+    assert "s2" not in set(st.scans.subject) and st.n_scans == 7
+    assert st.has_image("T1w").tolist() == [True, False, False, True, True, True, True]
+    assert st.has_mask("gt", "T1w").tolist() == [True] + [False] * 6
 
 
 def test_ingest_partial_nan_image_zeroed_and_recorded(tmp_path):
@@ -217,20 +219,26 @@ def test_ingest_new_scans_appended_old_ones_kept(small_cohort, tmp_path):
     assert (ingest(small_cohort, store, progress=False).status == "skipped").all()
 
 
-def test_ingest_changed_reference_grid_conflicts_unless_overwrite(small_cohort, tmp_path):
+def test_ingest_changed_reference_grid_conflicts_even_with_overwrite_and_keeps_the_store(
+        small_cohort, tmp_path):
     from thaldask.errors import StoreConflictError
 
     store = str(tmp_path / "c.zarr")
-    ingest(small_cohort, store, progress=False)
+    clin = tmp_path / "clinical.csv"
+    clin.write_text("subject,timepoint,age\nsub-01,baseline,40\n")
+    ingest(small_cohort, store, progress=False, clinical=str(clin))
     other = make_cohort(tmp_path / "other", [{"subject": "sub-01", "timepoint": "baseline", "orient": "LIA"}])
     with pytest.raises(StoreConflictError, match="reference grid of sub-01 baseline"):
         ingest(other, store, progress=False)
     big = make_cohort(tmp_path / "big", [{"subject": "y", "timepoint": "baseline", "shape": (40, 16, 12)}])
     with pytest.raises(StoreConflictError, match="padded grid"):
         ingest(big, store, progress=False)
-    rep = ingest(other, store, progress=False, overwrite=True)
-    assert (rep.status == "written").all()
-    assert open_store(store).n_scans == 1
+    for o in (other, big):  # --overwrite never rebuilds the store from the new manifest alone
+        with pytest.raises(StoreConflictError, match="the stored scans are kept. Ingest it into a new store"):
+            ingest(o, store, progress=False, overwrite=True)
+    st = open_store(store)
+    assert st.n_scans == 3 and st.has_mask("gt", "T1w").all()
+    assert st.clinical is not None and list(st.clinical["age"]) == [40]
 
 
 def test_ingest_changed_file_conflicts_then_overwrites(tmp_path):

@@ -23,7 +23,8 @@ def test_write_model_card_writes_to_out_and_leaves_package_alone(tmp_path):
     before = _digests(models_dir())
     card = write_model_card(weights_path(), tmp_path / "card", notes="test")
     out = tmp_path / "card"
-    assert sorted(p.name for p in out.iterdir()) == ["thalnet.json", "thalnet.md", "thalnet.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".thaldask-outputs.json", "thalnet.json",
+                                                     "thalnet.md", "thalnet.pt"]
     assert (out / "thalnet.pt").read_bytes() == weights_path().read_bytes()
     assert json.loads((out / "thalnet.json").read_text()) == json.loads(json.dumps(card, default=str))
     assert card["sha256"] == hashlib.sha256(weights_path().read_bytes()).hexdigest()

@@ -31,7 +31,7 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     from thaldask.store.ingest import ingest
 
     # validate before starting any cluster: bad input fails in seconds
-    df = validate(manifest)
+    df = validate(manifest, on_file_error="flag")  # a bad file fails only its row
     clin = validate_clinical(clinical, manifest=df) if clinical else None
     check_store_target(store)  # a new or empty folder, or a thaldask store
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -121,17 +120,6 @@ def check_store_target(path: str, *, storage_options: dict | None = None) -> boo
     )
 
 
-def _remove_store(path: str, storage_options=None) -> None:
-    """Delete the thaldask store at ``path`` (verified again here; never anything else)."""
-    if not is_store(path, storage_options=storage_options):  # pragma: no cover - callers check
-        raise NotAStoreError(f"'{path}' is not a thaldask store; refusing to delete it")
-    if is_remote(path):
-        fs, p = _fs(path, storage_options)
-        fs.rm(p, recursive=True)
-    else:
-        shutil.rmtree(path[len("file://"):] if path.startswith("file://") else path)
-
-
 # ---------------------------------------------------------------- creation
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -151,29 +139,24 @@ def create_store(
     orig_axcodes: list[str],
     layout: dict | None = None,
     storage_options: dict | None = None,
-    replace: bool = False,
 ) -> CohortStore:
     """Create a new store with its scan table and scan-level metadata (written once).
 
-    ``path`` must be new or an empty folder; with ``replace=True`` it may also be an
-    existing thaldask store, which is deleted first.
+    ``path`` must be new or an empty folder: a store is never created over anything, not
+    even over another thaldask store.
 
     Raises
     ------
     NotAStoreError
         ``path`` holds something else than a thaldask store (nothing is touched).
     StoreConflictError
-        ``path`` is a thaldask store and ``replace`` is False.
+        ``path`` is a thaldask store already.
     """
     import zarr
 
     path = str(path)
     if check_store_target(path, storage_options=storage_options):
-        if not replace:
-            raise StoreConflictError(
-                f"'{path}' is already a thaldask store; open it, or pass overwrite to rebuild it"
-            )
-        _remove_store(path, storage_options)
+        raise StoreConflictError(f"'{path}' is already a thaldask store; open it instead")
     zs = make_zarr_store(path, storage_options=storage_options)
     attrs = {
         ROOT_ATTR: {"format": FORMAT_VERSION, "version": __version__, "created": _now()},
@@ -184,7 +167,7 @@ def create_store(
         "layout": {**default_layout(), **(layout or {})},
         "clinical": None,
     }
-    # the target was just checked to be new or empty (or our store, deleted above)
+    # the target was just checked to be new or an empty folder
     zarr.open_group(store=zs, mode="w", attributes=json.loads(json.dumps(attrs)))
     write_scan_meta(zs, scan_meta)
     return CohortStore(path, storage_options=storage_options)

@@ -305,7 +305,8 @@ def ingest(
     manifest : path of a manifest CSV/TSV, or a DataFrame from ``read_manifest``
     store : path or fsspec URL of the store (created if absent)
     clinical : path or DataFrame of the clinical table (validated, stored in the attrs)
-    overwrite : replace stored content that differs (and a store whose scan list differs)
+    overwrite : replace stored scans of this manifest whose content differs (never anything
+        else: a store is never rebuilt or emptied)
     client : a ``distributed.Client``; None uses the active client if any, else dask's
         threaded scheduler in this process
     progress : show a progress bar on stderr
@@ -323,38 +324,52 @@ def ingest(
     Raises
     ------
     ManifestError, ClinicalTableError
-        the inputs are invalid (every problem listed).
+        the manifest or clinical table as a whole is invalid (every problem listed). A
+        problem of one file (missing, unreadable, implausible header, ...) fails only that
+        row: it is in the report with its reason, and everything else is ingested.
+    NotAStoreError
+        ``store`` exists and is neither empty nor a thaldask store (nothing is touched).
     StoreConflictError
-        a stored scan's reference grid changed, or new scans do not fit the stored grid,
-        and ``overwrite`` is False (which rebuilds the store). New scans are appended.
+        a stored scan's reference grid changed, or new scans do not fit the stored padded
+        grid; the store is left as it was (ingest them into a new store).
     """
     store = str(store)
     if not is_remote(store):
         store = os.path.abspath(store)  # workers may run elsewhere in the file system
-    df = validate(manifest)
+    # problems of the manifest as a whole raise here, all at once; a bad file only fails
+    # its own row, and the plan (padded grid, codecs, reference grids) is made from the
+    # rows that passed their own checks
+    df = validate(manifest, on_file_error="flag")
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
-    plan = plan_ingest(df)
+    is_store = check_store_target(store, storage_options=storage_options)
+    failed_rows = _flagged_rows(df)
+    for w in df.loc[df["warning"] != "", "warning"]:
+        print(f"thaldask: warning: {w}", file=sys.stderr)
+    good = df[df["problem"] == ""]
+    if not len(good):  # nothing usable: the report says why, nothing is created
+        report = pd.DataFrame(failed_rows, columns=REPORT_COLUMNS)
+        if is_store:
+            _write_report(store, report, storage_options)
+        return report.sort_values("row").reset_index(drop=True)
+    good = good.copy()
+    good.attrs.update(df.attrs)
+    plan = plan_ingest(good)
     if clin is not None and "site" in clin.columns:
         plan = fill_sites(plan, clin)
     st = None
-    rebuild = False
-    # a thaldask store is opened, a new or empty folder gets one; anything else is refused
-    if check_store_target(store, storage_options=storage_options):
+    if is_store:  # a thaldask store: new scans are appended, nothing stored is dropped
         st = open_store(store, storage_options=storage_options)
         merged, why, n_added = merge_plan(st, plan)
         if merged is None:
-            if not overwrite:
-                raise StoreConflictError(
-                    f"{store}: cannot take this manifest ({why}); pass --overwrite to rebuild "
-                    "the store from it, or use a new store"
-                )
-            st, rebuild = None, True
-        else:
-            plan = merged
-            if n_added:
-                append_scans(st, plan.scans, plan.scan_meta, plan.reference, plan.orig_axcodes)
-                st = open_store(store, storage_options=storage_options)
-    if st is None:
+            raise StoreConflictError(
+                f"{store}: cannot take this manifest ({why}); the stored scans are kept. "
+                "Ingest it into a new store instead"
+            )
+        plan = merged
+        if n_added:
+            append_scans(st, plan.scans, plan.scan_meta, plan.reference, plan.orig_axcodes)
+            st = open_store(store, storage_options=storage_options)
+    if st is None:  # a new or empty folder
         st = create_store(
             store,
             scans=plan.scans,
@@ -364,7 +379,6 @@ def ingest(
             orig_axcodes=plan.orig_axcodes,
             layout=layout,
             storage_options=storage_options,
-            replace=rebuild,
         )
     # create every array before any task writes
     stored = {}
@@ -414,10 +428,23 @@ def ingest(
         for r in rows:
             if r["status"] == "deferred":  # cannot happen after re-encoding; never silent
                 r["status"] = "failed"
+    rows += failed_rows
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("row").reset_index(drop=True)
     _write_report(store, report, storage_options)
     st.consolidate()
     return report
+
+
+def _flagged_rows(df: pd.DataFrame) -> list[dict]:
+    """Report rows of the manifest rows whose file failed its own checks."""
+    out = []
+    for r in df[df["problem"] != ""].itertuples(index=False):
+        prefix = f"row {r.row}: {r.path!r}: "
+        reason = r.problem.split(prefix, 1)[1] if prefix in r.problem else r.problem
+        out.append({"row": int(r.row), "subject": r.subject, "timepoint": r.timepoint,
+                    "kind": r.kind, "contrast": r.contrast, "method": r.method, "path": r.path,
+                    "status": "failed", "resampled": False, "reason": reason})
+    return out
 
 
 def _probe_decimals(plan: IngestPlan, name: str):
