@@ -121,7 +121,7 @@ def test_run_cli_manifest_ingests_and_evaluates(tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", dashboard_address=":0") as cl:
         out = CliRunner().invoke(main, ["run", str(cfg), "--no-progress", "--scheduler", cl.scheduler_address])
     assert out.exit_code == 0, out.output
-    df = pd.read_csv(tmp_path / "cohort" / "metrics.csv")
+    df = pd.read_csv(tmp_path / "cohort" / "cohort.zarr" / "metrics.csv")  # default out: the store
     manifest = pd.read_csv(cohort.manifest)
     preds = manifest[(manifest.kind == "mask") & (manifest.method != "gt")]
     n_pairs = len(preds.groupby(["subject", "timepoint", "method", "contrast"]))

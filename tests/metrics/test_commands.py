@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -89,5 +90,6 @@ def test_evaluate_cli_existing_scheduler_writes_results(small_store, tmp_path):
         bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nowhere.zarr"), "--no-progress", "--scheduler", addr])
     assert out.exit_code == 0, out.output
     assert "32 rows computed" in out.output
-    assert (tmp_path / "metrics.csv").exists()
+    assert os.path.exists(os.path.join(st.path, "metrics.csv"))  # inside the store
+    assert not (tmp_path / "metrics.csv").exists()
     assert bad.exit_code == 2 and "nowhere.zarr" in bad.output

@@ -216,13 +216,26 @@ def test_pipeline_report_stage_writes_and_prints_path(evaluated_store, tmp_path)
 def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
     ds = make_results(n_subjects=4).isel(method=[0], contrast=[0])
     build_report(tmp_path, results=ds, stats={}, progress=False)
-    (tmp_path / "figures" / "old_figure.png").write_bytes(b"stale")
+    from thaldask._shared.paths import write_bytes
+
+    write_bytes(tmp_path / "figures" / "old_figure.png", b"stale")  # an earlier run's figure
+    (tmp_path / "figures" / "my_own.png").write_bytes(b"the user's")  # not thaldask's
     index = build_report(tmp_path, results=ds, stats={}, progress=False)
     assert not (tmp_path / "figures" / "old_figure.png").exists()
+    assert (tmp_path / "figures" / "my_own.png").read_bytes() == b"the user's"
     referenced = set(PageParser(index.read_text(encoding="utf-8")).images)
     on_disk = {f"figures/{p.name}" for p in (tmp_path / "figures").iterdir()
-               if p.name != ".thaldask-outputs.json"}
+               if p.name not in (".thaldask-outputs.json", "my_own.png")}
     assert on_disk == referenced
+
+
+def test_build_report_refuses_an_index_html_it_did_not_write(tmp_path):
+    from thaldask.errors import OutputExistsError
+
+    (tmp_path / "index.html").write_text("<html>my page</html>")
+    with pytest.raises(OutputExistsError, match="index.html: exists and was not written by thaldask"):
+        build_report(tmp_path, results=make_results(n_subjects=4), stats={}, progress=False)
+    assert (tmp_path / "index.html").read_text() == "<html>my page</html>"
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ __all__ = [
     "check_may_write",
     "check_writable_dir",
     "written_by_thaldask",
+    "remove_own_file",
     "OUTPUT_LEDGER",
 ]
 
@@ -94,15 +95,7 @@ def _read_ledger(folder: Path) -> dict:
 def _record(path: Path) -> None:
     ledger = _read_ledger(path.parent)
     ledger[path.name] = _sha256(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{OUTPUT_LEDGER}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(ledger, f, indent=0, sort_keys=True)
-        os.replace(tmp, path.parent / OUTPUT_LEDGER)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_json_ledger(path.parent, ledger)
 
 
 def written_by_thaldask(path) -> bool:
@@ -176,6 +169,32 @@ def write_bytes(path, data: bytes) -> Path:
     with atomic_write(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+def remove_own_file(path) -> bool:
+    """Delete ``path`` only if thaldask wrote it and it is unchanged since; return whether
+    it was deleted. Anything else (a user's file, an edited output) is left alone."""
+    p = Path(path)
+    if not written_by_thaldask(p):
+        return False
+    p.unlink()
+    ledger = _read_ledger(p.parent)
+    if ledger.pop(p.name, None) is not None:
+        write_json_ledger(p.parent, ledger)
+    return True
+
+
+def write_json_ledger(folder: Path, ledger: dict) -> None:
+    """Replace the folder's :data:`OUTPUT_LEDGER` with ``ledger`` (atomically)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{OUTPUT_LEDGER}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(ledger, f, indent=0, sort_keys=True)
+        os.replace(tmp, Path(folder) / OUTPUT_LEDGER)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def check_may_write(path, *, overwrite: bool = False, marker: str | None = None) -> None:

@@ -32,7 +32,7 @@ def _echo_table(table):
 @click.argument("store")
 @click.option("--no-surface", is_flag=True, help="Skip HD95/ASSD (overlap and volumes only).")
 @click.option("--name", default="results", show_default=True, help="Results dataset name in the store.")
-@click.option("--csv", "csv_path", default=None, help="Tidy table path (default: metrics.csv beside the store).")
+@click.option("--csv", "csv_path", default=None, help="Tidy table path (default: metrics.csv inside the store).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @scheduler_option
 @handle_errors

@@ -12,7 +12,7 @@ from thaldask._click import handle_errors
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for index.html, its figures and the CSV tables.")
 @click.option("--stats-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of the statistics CSVs (default: the CSVs beside the store, else "
+              help="Folder of the statistics CSVs (default: the CSVs inside the store, else "
                    "the tables stored in the store by `thaldask stats`).")
 @click.option("--side", type=click.Choice(["total", "left", "right"]), default="total",
               show_default=True, help="Thalamus side drawn in the figures.")

@@ -34,12 +34,12 @@ import xarray as xr
 
 from thaldask import __version__, config
 from thaldask._shared.compute import active_client
-from thaldask._shared.paths import is_remote, write_text
+from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
 from thaldask._shared.progress import Progress
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
 from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
-from thaldask.store.format import hash_array, mask_array, metrics_array, metrics_cache
+from thaldask.store.format import hash_array, mask_array, metrics_array, metrics_cache, table_file
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
 
@@ -473,11 +473,6 @@ def results_to_frame(ds: xr.Dataset) -> pd.DataFrame:
     return df[order + rest]
 
 
-def _csv_path(store_path: str) -> str:
-    p = str(store_path).rstrip("/")
-    parent = p.rsplit("/", 1)[0] if "/" in p else "."
-    return f"{parent}/metrics.csv"
-
 
 def _write_csv(df: pd.DataFrame, path: str, storage_options=None):
     if is_remote(path):
@@ -521,7 +516,7 @@ def evaluate(
     progress : show a progress bar (stderr)
     surface : compute HD95/ASSD (a few ms per pair)
     name : results dataset name in the store (``st.open_results(name)``)
-    csv_path : where to write the tidy table; default ``metrics.csv`` beside the store,
+    csv_path : where to write the tidy table; default ``metrics.csv`` inside the store,
         ``False``-y empty string to skip
     synthetic : mark the results as synthetic data (default: from the store's attributes)
 
@@ -539,6 +534,11 @@ def evaluate(
     workers only cost their own tasks, and an interrupted call resumes where it stopped.
     """
     st = open_store(store_path, storage_options=storage_options)
+    if csv_path is None:
+        csv_path = table_file(st.path, "metrics")
+    if csv_path and not is_remote(csv_path):  # a bad output path fails before any work
+        check_writable_dir(os.path.dirname(os.path.abspath(csv_path)), create=False)
+        check_may_write(csv_path)
     block = int(config.get("metrics.scans-per-task") or 4)
     entries, gt_main = _plan(st, surface=surface)
     todo = _compute_arrays(st, entries, surface=surface, block=block)
@@ -567,8 +567,6 @@ def evaluate(
     with warnings.catch_warnings():  # fixed-length strings have no Zarr v3 spec yet
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
         st.write_results(ds, name=name)
-    if csv_path is None:
-        csv_path = _csv_path(st.path)
     if csv_path:
         _write_csv(results_to_frame(ds), csv_path, storage_options)
         ds.attrs["metrics_csv"] = csv_path

@@ -67,7 +67,8 @@ def run_config(config_path: str | os.PathLike, *, client=None, scheduler: str | 
     """
     cfg = load_config(config_path)
     store = cfg["store"]
-    out = cfg.get("out") or (str(Path(store).parent) if not is_remote(store) else ".")
+    # default: inside the store, so that two stores in one folder never share outputs
+    out = cfg.get("out") or (store if not is_remote(store) else ".")
     os.makedirs(out, exist_ok=True)
     ctx = Context(
         out=out,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from thaldask._shared.paths import is_remote, write_text
+from thaldask._shared.paths import check_may_write, is_remote, remove_own_file, write_text
 from thaldask.config import settings
 from thaldask.errors import StoreNotFoundError
 from thaldask.report.page import PAGE, esc
@@ -118,10 +118,11 @@ def build_report(
     """
     t0 = time.perf_counter()
     out = Path(out)
+    check_may_write(out / "index.html")  # never replace a page thaldask did not write
     for sub, pattern in (("figures", "*.png"), ("qc", "*.png"), ("tables", "*.csv")):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        for old in (out / sub).glob(pattern):  # a re-run leaves no stale figure or table
-            old.unlink()
+        for old in (out / sub).glob(pattern):  # no stale figure or table of an earlier run;
+            remove_own_file(old)  # a file thaldask did not write stays
     stats = {k: v for k, v in (stats or {}).items() if v is not None}
     stats = {k: stats[k] for k in [*STATS_TABLES, *sorted(set(stats) - set(STATS_TABLES))] if k in stats}
     for name, df in stats.items():
@@ -194,8 +195,8 @@ def write_report(
     out : str or Path
         Output folder; figures (PNG) and tables (CSV) are written beside ``index.html``.
     stats_dir : str or Path, optional
-        Folder of the statistics CSVs (``agreement.csv``, ...); default: the CSVs in the
-        folder that holds the store if there are any, else the tables of the store's
+        Folder of the statistics CSVs (``agreement.csv``, ...); default: the CSVs inside
+        the store folder if there are any, else the tables of the store's
         ``stats`` dataset (e.g. for an object-store URL). The per-subject figures
         (annualised change, harmonised site distributions) draw the store's stats dataset
         only when the tables are its own (read from it, or CSVs equal to it); with other
@@ -232,8 +233,8 @@ def write_report(
     local = not is_remote(st.path)
     if stats_dir is not None:
         stats, source = load_stats(stats_dir), f"CSV files in {stats_dir}"
-    elif local and load_stats(Path(str(st.path)).resolve().parent):
-        folder = Path(str(st.path)).resolve().parent
+    elif local and load_stats(Path(str(st.path)).resolve()):
+        folder = Path(str(st.path)).resolve()
         stats, source = load_stats(folder), f"CSV files in {folder}"
         if sds is not None and same_tables(stats, stats_from_dataset(sds)):
             stored, source = sds, source + " (also in the store's stats dataset)"
@@ -248,7 +249,7 @@ def write_report(
 def same_tables(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> bool:
     """Whether two sets of statistics tables hold the same tables with the same values
     (columns compared by name; numbers to 1e-12 relative, missing equal to missing): CSV
-    files beside a store were written by the same ``thaldask stats`` run as its stats
+    files inside a store were written by the same ``thaldask stats`` run as its stats
     dataset."""
     if set(a) != set(b):
         return False

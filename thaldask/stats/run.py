@@ -12,7 +12,7 @@ import xarray as xr
 
 from thaldask import __version__
 from thaldask import config as _config
-from thaldask._shared.paths import is_remote, write_text
+from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
 from thaldask.errors import ConfigError, StatsError, StatsStageWarning
 from thaldask.schema import STATS_TABLES
 from thaldask.stats._tables import table_to_xarray, tables_to_dataset
@@ -210,14 +210,15 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     cfg = _resolve(config)
     st = open_store(store_path)
     ds = st.open_results()
-    tables, harmonised = _run(ds, cfg)
     if out is not None:
-        folder = Path(out)
+        folder = check_writable_dir(out)
     elif is_remote(store_path):  # object storage: tables go to the working directory
         folder = Path.cwd()
-    else:
-        folder = Path(os.fspath(store_path)).resolve().parent
-    folder.mkdir(parents=True, exist_ok=True)
+    else:  # inside the store: two stores in one folder never share tables
+        folder = Path(os.fspath(store_path)).resolve()
+    for name in STATS_TABLES:  # before any work: never replace a file thaldask did not write
+        check_may_write(folder / f"{name}.csv")
+    tables, harmonised = _run(ds, cfg)
     paths = {}
     for name, df in tables.items():
         p = folder / f"{name}.csv"

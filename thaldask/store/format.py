@@ -61,6 +61,16 @@ METRICS = "_metrics"
 RESULTS = "results"
 INGEST_REPORT = "ingest_report.csv"
 
+
+def table_file(store_path, name: str) -> str:
+    """Default path of the store's table ``name`` (``metrics``, ``agreement``, ...): a CSV
+    inside the store folder, so that tables of two stores in one folder never collide.
+
+    >>> table_file("/data/cohort.zarr/", "metrics")
+    '/data/cohort.zarr/metrics.csv'
+    """
+    return f"{str(store_path).rstrip('/')}/{name}.csv"
+
 #: scan-level metadata arrays under ``scan/`` (written once, by the creating process)
 SCAN_META_KEYS = ("affine", "shape", "spacing", "orig_affine", "orig_shape", "orig_ornt",
                   "header", "header_info")
