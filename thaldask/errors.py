@@ -18,6 +18,7 @@ __all__ = [
     "StoreError",
     "StoreNotFoundError",
     "StoreConflictError",
+    "StoreBusyError",
     "NotAStoreError",
     "SegmenterError",
     "ModelWeightsError",
@@ -87,6 +88,10 @@ class NotAStoreError(StoreError, FileExistsError):
 
     thaldask creates a store only in a new or empty folder, and writes only inside a folder
     that carries its own store marker: it never deletes or overwrites anything else."""
+
+
+class StoreBusyError(StoreError, BlockingIOError):
+    """Another process is writing the store (it holds the store's lock)."""
 
 
 class SegmenterError(ThaldaskError, RuntimeError):

@@ -40,6 +40,7 @@ from thaldask.store.ingest_plan import (
     plan_ingest,
     with_dtypes,
 )
+from thaldask.store.lock import store_lock
 
 __all__ = ["ingest", "REPORT_COLUMNS"]
 
@@ -332,6 +333,8 @@ def ingest(
     StoreConflictError
         a stored scan's reference grid changed, or new scans do not fit the stored padded
         grid; the store is left as it was (ingest them into a new store).
+    StoreBusyError
+        another ingest is writing the same store (see :mod:`thaldask.store.lock`).
     """
     store = str(store)
     if not is_remote(store):
@@ -341,6 +344,14 @@ def ingest(
     # rows that passed their own checks
     df = validate(manifest, on_file_error="flag")
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
+    with store_lock(store):  # one writer at a time; a second ingest fails at once
+        return _ingest_validated(df, clin, store, overwrite=overwrite, client=client,
+                                 progress=progress, storage_options=storage_options,
+                                 layout=layout, split_binary=split_binary)
+
+
+def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_options, layout,
+                      split_binary):
     is_store = check_store_target(store, storage_options=storage_options)
     failed_rows = _flagged_rows(df)
     for w in df.loc[df["warning"] != "", "warning"]:
