@@ -247,14 +247,17 @@ def test_ingest_changed_file_conflicts_then_overwrites(tmp_path):
     store = str(tmp_path / "c.zarr")
     ingest(man, store, progress=False)
     aff = nib.load(root / "s0_baseline_gt.nii.gz").affine
-    write_nifti(root / "s0_baseline_gt.nii.gz", box_mask((14, 12, 10), right=0), aff)
+    before = int((open_store(store).load_mask("gt", "T1w", 0) > 0).sum())
+    edited = box_mask((14, 12, 10))
+    edited[:, :, 3] = 0  # a manual correction: one slice of both thalami removed
+    write_nifti(root / "s0_baseline_gt.nii.gz", edited, aff)
     rep = ingest(man, store, progress=False)
     assert rep.status.tolist() == ["skipped", "failed"]
     assert rep.reason[1].startswith("StoreConflictError")
-    assert (open_store(store).load_mask("gt", "T1w", 0) == 2).any()
+    assert int((open_store(store).load_mask("gt", "T1w", 0) > 0).sum()) == before
     rep = ingest(man, store, progress=False, overwrite=True)
     assert rep.status.tolist() == ["skipped", "written"]
-    assert not (open_store(store).load_mask("gt", "T1w", 0) == 2).any()
+    assert int((open_store(store).load_mask("gt", "T1w", 0) > 0).sum()) < before
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -282,7 +285,7 @@ AXCODES = ["RAS", "LPS", "LIA", "PIR", "SAL", "ILP", "ARS", "RPI"]
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(codes=hs.sampled_from(AXCODES), shape=hs.tuples(*[hs.integers(9, 15)] * 3),
+@given(codes=hs.sampled_from(AXCODES), shape=hs.tuples(*[hs.integers(10, 15)] * 3),
        spacing=hs.tuples(*[hs.sampled_from([0.8, 1.0, 1.5])] * 3))
 def test_export_any_axis_order_roundtrip_identity(codes, shape, spacing, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rt")

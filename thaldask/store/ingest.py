@@ -16,7 +16,7 @@ import pandas as pd
 from thaldask._shared.compute import active_client, n_slots, run_batches
 from thaldask._shared.paths import is_remote, write_text
 from thaldask.cohort.clinical import validate_clinical
-from thaldask.cohort.labels import parse_labels, split_binary_by_midline
+from thaldask.cohort.labels import check_sides, label_values, parse_labels, split_binary_by_midline
 from thaldask.cohort.manifest import validate
 from thaldask.errors import (
     GridMismatchError,
@@ -25,6 +25,7 @@ from thaldask.errors import (
     StoreConflictError,
     ThaldaskError,
 )
+from thaldask.schema import GT_METHOD
 from thaldask.store import fastcopy, nifti
 from thaldask.store.codecs import choose_decimals, decode_decimal, default_layout, n_decimals
 from thaldask.store.cohort_store import CohortStore, open_store
@@ -154,7 +155,7 @@ def _ingest_file(
     vol = volume if volume is not None else nifti.load_volume(e.file, kind=e.kind)
     grid = st.grid_shape
     flags = 0
-    note = ""
+    note = side_note = ""
     dec = None
     data = vol.data
     same = nifti.same_grid(vol.affine, data.shape, orig_aff, orig_shape)
@@ -198,7 +199,8 @@ def _ingest_file(
             full = fastcopy.c_copy(ras, grid, target, out=fastcopy.scratch(grid, target))
     else:
         conv = parse_labels(e.labels)
-        sides = _mask_sides(data, conv)
+        sides, side_note = _mask_sides(data, conv, ground_truth=e.method == GT_METHOD)
+        note = side_note
         if same:
             ras = nifti.to_ras(sides, vol.affine, ornt)[0]
         else:
@@ -209,7 +211,7 @@ def _ingest_file(
             nifti.check_overlap(sides, vol.affine, sides.shape, aff_ras, shape_ras)
             ras = nifti.resample_to(sides, vol.affine, aff_ras, shape_ras, order=0)
             flags |= RESAMPLED
-            note = (
+            note = (note + "; " if note else "") + (
                 f"resampled (nearest) from grid {tuple(data.shape)} "
                 f"{nifti.axcodes(vol.affine)} onto the image grid"
             )
@@ -229,7 +231,7 @@ def _ingest_file(
         ),
     )
     if status == "skipped":
-        note = "same content already stored"
+        note = "; ".join(x for x in ("same content already stored", side_note) if x)
     return {"status": status, "resampled": bool(flags & RESAMPLED), "reason": note}
 
 
@@ -245,8 +247,15 @@ def _check_cast(data: np.ndarray, target: np.dtype, name: str) -> None:
         raise ScanError(f"{name} is stored as {target} but this file holds values {lo}..{hi}")
 
 
-def _mask_sides(data: np.ndarray, conv) -> np.ndarray:
-    """Validate a mask's values and map them to 0/1/2 (binary: 0/1)."""
+def _mask_sides(data: np.ndarray, conv, *, ground_truth: bool = False) -> tuple[np.ndarray, str]:
+    """Validate a mask's values and map them to 0/1/2 (binary: 0/1); also a note.
+
+    A sided mask in which the declared convention finds no voxel of a side is checked
+    against the labels it holds (:func:`~thaldask.cohort.labels.check_sides`): a mask with
+    no thalamus id at all but other labels (a 0/1 mask declared ``freesurfer``), and a
+    ground-truth mask missing a side, are errors for the row; a method's mask missing one
+    side (a segmentation failure worth scoring) is stored with a note saying so.
+    """
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
             raise LabelConventionError("mask holds non-integer values")
@@ -266,7 +275,22 @@ def _mask_sides(data: np.ndarray, conv) -> np.ndarray:
         allowed = None  # atlas/DL outputs carry many other structures: dropped
     else:
         allowed = {0, *conv.left, *conv.right}
-    return fastcopy.fast_sides(data, conv, allowed=allowed)
+    sides = fastcopy.fast_sides(data, conv, allowed=allowed)
+    if conv.binary:
+        return sides, ""
+    counts = np.bincount(sides.reshape(-1), minlength=3)
+    if counts[1] and counts[2]:
+        return sides, ""
+    if not counts[1] and not counts[2] and not data.any():
+        return sides, "empty mask"
+    # a side is missing: look at the labels (only on this rare path)
+    try:
+        check_sides(label_values(data), conv, require_both=True)
+    except LabelConventionError as exc:
+        if ground_truth or not (counts[1] or counts[2]):
+            raise
+        return sides, str(exc)
+    return sides, ""
 
 
 # ---------------------------------------------------------------- driver

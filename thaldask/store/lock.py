@@ -58,6 +58,7 @@ def store_lock(store: str, *, what: str = "ingest") -> Iterator[None]:
         yield
         return
     path = lock_path(store)
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # a new store in a new folder
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "what": what}
     for _ in range(2):
         try:
