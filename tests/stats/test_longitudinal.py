@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+import xarray as xr
 
 from thaldask.errors import StatsError
 from thaldask.stats.longitudinal import (
@@ -12,6 +13,8 @@ from thaldask.stats.longitudinal import (
     fit_longitudinal,
     hedges_g,
 )
+from thaldask.synth import make_subject_table
+from thaldask.synth.params import merge_params
 from thaldask.testing import make_results
 
 EXACT = {("exact", "T1w"): (0.0, 0.0, 0.0, 0.95)}
@@ -122,8 +125,6 @@ def test_fit_longitudinal_two_timepoints_use_random_intercept_only():
 
 
 def _synth_results(seed, n=300):
-    from thaldask.synth import make_subject_table
-
     tab = make_subject_table(n, n_timepoints=2, n_sites=1, seed=seed, n_templates=1)
     subs = sorted(tab.subject.unique())
     tps = ["baseline", "m12"]
@@ -131,8 +132,6 @@ def _synth_results(seed, n=300):
     S = len(subs)
     vol = tab[["thalamus_left_mm3", "thalamus_right_mm3", "thalamus_total_mm3"]].to_numpy().reshape(S, 2, 1, 1, 3)
     d2 = ("subject", "timepoint")
-    import xarray as xr
-
     return xr.Dataset(
         {"volume_mm3": (("subject", "timepoint", "method", "contrast", "side"), vol)}
         | {c: (d2, tab[c].to_numpy().reshape(S, 2)) for c in
@@ -143,8 +142,6 @@ def _synth_results(seed, n=300):
 
 
 def test_fit_longitudinal_synth_planted_worsening_or_and_control_rate_in_ci_over_20_seeds():
-    pytest.importorskip("thaldask.synth")
-    from thaldask.synth.params import merge_params
 
     at, cl = merge_params(None)["atrophy"], merge_params(None)["clinical"]
     ssd = at["severity_log_sd"]

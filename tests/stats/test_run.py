@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from thaldask.errors import ConfigError
 from thaldask.stats import headline_findings, run_stats, write_stats
 from thaldask.stats.longitudinal import edss_worsening
+from thaldask.synth import make_subject_table
 from thaldask.testing import make_results
 
 SITES = {"site-a": (0.0, 1.0, 0.7), "site-b": (700.0, 1.5, 0.5)}
@@ -117,10 +118,7 @@ def _cfg(tmp_path):
 
 
 def test_run_stats_on_synth_subject_table_recovers_planted_directions():
-    synth = pytest.importorskip("thaldask.synth")
-    if not hasattr(synth, "make_subject_table"):
-        pytest.skip("thaldask.synth.make_subject_table not available")
-    tab = synth.make_subject_table(200, n_timepoints=2, n_sites=1, seed=3)
+    tab = make_subject_table(200, n_timepoints=2, n_sites=1, seed=3)
     subs = sorted(tab.subject.unique())
     tps = ["baseline", "m12"]
     tab = tab.set_index(["subject", "timepoint"]).reindex(pd.MultiIndex.from_product([subs, tps]))
