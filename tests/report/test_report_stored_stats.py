@@ -48,7 +48,7 @@ def _three_timepoints(n_subjects: int = 24) -> xr.Dataset:
 @pytest.fixture(scope="module")
 def stats_store(tmp_path_factory):
     """A store holding the results dataset, after ``write_stats`` (CSVs beside it)."""
-    from thaldask.store.core import create_store
+    from thaldask.store.create import create_store
 
     root = tmp_path_factory.mktemp("stored")
     ds = _three_timepoints()
