@@ -190,6 +190,15 @@ def test_cli_import_is_light():
     assert out.stdout.strip() == ""
 
 
+def test_testing_helpers_import_neither_torch_nor_pytest():
+    code = (
+        "import sys, thaldask.testing; "
+        "print(','.join(m for m in ('torch', 'pytest') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_cli_registers_every_command_module():
     from thaldask import cli
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -14,15 +13,9 @@ import thaldask
 from thaldask.cli import main
 from thaldask.errors import ConfigError
 from thaldask.pipeline import STAGES, load_config, run_config, run_demo
+from thaldask.testing import make_store
 
 EXAMPLE = Path(thaldask.__file__).parent / "data" / "example_config.yaml"
-
-
-def _make_store(path):
-    spec = importlib.util.spec_from_file_location("_metrics_store", Path(__file__).parent / "metrics" / "metrics_store_helper.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.make_store(path)
 
 
 def test_stages_fixed_order_known_names():
@@ -74,7 +67,7 @@ def test_run_cli_bad_config_one_line_exit_2(tmp_path):
 def test_run_config_existing_store_evaluates_into_out(tmp_path):
     from distributed import Client, LocalCluster
 
-    st, _ = _make_store(tmp_path / "cohort.zarr")
+    st, _ = make_store(tmp_path / "cohort.zarr")
     (tmp_path / "run.yaml").write_text(
         "store: cohort.zarr\nout: tables\nstages:\n  evaluate:\n    surface: false\n"
         "  segment: {enabled: false}\n  stats: {enabled: false}\n  report: {enabled: false}\n"
@@ -132,7 +125,7 @@ def test_run_cli_manifest_ingests_and_evaluates(tmp_path):
 @pytest.mark.slow
 def test_run_cli_cluster_file_overrides_config_cluster_section(tmp_path):
     # the config points at a scheduler that does not exist; --cluster replaces that section
-    _make_store(tmp_path / "cohort.zarr")
+    make_store(tmp_path / "cohort.zarr")
     (tmp_path / "run.yaml").write_text(
         "store: cohort.zarr\nout: tables\n"
         "cluster: {kind: address, address: 'tcp://127.0.0.1:9', timeout: 2}\n"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from dask_helpers import DaskProcesses, make_certificates
+from helpers.cluster import DaskProcesses, make_certificates
 
 from thaldask.cli import main
 from thaldask.cluster import get_client

@@ -1,34 +1,29 @@
 import os
 
-import nibabel as nib
 import numpy as np
+from helpers.files import write_nifti
 
 from thaldask.cohort import validate
 from thaldask.cohort.bids import manifest_from_bids, write_manifest
-
-
-def _save(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
 
 
 def _bids(root):
     img = np.zeros((6, 5, 4), np.float32)
     for ses in ("01", "02"):
         a = f"{root}/sub-01/ses-{ses}/anat"
-        _save(f"{a}/sub-01_ses-{ses}_T1w.nii.gz", img)
-        _save(f"{a}/sub-01_ses-{ses}_FLAIR.nii.gz", img)
-        _save(f"{a}/sub-01_ses-{ses}_R1map.nii.gz", img)
+        write_nifti(f"{a}/sub-01_ses-{ses}_T1w.nii.gz", img, makedirs=True)
+        write_nifti(f"{a}/sub-01_ses-{ses}_FLAIR.nii.gz", img, makedirs=True)
+        write_nifti(f"{a}/sub-01_ses-{ses}_R1map.nii.gz", img, makedirs=True)
     seg = np.zeros((6, 5, 4), np.uint8)
     seg[1, 1, 1], seg[4, 1, 1] = 10, 49
     d = f"{root}/derivatives/freesurfer/sub-01/ses-01/anat"
-    _save(f"{d}/sub-01_ses-01_space-T1w_desc-aseg_dseg.nii.gz", seg)
+    write_nifti(f"{d}/sub-01_ses-01_space-T1w_desc-aseg_dseg.nii.gz", seg, makedirs=True)
     m = f"{root}/derivatives/manual/sub-01/ses-01/anat"
-    _save(f"{m}/sub-01_ses-01_space-FLAIR_desc-thalamus_dseg.nii.gz", (seg > 0).astype(np.uint8))
+    write_nifti(f"{m}/sub-01_ses-01_space-FLAIR_desc-thalamus_dseg.nii.gz", (seg > 0).astype(np.uint8), makedirs=True)
     with open(f"{root}/derivatives/manual/desc-thalamus_dseg.tsv", "w") as f:
         f.write("index\tname\n1\tthalamus\n")
     o = f"{root}/derivatives/mindglide/sub-01/ses-02/anat"
-    _save(f"{o}/sub-01_ses-02_space-R1_dseg.nii.gz", seg.copy())
+    write_nifti(f"{o}/sub-01_ses-02_space-R1_dseg.nii.gz", seg.copy(), makedirs=True)
     with open(f"{root}/derivatives/mindglide/sub-01_ses-02_space-R1_dseg.tsv", "w") as f:
         pass
     with open(f"{root}/participants.tsv", "w") as f:

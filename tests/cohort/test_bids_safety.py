@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from cohort_inputs import digests, good_image, one_line, raw_nifti, set_pixdim, write_manifest
+from helpers.cohort import digests, good_image, one_line, raw_nifti, set_pixdim, write_manifest
 
 from thaldask._shared.paths import written_by_thaldask
 from thaldask.cli import main

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from cohort_inputs import digests, good_image, one_line, raw_nifti, set_pixdim, write_manifest
+from helpers.cohort import digests, good_image, one_line, raw_nifti, set_pixdim, write_manifest
 
 from thaldask.cohort import check_file, validate
 from thaldask.errors import ManifestError, ThaldaskWarning

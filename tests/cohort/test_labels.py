@@ -3,7 +3,7 @@ images refused by detection."""
 
 import numpy as np
 import pytest
-from cohort_inputs import one_line
+from helpers.cohort import one_line
 
 from thaldask.cohort.labels import MAX_MASK_LABELS, check_sides, detect_convention, label_values
 from thaldask.errors import LabelConventionError

@@ -1,17 +1,15 @@
 import os
 
-import nibabel as nib
 import numpy as np
 import pytest
+from helpers.files import HEADER, write_nifti
 
 from thaldask.cohort import read_manifest, scan_table, validate
 from thaldask.errors import ManifestError
 
-HEADER = "subject,timepoint,site,kind,contrast,method,labels,path"
-
 
 def _img(path, shape=(6, 5, 4)):
-    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+    write_nifti(path, np.zeros(shape, np.float32))
 
 
 def _write(tmp_path, rows, sep=","):

@@ -1,7 +1,7 @@
 """Hand-written CSV: BOM, field counts, encodings, delimiters and decimal commas."""
 
 import pytest
-from cohort_inputs import HEADER, digests, good_image, one_line
+from helpers.cohort import HEADER, digests, good_image, one_line
 
 from thaldask.cohort import read_clinical, read_manifest, read_table, validate, validate_clinical
 from thaldask.errors import ClinicalTableError, ManifestError

@@ -9,6 +9,8 @@ import click
 import pytest
 import yaml
 
+from thaldask import pipeline
+
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 K8S_VERSION = "1.32.0"
@@ -259,7 +261,6 @@ def test_tls_overlay_certificates_from_secret_encryption_required(rendered):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_cohort_config_valid_for_thaldask_run(overlay, rendered, tmp_path):
     """The Job's `thaldask run` reads the ConfigMap's cohort.yaml: it must be a valid config."""
-    pipeline = pytest.importorskip("thaldask.pipeline")
     objs = rendered(overlay)
     cm = _one(objs, "ConfigMap", "thaldask-cohort")
     job = _one(objs, "Job", "thaldask-run")

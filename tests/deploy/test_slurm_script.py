@@ -112,13 +112,9 @@ def test_job_script_explicit_gres_type_kept():
 
 @pytest.mark.requires_cryptography
 def test_job_script_tls_worker_gets_certificates(tmp_path):
-    import importlib.util
+    from helpers.cluster import make_certificates
 
-    helpers = Path(__file__).resolve().parents[1] / "cluster" / "dask_helpers.py"
-    spec = importlib.util.spec_from_file_location("thaldask_cluster_test_helpers", helpers)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    certs = mod.make_certificates(tmp_path / "tls")
+    certs = make_certificates(tmp_path / "tls")
     plan = describe_cluster({"kind": "slurm", "tls": {k: str(v) for k, v in certs.items()}})
     cmd = _worker_command(plan["job_script"])
     assert cmd[3].startswith("tls://")

@@ -4,7 +4,6 @@ processes on 127.0.0.1 (certificates made here stand in for the Secret's files).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,18 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.cluster import free_port, make_certificates
 
 pytestmark = [pytest.mark.requires_kubectl, pytest.mark.requires_cryptography, pytest.mark.slow]
 
-HELPERS = Path(__file__).resolve().parents[1] / "cluster" / "dask_helpers.py"
 MOUNT = "/etc/thaldask/tls"
-
-
-def _helpers():
-    spec = importlib.util.spec_from_file_location("thaldask_cluster_test_helpers", HELPERS)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _env(container, certs_dir: Path) -> dict[str, str]:
@@ -51,9 +43,8 @@ def test_tls_component_rendered_config_real_processes_encrypted(rendered, tmp_pa
     import dask.config
     from distributed import Client
 
-    h = _helpers()
     certs = tmp_path / "tls"
-    h.make_certificates(certs)  # ca.crt, tls.crt, tls.key: the Secret's key names
+    make_certificates(certs)  # ca.crt, tls.crt, tls.key: the Secret's key names
     objs = rendered("gpu-tls")
     (cluster,) = [o for o in objs if o["kind"] == "DaskCluster"]
     (gpu,) = [
@@ -66,7 +57,7 @@ def test_tls_component_rendered_config_real_processes_encrypted(rendered, tmp_pa
     worker_c = gpu["spec"]["worker"]["spec"]["containers"][0]
     job_c = job["spec"]["template"]["spec"]["containers"][0]
 
-    port, dash = h.free_port(), h.free_port()
+    port, dash = free_port(), free_port()
     base_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     procs = []
     try:
@@ -91,7 +82,7 @@ def test_tls_component_rendered_config_real_processes_encrypted(rendered, tmp_pa
         w_env["DASK_SCHEDULER_ADDRESS"] = address
         w_args = [a.replace("$(DASK_WORKER_NAME)", "gpu-0") for a in worker_c["args"][2:]]
         w_args = _arg(w_args, "--local-directory", str(tmp_path / "w"))
-        w_args = _arg(w_args, "--dashboard-address", f"127.0.0.1:{h.free_port()}")
+        w_args = _arg(w_args, "--dashboard-address", f"127.0.0.1:{free_port()}")
         w_args += ["--host", "127.0.0.1"]
         wlog = open(tmp_path / "worker.log", "w")
         procs.append(

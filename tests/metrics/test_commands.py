@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.files import write_nifti
 
 from thaldask.cli import main
 from thaldask.metrics.compare import compare_files
@@ -23,18 +23,13 @@ def _pair():
     return g, p
 
 
-def _save(path, data, affine):
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return str(path)
-
-
 def test_compare_freesurfer_vs_binary_labels_detected_total_only(tmp_path):
     g, p = _pair()
     aff = np.diag([1.0, 1.2, 2.0, 1.0])
     fs = np.where(g == 1, 10, np.where(g == 2, 49, 0)).astype(np.int16)
     fs[0, 0, 0] = 0
-    gt = _save(tmp_path / "gt.nii.gz", fs, aff)
-    pred = _save(tmp_path / "pred.nii.gz", (p > 0).astype(np.uint8), aff)
+    gt = write_nifti(tmp_path / "gt.nii.gz", fs, aff)
+    pred = write_nifti(tmp_path / "pred.nii.gz", (p > 0).astype(np.uint8), aff)
     res = compare_files(gt, pred)
     assert res["gt_labels"] == "freesurfer" and res["pred_labels"] == "binary"
     exp = compute_pair_metrics((g > 0).astype(np.uint8), (p > 0).astype(np.uint8), (1.0, 1.2, 2.0))
@@ -47,12 +42,12 @@ def test_compare_freesurfer_vs_binary_labels_detected_total_only(tmp_path):
 def test_compare_cli_json_flipped_grid_resampled_equals_same_grid(tmp_path):
     g, p = _pair()
     aff = np.diag([1.0, 1.0, 1.0, 1.0])
-    gt = _save(tmp_path / "gt.nii.gz", g, aff)
+    gt = write_nifti(tmp_path / "gt.nii.gz", g, aff)
     # same voxels stored with the first axis flipped (LAS): reorientation, not resampling
     flip = aff.copy()
     flip[0, 0] = -1
     flip[0, 3] = g.shape[0] - 1
-    pred_las = _save(tmp_path / "pred_las.nii.gz", p[::-1].copy(), flip)
+    pred_las = write_nifti(tmp_path / "pred_las.nii.gz", p[::-1].copy(), flip)
     out = CliRunner().invoke(main, ["compare", "--gt", gt, "--pred", pred_las, "--json"])
     assert out.exit_code == 0, out.output
     res = json.loads(out.output)
@@ -62,7 +57,7 @@ def test_compare_cli_json_flipped_grid_resampled_equals_same_grid(tmp_path):
     # a prediction on a shifted grid (half the FOV) is resampled onto the GT grid
     shift = aff.copy()
     shift[1, 3] = 3.0
-    pred_shift = _save(tmp_path / "pred_shift.nii.gz", np.roll(p, -3, axis=1), shift)
+    pred_shift = write_nifti(tmp_path / "pred_shift.nii.gz", np.roll(p, -3, axis=1), shift)
     res2 = compare_files(gt, pred_shift)
     assert res2["resampled"] is True
     assert res2["metrics"]["left"]["dice"] == pytest.approx(exp["left"]["dice"])
@@ -71,8 +66,8 @@ def test_compare_cli_json_flipped_grid_resampled_equals_same_grid(tmp_path):
 def test_compare_cli_ambiguous_labels_one_line_error(tmp_path):
     g, _ = _pair()
     aff = np.eye(4)
-    gt = _save(tmp_path / "gt.nii.gz", g, aff)
-    odd = _save(tmp_path / "odd.nii.gz", (g * 3).astype(np.uint8), aff)
+    gt = write_nifti(tmp_path / "gt.nii.gz", g, aff)
+    odd = write_nifti(tmp_path / "odd.nii.gz", (g * 3).astype(np.uint8), aff)
     out = CliRunner().invoke(main, ["compare", "--gt", gt, "--pred", odd])
     assert out.exit_code == 2
     assert "odd.nii.gz" in out.output and "--pred-labels" in out.output

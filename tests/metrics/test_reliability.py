@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 import zarr
-from metrics_store_helper import make_store
 
 from thaldask.metrics.evaluate import evaluate
 from thaldask.store.format import METRICS
+from thaldask.testing import make_store
 
 VARS = ("dice", "jaccard", "sensitivity", "precision", "hd95_mm", "assd_mm", "volume_mm3", "gt_volume_mm3")
 

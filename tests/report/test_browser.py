@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from cdp import find_chromium, open_page
+from helpers.browser import find_chromium, open_page
 from PIL import Image
 
 pytestmark = [pytest.mark.requires_chromium, pytest.mark.slow]

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_results, make_stats
+from helpers.report import make_report_results, make_stats
 
 from thaldask.report import figures as F
 from thaldask.report.style import OKABE_ITO, method_colours
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 
 @pytest.fixture(scope="module")
 def ds():
-    return make_results()
+    return make_report_results()
 
 
 def _texts(fig):
@@ -108,7 +108,7 @@ def test_method_colours_okabe_ito_distinct():
 
 
 def test_annualised_change_frame_hand_case_exact():
-    ds = make_results(n_subjects=4)
+    ds = make_report_results(n_subjects=4)
     v = ds["volume_mm3"].copy()
     at = {"subject": "sub-000", "method": "freesurfer-sim", "contrast": "T1w", "side": "total"}
     v.loc[{**at, "timepoint": "baseline"}] = 10000.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_results, make_scan
+from helpers.report import make_report_results, make_scan
 from PIL import Image
 
 from thaldask.errors import ScanError
@@ -13,7 +13,7 @@ from thaldask.report.qc import plot_scan_qc, select_qc_cases, slice_centre
 
 
 def test_select_qc_cases_dice_order_best_median_worst():
-    ds = make_results()
+    ds = make_report_results()
     cases = select_qc_cases(ds, "mindglide-sim", "T1w", n_random=2, rng=0)
     dice = ds["dice"].sel({"method": "mindglide-sim", "contrast": "T1w", "side": "total"})
     vals = dice.to_series().dropna().sort_values()
@@ -26,14 +26,14 @@ def test_select_qc_cases_dice_order_best_median_worst():
 
 
 def test_select_qc_cases_same_rng_same_sample():
-    ds = make_results()
+    ds = make_report_results()
     a = select_qc_cases(ds, "first-sim", "T1w", n_random=3, rng=5)
     b = select_qc_cases(ds, "first-sim", "T1w", n_random=3, rng=np.random.default_rng(5))
     assert a.equals(b)
 
 
 def test_select_qc_cases_without_ground_truth_random_only():
-    ds = make_results()
+    ds = make_report_results()
     ds["dice"] = ds["dice"] * np.nan
     cases = select_qc_cases(ds, "first-sim", "T1w", n_random=3, rng=0)
     assert list(cases["case"]) == ["random"] * 3

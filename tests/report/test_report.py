@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import PageParser, cell_matches, make_results
+from helpers.report import PageParser, cell_matches, make_report_results
 from PIL import Image
 
 from thaldask.report import build_report
@@ -90,7 +90,7 @@ def test_build_report_synthetic_flag_banner_at_top(fixture_report, tmp_path):
     index, _ = fixture_report
     text = index.read_text(encoding="utf-8")
     assert text.index('id="synthetic-banner"') < text.index("<header>")
-    ds = make_results(n_subjects=4).isel(method=[0], contrast=[0])
+    ds = make_report_results(n_subjects=4).isel(method=[0], contrast=[0])
     ds.attrs["synthetic"] = "False"  # attrs stored as strings by some writers
     real = build_report(tmp_path, results=ds, stats={}, progress=False)
     assert "synthetic-banner" not in real.read_text(encoding="utf-8")
@@ -126,7 +126,7 @@ def test_build_report_absent_inputs_stated_no_figures(tmp_path):
 
 
 def test_build_report_no_ground_truth_agreement_absent(tmp_path):
-    ds = make_results()
+    ds = make_report_results()
     for v in ("dice", "sensitivity", "precision", "gt_volume_mm3"):
         ds[v] = ds[v] * np.nan
     index = build_report(tmp_path, results=ds, stats={}, stored=subject_annualised_change(ds),
@@ -214,7 +214,7 @@ def test_pipeline_report_stage_writes_and_prints_path(evaluated_store, tmp_path)
 
 @pytest.mark.slow
 def test_build_report_rerun_same_folder_no_stale_files(tmp_path):
-    ds = make_results(n_subjects=4).isel(method=[0], contrast=[0])
+    ds = make_report_results(n_subjects=4).isel(method=[0], contrast=[0])
     build_report(tmp_path, results=ds, stats={}, progress=False)
     from thaldask._shared.paths import write_bytes
 
@@ -240,7 +240,7 @@ def test_build_report_refuses_an_index_html_it_did_not_write(tmp_path):
 
 @pytest.mark.slow
 def test_build_report_left_side_captions_name_side(tmp_path):
-    ds = make_results(n_subjects=6).isel(method=[2])
+    ds = make_report_results(n_subjects=6).isel(method=[2])
     index = build_report(tmp_path, results=ds, stats={}, side="left",
                          stored=subject_annualised_change(ds, side="all"), progress=False)
     text = index.read_text(encoding="utf-8")

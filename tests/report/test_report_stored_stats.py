@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import make_results
+from helpers.report import make_report_results
 
 from thaldask.report import figures as F
 from thaldask.report import write_report
@@ -21,11 +21,11 @@ pytestmark = pytest.mark.slow  # a store, the stats stage and two reports
 
 
 def _three_timepoints(n_subjects: int = 24) -> xr.Dataset:
-    """``make_results`` plus an ``m24`` follow-up at 1.8-2.2 years; subject 5's m24
+    """``make_report_results`` plus an ``m24`` follow-up at 1.8-2.2 years; subject 5's m24
     mindglide-sim volumes are missing, so the last follow-up (the stats stage's rule) has no
     volume for it, while m12 has one."""
     rng = np.random.default_rng(7)
-    ds = make_results(n_subjects=n_subjects, rng=3)
+    ds = make_report_results(n_subjects=n_subjects, rng=3)
     m24 = ds.isel(timepoint=[1]).assign_coords(timepoint=["m24"])
     m24["volume_mm3"] = m24["volume_mm3"] * rng.normal(0.985, 0.01, m24["volume_mm3"].shape)
     years = rng.uniform(1.8, 2.2, (n_subjects, 1))

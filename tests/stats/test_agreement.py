@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 from scipy import stats
-from stats_synth import build_results
 
 from thaldask.stats.agreement import bland_altman, fit_agreement, icc_a1, lin_ccc
+from thaldask.testing import make_results
 
 SEEDS = range(20)
 
@@ -72,7 +72,7 @@ def test_icc_a1_equals_pingouin_icc_a1():
 
 
 def test_fit_agreement_columns_ci_follow_estimates_and_formula_n_present():
-    ds, _ = build_results(0, n_subjects=40)
+    ds, _ = make_results(0, n_subjects=40)
     t = fit_agreement(ds, side="all", as_frame=True)
     cols = list(t.columns)
     for est in ("dice_mean", "bias_mm3", "loa_lower_mm3", "loa_upper_mm3", "icc_a1", "ccc", "pearson_r",
@@ -86,7 +86,7 @@ def test_fit_agreement_columns_ci_follow_estimates_and_formula_n_present():
 
 
 def test_fit_agreement_uses_earliest_gt_scan_and_skips_subjects_without_gt():
-    ds, _ = build_results(1, n_subjects=50, n_gt=30)
+    ds, _ = make_results(1, n_subjects=50, n_gt=30)
     t = fit_agreement(ds, as_frame=True)
     assert (t.n == 30).all()
     # ground truth only at follow-up for one subject: that scan is used
@@ -103,7 +103,7 @@ def test_fit_agreement_planted_bias_loa_ccc_inside_ci_in_90pct_of_20_seeds():
     z = stats.norm.ppf(0.975)
     sd_d = np.hypot(sd_m, sd_g)
     for seed in SEEDS:
-        ds, _ = build_results(seed, n_subjects=120, specs=specs, gt_noise=sd_g, followup=False)
+        ds, _ = make_results(seed, n_subjects=120, specs=specs, gt_noise=sd_g, followup=False)
         r = fit_agreement(ds, as_frame=True).iloc[0]
         hits["bias"] += r.bias_mm3_ci_lower <= bias <= r.bias_mm3_ci_upper
         hits["loa_lower"] += r.loa_lower_mm3_ci_lower <= bias - z * sd_d <= r.loa_lower_mm3_ci_upper
@@ -121,7 +121,7 @@ def test_fit_agreement_proportional_bias_found_where_planted_absent_where_not():
     found = {"planted": 0, "none": 0}
     cover = 0
     for seed in SEEDS:
-        ds, truth = build_results(seed, n_subjects=100, specs=specs, followup=False)
+        ds, truth = make_results(seed, n_subjects=100, specs=specs, followup=False)
         t = fit_agreement(ds, as_frame=True).set_index("method")
         for m in found:
             found[m] += bool(t.loc[m, "prop_bias"])

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-from stats_synth import build_results
 
 from thaldask.errors import StatsError
 from thaldask.stats.clinical import adjust_head_size, fit_clinical
+from thaldask.testing import make_results
 
 TOL = 1e-8
 
@@ -20,7 +20,7 @@ def _baseline_frame(ds, method, contrast):
 
 
 def test_fit_clinical_equals_statsmodels_formula_on_same_rows():
-    ds, _ = build_results(0, n_subjects=120, followup=False)
+    ds, _ = make_results(0, n_subjects=120, followup=False)
     edss = ds["edss"].values.copy()
     edss[:7] = np.nan
     ds = ds.assign(edss=(ds["edss"].dims, edss))
@@ -49,7 +49,7 @@ def test_fit_clinical_equals_statsmodels_formula_on_same_rows():
 
 
 def test_fit_clinical_methods_share_rows_when_one_method_misses_scans():
-    ds, _ = build_results(1, n_subjects=60, followup=False)
+    ds, _ = make_results(1, n_subjects=60, followup=False)
     vol = ds["volume_mm3"].values.copy()
     vol[:10, :, 0] = np.nan
     ds = ds.assign(volume_mm3=(ds["volume_mm3"].dims, vol))
@@ -61,7 +61,7 @@ def test_fit_clinical_planted_standardised_beta_inside_ci_in_90pct_of_20_seeds()
     specs = {("exact", "T1w"): (0.0, 0.0, 0.0, 0.9)}
     hits = 0
     for seed in range(20):
-        ds, _ = build_results(seed, n_subjects=300, specs=specs, beta_sdmt=0.3, group_effect=0.0,
+        ds, _ = make_results(seed, n_subjects=300, specs=specs, beta_sdmt=0.3, group_effect=0.0,
                               followup=False)
         r = fit_clinical(ds, outcomes=["sdmt"], as_frame=True).iloc[0]
         hits += r.beta_std_ci_lower <= 0.3 <= r.beta_std_ci_upper
@@ -72,7 +72,7 @@ def test_fit_clinical_null_false_positive_rate_about_5pct():
     rejections, total = 0, 0
     rng = np.random.default_rng(11)
     for seed in range(3):
-        ds, _ = build_results(seed, n_subjects=150, beta_sdmt=0.0, beta_edss=0.0, followup=False,
+        ds, _ = make_results(seed, n_subjects=150, beta_sdmt=0.0, beta_edss=0.0, followup=False,
                               specs={("m", "T1w"): (0.0, 0.0, 1.0, 0.9)})
         K = 400  # independent null "methods": volumes unrelated to the outcomes
         vol = rng.normal(15000, 1500, (150, 1, K, 1, 3))
@@ -87,7 +87,7 @@ def test_fit_clinical_null_false_positive_rate_about_5pct():
 
 
 def test_fit_clinical_fdr_over_whole_family_is_nan_safe():
-    ds, _ = build_results(2, n_subjects=80, followup=False)
+    ds, _ = make_results(2, n_subjects=80, followup=False)
     vol = ds["volume_mm3"].values.copy()
     vol[:, :, 0, 0, :] = vol[0, 0, 0, 0, :]  # constant volume: that model cannot be fitted
     ds = ds.assign(volume_mm3=(ds["volume_mm3"].dims, vol))
@@ -109,7 +109,7 @@ def test_adjust_head_size_ratio_and_residual_remove_icv_dependence():
 
 
 def test_fit_clinical_ratio_option_in_formula():
-    ds, _ = build_results(3, n_subjects=50, followup=False)
+    ds, _ = make_results(3, n_subjects=50, followup=False)
     t = fit_clinical(ds, head_size="ratio", as_frame=True)
     assert t.formula.str.contains("volume_mm3 / icv_mm3").all()
 
@@ -119,7 +119,7 @@ def test_fit_clinical_all_timepoints_equals_statsmodels_mixedlm():
     import statsmodels.api as sm
 
     specs = {("m", "T1w"): (0.0, 0.0, 300.0, 0.9)}
-    ds, _ = build_results(5, n_subjects=60, specs=specs)
+    ds, _ = make_results(5, n_subjects=60, specs=specs)
     r = fit_clinical(ds, outcomes=["sdmt"], timepoint="all", as_frame=True).iloc[0]
     s = ds.sel(side="total").sel({"method": "m", "contrast": "T1w"})
     df = pd.DataFrame({
@@ -139,7 +139,7 @@ def test_fit_clinical_all_timepoints_equals_statsmodels_mixedlm():
 
 
 def test_fit_clinical_bootstrap_ci_close_to_analytic_ci():
-    ds, _ = build_results(6, n_subjects=200, followup=False)
+    ds, _ = make_results(6, n_subjects=200, followup=False)
     t = fit_clinical(ds, outcomes=["sdmt"], bootstrap=400, rng=1, as_frame=True)
     w_a = t.beta_std_ci_upper - t.beta_std_ci_lower
     w_b = t.beta_std_boot_ci_upper - t.beta_std_boot_ci_lower
@@ -148,6 +148,6 @@ def test_fit_clinical_bootstrap_ci_close_to_analytic_ci():
 
 
 def test_fit_clinical_unknown_timepoint_raises_stats_error():
-    ds, _ = build_results(7, n_subjects=20, followup=False)
+    ds, _ = make_results(7, n_subjects=20, followup=False)
     with pytest.raises(StatsError, match="timepoint 'm36' not in the results dataset"):
         fit_clinical(ds, timepoint="m36", as_frame=True)

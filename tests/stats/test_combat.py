@@ -3,10 +3,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from stats_synth import build_results
 
 from thaldask.errors import SmallSiteWarning, StatsError
 from thaldask.stats.combat import apply_combat, fit_combat, harmonise
+from thaldask.testing import make_results
 
 SITES = {"site-a": (0.0, 1.0, 0.8), "site-b": (900.0, 1.8, 0.3), "site-c": (-500.0, 0.7, 0.6)}
 SPECS = {("m1", "T1w"): (0.0, 0.0, 400.0, 0.9), ("m2", "T1w"): (300.0, 0.0, 500.0, 0.9),
@@ -34,7 +34,7 @@ def test_combat_equals_neurocombat(eb, mean_only):
 
 
 def test_harmonise_removes_site_effect_and_keeps_protected_group_effect():
-    ds, truth = build_results(0, n_subjects=240, specs=SPECS, sites=SITES, group_effect=800.0)
+    ds, truth = make_results(0, n_subjects=240, specs=SPECS, sites=SITES, group_effect=800.0)
     out, table = harmonise(ds)
     t = table[table.side == "total"]
     assert (t.site_p_before < 1e-3).all()
@@ -54,7 +54,7 @@ def test_harmonise_removes_site_effect_and_keeps_protected_group_effect():
 
 
 def test_harmonise_without_protecting_group_attenuates_group_effect():
-    ds, _ = build_results(0, n_subjects=240, specs=SPECS, sites=SITES, group_effect=800.0)
+    ds, _ = make_results(0, n_subjects=240, specs=SPECS, sites=SITES, group_effect=800.0)
     eff = {}
     for name, protect in (("kept", ("age", "sex", "icv_mm3", "group")), ("dropped", ("age", "sex", "icv_mm3"))):
         out, _ = harmonise(ds, protect=protect)
@@ -65,7 +65,7 @@ def test_harmonise_without_protecting_group_attenuates_group_effect():
 
 
 def test_harmonise_refuses_to_protect_outcomes():
-    ds, _ = build_results(0, n_subjects=40, sites=SITES)
+    ds, _ = make_results(0, n_subjects=40, sites=SITES)
     with pytest.raises(StatsError, match="must not protect outcomes"):
         harmonise(ds, protect=("age", "edss"))
 
@@ -89,7 +89,7 @@ def test_apply_combat_unknown_site_raises():
 
 
 def test_harmonise_single_site_returns_dataset_unchanged():
-    ds, _ = build_results(0, n_subjects=30)
+    ds, _ = make_results(0, n_subjects=30)
     out, table = harmonise(ds)
     assert out is ds
     assert table.note.str.contains("single site").all()
@@ -108,7 +108,7 @@ def test_fit_combat_location_scale_only_with_one_feature_warns_and_works():
 
 
 def test_harmonise_site_only_at_follow_up_warns_and_keeps_raw_values():
-    ds, _ = build_results(1, n_subjects=90, specs=SPECS, sites=SITES)
+    ds, _ = make_results(1, n_subjects=90, specs=SPECS, sites=SITES)
     site = ds["site"].values.copy()
     site[0, 1] = "site-new"
     ds = ds.assign(site=(ds["site"].dims, site))
@@ -119,7 +119,7 @@ def test_harmonise_site_only_at_follow_up_warns_and_keeps_raw_values():
 
 
 def test_harmonise_scan_missing_protected_covariate_keeps_raw_volume():
-    ds, _ = build_results(2, n_subjects=90, specs=SPECS, sites=SITES)
+    ds, _ = make_results(2, n_subjects=90, specs=SPECS, sites=SITES)
     age = ds["age"].values.copy()
     age[3, 1] = np.nan
     ds = ds.assign(age=(ds["age"].dims, age))

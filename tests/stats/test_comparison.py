@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 from scipy import stats
-from stats_synth import build_results
 
 from thaldask.stats.comparison import fit_method_comparison, rank_biserial
 from thaldask.stats.multitest import holm
+from thaldask.testing import make_results
 
 
 def test_fit_method_comparison_equals_scipy_friedman_wilcoxon_and_holm():
-    ds, _ = build_results(0, n_subjects=60, followup=False)
+    ds, _ = make_results(0, n_subjects=60, followup=False)
     t = fit_method_comparison(ds, metrics=("dice",), as_frame=True)
     fr = t[t.test == "friedman"].iloc[0]
     d = ds["dice"].sel(side="total", timepoint="baseline").transpose("subject", "method", "contrast").values
@@ -32,7 +32,7 @@ def test_fit_method_comparison_equals_scipy_friedman_wilcoxon_and_holm():
 
 
 def test_fit_method_comparison_missing_values_never_nan_the_family():
-    ds, _ = build_results(1, n_subjects=40, followup=False)
+    ds, _ = make_results(1, n_subjects=40, followup=False)
     dice = ds["dice"].values.copy()
     dice[:5, :, 0] = np.nan  # first method missing for five subjects
     dice[:, :, 1, 0] = np.nan  # second method never has Dice (dropped from the family)
@@ -44,7 +44,7 @@ def test_fit_method_comparison_missing_values_never_nan_the_family():
 
 
 def test_fit_method_comparison_abs_volume_error_ranks_planted_bias():
-    ds, _ = build_results(2, n_subjects=80, followup=False)
+    ds, _ = make_results(2, n_subjects=80, followup=False)
     t = fit_method_comparison(ds, metrics=("abs_volume_error_mm3",), as_frame=True)
     r = t[(t.method_a == "first-sim") & (t.method_b == "mindglide-sim") & (t.contrast_b == "T1w")].iloc[0]
     assert r.p_holm < 1e-6 and r.effect_size > 0.9 and r.median_diff > 1000

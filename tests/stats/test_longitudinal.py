@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-from stats_synth import build_results
+import xarray as xr
 
 from thaldask.errors import StatsError
 from thaldask.stats.longitudinal import (
@@ -13,6 +13,9 @@ from thaldask.stats.longitudinal import (
     fit_longitudinal,
     hedges_g,
 )
+from thaldask.synth import make_subject_table
+from thaldask.synth.params import merge_params
+from thaldask.testing import make_results
 
 EXACT = {("exact", "T1w"): (0.0, 0.0, 0.0, 0.95)}
 
@@ -39,7 +42,7 @@ def test_annualised_change_and_hedges_g_hand_values():
 
 
 def test_fit_longitudinal_logistic_equals_statsmodels_logit():
-    ds, _ = build_results(0, n_subjects=200)
+    ds, _ = make_results(0, n_subjects=200)
     t = fit_longitudinal(ds, mixed=False, as_frame=True)
     lg = t[t.analysis == "worsening_logistic"]
     b = ds.sel(timepoint="baseline")
@@ -68,7 +71,7 @@ def test_fit_longitudinal_logistic_equals_statsmodels_logit():
 def test_fit_longitudinal_planted_or_and_rate_inside_ci_in_90pct_of_20_seeds():
     hit_or = hit_rate = 0
     for seed in range(20):
-        ds, truth = build_results(seed, n_subjects=300, specs=EXACT, or_worsening=0.4, atrophy_rate=-0.8)
+        ds, truth = make_results(seed, n_subjects=300, specs=EXACT, or_worsening=0.4, atrophy_rate=-0.8)
         t = fit_longitudinal(ds, mixed=False, as_frame=True)
         r = t[t.analysis == "worsening_logistic"].iloc[0]
         hit_or += r.ci_lower <= 0.4 <= r.ci_upper
@@ -80,14 +83,14 @@ def test_fit_longitudinal_planted_or_and_rate_inside_ci_in_90pct_of_20_seeds():
 
 
 def test_fit_longitudinal_effect_size_negative_when_worsening_follows_atrophy():
-    ds, _ = build_results(3, n_subjects=300, specs=EXACT, or_worsening=0.3)
+    ds, _ = make_results(3, n_subjects=300, specs=EXACT, or_worsening=0.3)
     t = fit_longitudinal(ds, mixed=False, as_frame=True)
     g = t[t.analysis == "worsening_effect_size"].iloc[0]
     assert g.estimate < 0 and g.ci_upper < 0 and g.p < 0.05
 
 
 def test_fit_longitudinal_one_timepoint_raises_stats_error():
-    ds, _ = build_results(0, n_subjects=20, followup=False)
+    ds, _ = make_results(0, n_subjects=20, followup=False)
     with pytest.raises(StatsError, match="2 timepoints"):
         fit_longitudinal(ds, as_frame=True)
 
@@ -95,7 +98,7 @@ def test_fit_longitudinal_one_timepoint_raises_stats_error():
 @pytest.mark.slow
 def test_fit_longitudinal_mixed_random_slope_converges_and_is_reported():
     specs = {("m", "T1w"): (0.0, 0.0, 150.0, 0.9)}
-    ds, _ = build_results(4, n_subjects=80, specs=specs, n_followups=2, group_effect=800.0)
+    ds, _ = make_results(4, n_subjects=80, specs=specs, n_followups=2, group_effect=800.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no ConvergenceWarning expected here
         t = fit_longitudinal(ds, mixed=True, as_frame=True)
@@ -115,15 +118,13 @@ def test_fit_longitudinal_mixed_random_slope_converges_and_is_reported():
 
 
 def test_fit_longitudinal_two_timepoints_use_random_intercept_only():
-    ds, _ = build_results(5, n_subjects=40, specs=EXACT)
+    ds, _ = make_results(5, n_subjects=40, specs=EXACT)
     t = fit_longitudinal(ds, mixed=True, as_frame=True)
     m = t[t.analysis == "mixed_volume"]
     assert len(m) and (m.random_effects == "intercept").all()
 
 
 def _synth_results(seed, n=300):
-    from thaldask.synth import make_subject_table
-
     tab = make_subject_table(n, n_timepoints=2, n_sites=1, seed=seed, n_templates=1)
     subs = sorted(tab.subject.unique())
     tps = ["baseline", "m12"]
@@ -131,8 +132,6 @@ def _synth_results(seed, n=300):
     S = len(subs)
     vol = tab[["thalamus_left_mm3", "thalamus_right_mm3", "thalamus_total_mm3"]].to_numpy().reshape(S, 2, 1, 1, 3)
     d2 = ("subject", "timepoint")
-    import xarray as xr
-
     return xr.Dataset(
         {"volume_mm3": (("subject", "timepoint", "method", "contrast", "side"), vol)}
         | {c: (d2, tab[c].to_numpy().reshape(S, 2)) for c in
@@ -143,8 +142,6 @@ def _synth_results(seed, n=300):
 
 
 def test_fit_longitudinal_synth_planted_worsening_or_and_control_rate_in_ci_over_20_seeds():
-    pytest.importorskip("thaldask.synth")
-    from thaldask.synth.params import merge_params
 
     at, cl = merge_params(None)["atrophy"], merge_params(None)["clinical"]
     ssd = at["severity_log_sd"]

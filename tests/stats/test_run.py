@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import xarray as xr
 from click.testing import CliRunner
-from stats_synth import build_results
 
 from thaldask.errors import ConfigError
 from thaldask.stats import headline_findings, run_stats, write_stats
 from thaldask.stats.longitudinal import edss_worsening
+from thaldask.synth import make_subject_table
+from thaldask.testing import make_results
 
 SITES = {"site-a": (0.0, 1.0, 0.7), "site-b": (700.0, 1.5, 0.5)}
 SPECS = {("freesurfer-sim", "T1w"): (900.0, 0.15, 300.0, 0.86),
@@ -29,7 +30,7 @@ def _store(tmp_path, ds):
 
 
 def test_run_stats_returns_five_tables_with_formula_and_n():
-    ds, _ = build_results(0, n_subjects=80, specs=SPECS, sites=SITES)
+    ds, _ = make_results(0, n_subjects=80, specs=SPECS, sites=SITES)
     tables = run_stats(ds, {"mixed": False})
     assert list(tables) == ["agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation"]
     for name, t in tables.items():
@@ -41,7 +42,7 @@ def test_run_stats_returns_five_tables_with_formula_and_n():
 
 
 def test_run_stats_single_timepoint_without_gt_notes_instead_of_failing():
-    ds, _ = build_results(1, n_subjects=40, followup=False)
+    ds, _ = make_results(1, n_subjects=40, followup=False)
     ds = ds.assign(gt_volume_mm3=ds["gt_volume_mm3"] * np.nan)
     with pytest.warns(UserWarning, match="longitudinal not computed"):
         tables = run_stats(ds)
@@ -51,13 +52,13 @@ def test_run_stats_single_timepoint_without_gt_notes_instead_of_failing():
 
 
 def test_run_stats_unknown_option_raises_config_error():
-    ds, _ = build_results(1, n_subjects=20)
+    ds, _ = make_results(1, n_subjects=20)
     with pytest.raises(ConfigError, match="unknown stats option"):
         run_stats(ds, {"sidez": "all"})
 
 
 def test_headline_findings_name_best_dice_bias_associations_and_r1_change():
-    ds, _ = build_results(2, n_subjects=150, specs=SPECS)
+    ds, _ = make_results(2, n_subjects=150, specs=SPECS)
     lines = headline_findings(run_stats(ds, {"mixed": False}))
     text = "\n".join(lines)
     assert lines[0].startswith("Best Dice: mindglide-sim (R1)")
@@ -72,7 +73,7 @@ def test_headline_findings_name_best_dice_bias_associations_and_r1_change():
 def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
     from thaldask.store import open_store
 
-    ds, _ = build_results(3, n_subjects=60, specs=SPECS, sites=SITES)
+    ds, _ = make_results(3, n_subjects=60, specs=SPECS, sites=SITES)
     path = _store(tmp_path, ds)
     out = tmp_path / "tables"
     cfg = tmp_path / "stats.yaml"
@@ -94,7 +95,7 @@ def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
 def test_stats_command_prints_headlines_and_bad_store_exits_2(tmp_path):
     from thaldask.cli import main
 
-    ds, _ = build_results(4, n_subjects=50, specs=SPECS)
+    ds, _ = make_results(4, n_subjects=50, specs=SPECS)
     path = _store(tmp_path, ds)
     r = CliRunner().invoke(main, ["stats", str(path), "--out", str(tmp_path / "o"), "--config",
                                   str(_cfg(tmp_path))])
@@ -117,10 +118,7 @@ def _cfg(tmp_path):
 
 
 def test_run_stats_on_synth_subject_table_recovers_planted_directions():
-    synth = pytest.importorskip("thaldask.synth")
-    if not hasattr(synth, "make_subject_table"):
-        pytest.skip("thaldask.synth.make_subject_table not available")
-    tab = synth.make_subject_table(200, n_timepoints=2, n_sites=1, seed=3)
+    tab = make_subject_table(200, n_timepoints=2, n_sites=1, seed=3)
     subs = sorted(tab.subject.unique())
     tps = ["baseline", "m12"]
     tab = tab.set_index(["subject", "timepoint"]).reindex(pd.MultiIndex.from_product([subs, tps]))
@@ -156,7 +154,7 @@ def test_run_stats_on_synth_subject_table_recovers_planted_directions():
 def test_table_to_xarray_every_table_has_unique_keys():
     from thaldask.stats import table_to_xarray
 
-    ds, _ = build_results(5, n_subjects=60, specs=SPECS, sites=SITES)
+    ds, _ = make_results(5, n_subjects=60, specs=SPECS, sites=SITES)
     tables = run_stats(ds, {"mixed": False, "side": "all"})
     for name, t in tables.items():
         x = table_to_xarray(name, t)
@@ -170,7 +168,7 @@ def test_table_to_xarray_every_table_has_unique_keys():
 
 @pytest.mark.parametrize("n", [1, 2, 5])
 def test_run_stats_tiny_cohorts_give_tables_not_exceptions(n):
-    ds, _ = build_results(0, n_subjects=n, sites={"a": (0.0, 1.0, 0.5), "b": (100.0, 1.0, 0.5)})
+    ds, _ = make_results(0, n_subjects=n, sites={"a": (0.0, 1.0, 0.5), "b": (100.0, 1.0, 0.5)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tables = run_stats(ds, {"mixed": False})

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from stats_synth import build_results
 
 from thaldask.schema import TABLE_KEYS
 from thaldask.stats import (
@@ -14,6 +13,7 @@ from thaldask.stats import (
     fit_longitudinal,
     fit_method_comparison,
 )
+from thaldask.testing import make_results
 
 
 def _isnan(v) -> bool:
@@ -51,7 +51,7 @@ def _check(name, x, t, columns):
 
 
 def test_fit_agreement_default_is_dataset_over_method_contrast_side():
-    ds, _ = build_results(0, n_subjects=40)
+    ds, _ = make_results(0, n_subjects=40)
     t = fit_agreement(ds, side="all", as_frame=True)
     x = fit_agreement(ds, side="all")
     assert isinstance(t, pd.DataFrame)
@@ -66,7 +66,7 @@ def test_fit_agreement_default_is_dataset_over_method_contrast_side():
 
 
 def test_fit_agreement_nan_kept_for_method_without_dice():
-    ds, _ = build_results(1, n_subjects=30, followup=False)
+    ds, _ = make_results(1, n_subjects=30, followup=False)
     dice = ds["dice"].copy()
     dice.loc[{"method": ds["method"].values[0]}] = np.nan
     ds = ds.assign(dice=dice)
@@ -79,7 +79,7 @@ def test_fit_agreement_nan_kept_for_method_without_dice():
 
 
 def test_fit_method_comparison_default_is_dataset_over_test_keys():
-    ds, _ = build_results(0, n_subjects=40, followup=False)
+    ds, _ = make_results(0, n_subjects=40, followup=False)
     t = fit_method_comparison(ds, metrics=("dice", "abs_volume_error_mm3"), as_frame=True)
     x = fit_method_comparison(ds, metrics=("dice", "abs_volume_error_mm3"))
     assert isinstance(t, pd.DataFrame)
@@ -94,7 +94,7 @@ def test_fit_method_comparison_default_is_dataset_over_test_keys():
 
 
 def test_fit_clinical_default_is_dataset_over_outcome_method_contrast_side():
-    ds, _ = build_results(0, n_subjects=80, followup=False)
+    ds, _ = make_results(0, n_subjects=80, followup=False)
     t = fit_clinical(ds, as_frame=True)
     x = fit_clinical(ds)
     assert isinstance(t, pd.DataFrame)
@@ -107,7 +107,7 @@ def test_fit_clinical_default_is_dataset_over_outcome_method_contrast_side():
 
 
 def test_fit_clinical_mixed_nan_r2_kept():
-    ds, _ = build_results(2, n_subjects=60)
+    ds, _ = make_results(2, n_subjects=60)
     t = fit_clinical(ds, outcomes=["sdmt"], timepoint="all", as_frame=True)
     x = fit_clinical(ds, outcomes=["sdmt"], timepoint="all")
     assert t["partial_r2"].isna().all()
@@ -116,7 +116,7 @@ def test_fit_clinical_mixed_nan_r2_kept():
 
 
 def test_fit_longitudinal_default_is_dataset_over_analysis_keys():
-    ds, _ = build_results(0, n_subjects=120)
+    ds, _ = make_results(0, n_subjects=120)
     t = fit_longitudinal(ds, mixed=False, as_frame=True)
     x = fit_longitudinal(ds, mixed=False)
     assert isinstance(t, pd.DataFrame)
@@ -128,6 +128,6 @@ def test_fit_longitudinal_default_is_dataset_over_analysis_keys():
 
 
 def test_as_frame_is_keyword_only():
-    ds, _ = build_results(0, n_subjects=20, followup=False)
+    ds, _ = make_results(0, n_subjects=20, followup=False)
     with pytest.raises(TypeError):
         fit_agreement(ds, None, 0.05, 0.05, True)

@@ -1,5 +1,7 @@
+"""Fixtures of the store tests."""
+
 import pytest
-from store_helpers import small_cohort_files
+from helpers.store import small_cohort_files
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from store_helpers import make_affine, make_cohort, write_nifti
+from helpers.store import make_affine, make_cohort, write_nifti
 
 from thaldask.cli import main
 from thaldask.store import ingest, open_store

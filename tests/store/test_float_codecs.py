@@ -34,7 +34,7 @@ def test_float32_division_gives_what_the_float64_decoder_gives(d):
 @pytest.mark.parametrize("orient", ["RAS", "LIA"])
 @pytest.mark.parametrize("d,astype", [(0, "int16"), (3, "int16"), (4, "int32"), (6, "int32")])
 def test_quantised_copy_is_numcodecs_encode_and_decodes_back(orient, d, astype):
-    from store_helpers import make_affine
+    from helpers.store import make_affine
 
     rng = np.random.default_rng(7)
     hi = 3000 if astype == "int16" else 3_000_000
@@ -94,7 +94,7 @@ def test_decimal_places_finds_the_fewest_and_rejects_full_precision():
 
 def _r1_maps(root, n, *, decimals, shape=(30, 28, 26), orient="LIA", rng=0, site=None):
     """R1-like maps (s^-1) as mapping tools write them; returns (manifest, values)."""
-    from store_helpers import HEADER, make_affine
+    from helpers.store import HEADER, make_affine
 
     rng = np.random.default_rng(rng)
     os.makedirs(root, exist_ok=True)
@@ -223,7 +223,7 @@ def test_recode_leaves_float_arrays_alone(tmp_path):
 
 
 def test_resampled_contrasts_are_not_stored_as_decimals(tmp_path):
-    from store_helpers import HEADER, make_affine
+    from helpers.store import HEADER, make_affine
 
     root = tmp_path / "in"
     root.mkdir()
@@ -337,7 +337,7 @@ def test_reencoding_on_a_local_cluster_with_worker_processes(tmp_path):
 
 
 def test_float64_maps_with_fixed_decimals_are_stored_as_integers_too(tmp_path):
-    from store_helpers import HEADER, make_affine
+    from helpers.store import HEADER, make_affine
 
     root = tmp_path / "in"
     root.mkdir()

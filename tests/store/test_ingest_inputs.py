@@ -7,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.store import box_mask, make_affine, make_cohort, write_nifti
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
-from store_helpers import box_mask, make_affine, make_cohort, write_nifti
 
 from thaldask.store import export_masks, ingest, open_store
 

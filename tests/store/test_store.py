@@ -108,7 +108,7 @@ def test_write_results_roundtrip_keeps_strings_and_nan(small_cohort, tmp_path):
 def test_ingest_fsspec_url_store_roundtrip(tmp_path):
     import dask
     import fsspec
-    from store_helpers import make_cohort
+    from helpers.store import make_cohort
 
     man = make_cohort(tmp_path / "in", [{"subject": "s1", "timepoint": "baseline", "orient": "LIA"}])
     url = f"memory://thaldask-test-{tmp_path.name}/c.zarr"
@@ -128,7 +128,7 @@ def test_ingest_fsspec_url_store_roundtrip(tmp_path):
 
 
 def test_ingest_int16_images_stored_exactly_as_int16_scaled_as_float32(tmp_path):
-    from store_helpers import HEADER, box_mask, make_affine
+    from helpers.store import HEADER, box_mask, make_affine
 
     root = tmp_path / "in"
     root.mkdir()
@@ -157,7 +157,7 @@ def test_ingest_int16_images_stored_exactly_as_int16_scaled_as_float32(tmp_path)
 @pytest.mark.parametrize("float_codec", ["auto", "pcodec", "blosc"])
 def test_float_maps_stored_bit_exactly_with_the_configured_codec(tmp_path, float_codec):
     import dask
-    from store_helpers import HEADER, make_affine
+    from helpers.store import HEADER, make_affine
 
     root = tmp_path / "in"
     root.mkdir()
@@ -207,7 +207,7 @@ def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
 def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from store_helpers import make_cohort
+    from helpers.store import make_cohort
 
     man = make_cohort(tmp_path / "in", [{"subject": f"s{k}", "timepoint": "b", "shape": (12, 10, 8)} for k in range(6)])
     store = str(tmp_path / "c.zarr")

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# the folder holding the `helpers` package: on the path of every process started here, so
+# that functions defined in the helpers can be sent to the workers
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
 
 def make_certificates(folder: Path, *, name: str = "thaldask-test") -> dict[str, Path]:
     """A CA and one certificate it signs (server and client use, SAN 127.0.0.1), PEM files."""
@@ -96,6 +100,7 @@ def make_certificates(folder: Path, *, name: str = "thaldask-test") -> dict[str,
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -114,6 +119,9 @@ class DaskProcesses:
         env = dict(os.environ)
         env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p
+        )
         tls_args = []
         if tls:
             env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] = "True"

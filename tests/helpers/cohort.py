@@ -7,7 +7,7 @@ import os
 import nibabel as nib
 import numpy as np
 
-HEADER = "subject,timepoint,site,kind,contrast,method,labels,path"
+from helpers.files import HEADER, write_nifti
 
 
 def raw_nifti(path, shape=(8, 8, 8), dtype=np.int16, *, edit=None, n_data_bytes=None, data=None):
@@ -43,9 +43,7 @@ def set_pixdim(hdr, i, value):
 
 
 def good_image(path, shape=(8, 8, 8), data=None):
-    arr = np.zeros(shape, np.int16) if data is None else data
-    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
-    return str(path)
+    return write_nifti(path, np.zeros(shape, np.int16) if data is None else data)
 
 
 def write_manifest(folder, rows, name="m.csv", header=HEADER):

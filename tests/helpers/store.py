@@ -7,7 +7,10 @@ import os
 import nibabel as nib
 import numpy as np
 
-HEADER = "subject,timepoint,site,kind,contrast,method,labels,path"
+from helpers.files import HEADER, write_nifti
+
+__all__ = ["HEADER", "ORIENTATIONS", "box_mask", "make_affine", "make_cohort", "oblique_affine",
+           "small_cohort_files", "write_nifti"]
 
 
 def box_mask(shape, *, left=10, right=49, dtype=np.uint8):
@@ -17,14 +20,6 @@ def box_mask(shape, *, left=10, right=49, dtype=np.uint8):
     m[cx - 5 : cx - 1, 3:7, 3:6] = left
     m[cx + 1 : cx + 5, 3:7, 3:6] = right
     return m
-
-
-def write_nifti(path, data, affine, **hdr_fields):
-    img = nib.Nifti1Image(data, affine)
-    for k, v in hdr_fields.items():
-        img.header[k] = v
-    nib.save(img, path)
-    return path
 
 
 ORIENTATIONS = {
