@@ -234,7 +234,7 @@ def test_build_report_refuses_an_index_html_it_did_not_write(tmp_path):
 
     (tmp_path / "index.html").write_text("<html>my page</html>")
     with pytest.raises(OutputExistsError, match="index.html: exists and was not written by thaldask"):
-        build_report(tmp_path, results=make_results(n_subjects=4), stats={}, progress=False)
+        build_report(tmp_path, results=make_report_results(n_subjects=4), stats={}, progress=False)
     assert (tmp_path / "index.html").read_text() == "<html>my page</html>"
 
 

@@ -9,7 +9,8 @@ import os
 import nibabel as nib
 import numpy as np
 from click.testing import CliRunner
-from store_helpers import HEADER, small_cohort_files
+from helpers.files import HEADER
+from helpers.store import small_cohort_files
 
 from thaldask.cli import main
 from thaldask.store import ingest, open_store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
-from store_helpers import box_mask, make_cohort
+from helpers.store import box_mask, make_cohort
 
 from thaldask.store import ingest, open_store
 
