@@ -251,3 +251,16 @@ def test_config_get_returns_the_declared_default(key):
     from thaldask import config
 
     assert config.get(key) == config.describe()[f"thaldask.{key}"]["default"]
+
+
+@pytest.mark.parametrize(
+    "module",
+    [m for m, p in MODULES.items() if not _imports_heavy_at_top(p) and ">>>" in p.read_text()],
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(module)
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{module}: {result.failed} of {result.attempted} examples failed"

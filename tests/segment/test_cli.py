@@ -65,3 +65,18 @@ def test_segment_command_greedy_contrasts_parse():
     assert ctx.params["contrasts"] == ("T1w", "FLAIR", "R1")
     assert ctx.params["ensembles"] == ("T1w+R1", "T1w+FLAIR+R1")
     assert ctx.params["store"] == "S"
+
+
+def test_segment_list_says_which_segmenters_can_run_here():
+    from click.testing import CliRunner
+
+    from thaldask.cli import main
+
+    res = CliRunner().invoke(main, ["segment", "--list"])
+    assert res.exit_code == 0, res.output
+    lines = dict(line.split(None, 1) for line in res.output.splitlines())
+    assert lines["thalnet"] == "can run here" and lines["thalnet-multi"] == "can run here"
+    import importlib.util
+
+    if importlib.util.find_spec("mindglide") is None:
+        assert lines["mindglide"].startswith("cannot run here: the mindglide package is not installed")

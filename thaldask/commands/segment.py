@@ -79,7 +79,21 @@ def segment_file_command(inp, out, contrast, model, device, prob_out, option_pai
     click.echo(f"{path}  ({time.perf_counter() - t0:.1f} s)", err=True)
 
 
+def _list_segmenters(ctx, _param, value):
+    """``--list``: every segmenter, and whether it can run here (and if not, why)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from thaldask.segment.registry import list_segmenters, segmenter_class
+
+    for name in list_segmenters():
+        why = segmenter_class(name).unavailable()
+        click.echo(f"{name:<16} {'can run here' if not why else 'cannot run here: ' + why}")
+    ctx.exit(0)
+
+
 @click.command("segment", cls=_GreedyCommand)
+@click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False,
+              callback=_list_segmenters, help="List every segmenter and whether it can run here.")
 @click.argument("store")
 @click.option("--model", default="thalnet", show_default=True, help="Segmenter name (see --list).")
 @click.option("--contrast", "contrasts", multiple=True,

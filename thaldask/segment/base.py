@@ -62,6 +62,12 @@ class Segmenter:
         self.options = options
         self.device = None
 
+    @classmethod
+    def unavailable(cls) -> str:
+        """Why this segmenter cannot run on this machine ("" when it can), in one line:
+        a package, program, image or licence file missing. Cheap: nothing is loaded."""
+        return ""
+
     def load(self, device: str = "auto") -> None:
         """Load weights onto ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``); called once."""
         raise NotImplementedError

@@ -7,6 +7,7 @@ importing this module stays light.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import threading
@@ -15,7 +16,7 @@ import numpy as np
 
 from thaldask.errors import MissingDependencyError, ModelWeightsError, ScanError, SegmenterError
 from thaldask.segment.base import Prediction, Segmenter
-from thaldask.thalnet.assets import SLOTS
+from thaldask.thalnet.assets import SLOTS, weights_path
 
 __all__ = ["BUILTIN_SEGMENTERS", "ThalNetSegmenter", "ThalNetMultiSegmenter", "MindGlideSegmenter"]
 
@@ -38,6 +39,14 @@ class ThalNetSegmenter(Segmenter):
     name = "thalnet"
     contrasts = None
     multi_channel = False
+
+    @classmethod
+    def unavailable(cls) -> str:
+        if importlib.util.find_spec("torch") is None:
+            return "the torch package is not installed (pip install torch)"
+        if not weights_path().is_file():
+            return f"its weights {weights_path()} are missing from the installation"
+        return ""
 
     def load(self, device: str = "auto") -> None:
         import torch
@@ -121,6 +130,7 @@ def _split_sides(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 class MindGlideSegmenter(Segmenter):
+
     """Adapter for MindGlide (``pip install mindglide``) with a local checkpoint.
 
     MindGlide's released labels include deep grey matter, not the thalamus, so the label ids
@@ -139,6 +149,13 @@ class MindGlideSegmenter(Segmenter):
     """
 
     name = "mindglide"
+
+    @classmethod
+    def unavailable(cls) -> str:
+        if importlib.util.find_spec("mindglide") is None:
+            return "the mindglide package is not installed (pip install 'thaldask[mindglide]')"
+        return ""
+
     contrasts = None
 
     def __init__(self, **options):

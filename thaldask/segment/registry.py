@@ -23,6 +23,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "SegmenterPlugin",
     "get_segmenter",
+    "segmenter_class",
     "list_segmenters",
     "loaded_segmenter",
     "refresh_segmenters",
@@ -103,8 +104,8 @@ def list_segmenters() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_segmenter(name: str, **options) -> Segmenter:
-    """A new (not yet loaded) instance of the segmenter ``name``.
+def segmenter_class(name: str) -> type[Segmenter]:
+    """The class registered as ``name``.
 
     Raises
     ------
@@ -115,7 +116,18 @@ def get_segmenter(name: str, **options) -> Segmenter:
         _load_entry_points()
     if name not in _REGISTRY:
         raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def get_segmenter(name: str, **options) -> Segmenter:
+    """A new (not yet loaded) instance of the segmenter ``name``.
+
+    Raises
+    ------
+    SegmenterError
+        no segmenter of that name.
+    """
+    return segmenter_class(name)(**options)
 
 
 # ---------------------------------------------------------------- loaded models

@@ -197,6 +197,9 @@ def segment_store(
     if ensembles and not kinds:
         raise SegmenterError(f"ensemble kinds {list(ensemble_kinds)} not understood; allowed: mean, vote")
     seg = get_segmenter(model, **options)
+    why = seg.unavailable()
+    if why:  # before any task starts
+        raise SegmenterError(f"segmenter {model!r} cannot run here: {why}")
     for c in contrasts:
         seg.check_contrast(c)
     for e in ensembles:

@@ -42,7 +42,7 @@ def adjust_head_size(vol, head, *, method: str = "residual", weights=None) -> np
     weights : array_like of bool (n,), optional
         Rows that define ``b`` and the mean; other rows are adjusted with them.
 
-    >>> adjust_head_size([[3.0, 5.0, 7.0]], [1.0, 2.0, 3.0]).tolist()
+    >>> adjust_head_size([[3.0, 5.0, 7.0]], [1.0, 2.0, 3.0]).round(9).tolist()
     [[5.0, 5.0, 5.0]]
     """
     vol = np.asarray(vol, float)
