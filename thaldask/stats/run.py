@@ -158,14 +158,25 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
         note = "single site: nothing to harmonise" if n_sites < 2 else "harmonisation switched off"
         tables["harmonisation"] = pd.DataFrame([{"note": note, "n_sites": n_sites}])
 
+    head_size, head_note = cfg["head_size"], ""
+    if head_size != "none" and "icv_mm3" not in work:  # an optional column: adjust without it
+        head_size = "none"
+        head_note = (f"head-size adjustment ({cfg['head_size']}) skipped: the clinical table has "
+                     "no icv_mm3")
+        warnings.warn(f"stats: {head_note}", StatsStageWarning, stacklevel=2)
     try:
         tables["clinical_cross"] = fit_clinical(
             work, outcomes=cfg["outcomes"], covariates=cfg["covariates"],
-            extra_covariates=cfg["extra_covariates"], head_size=cfg["head_size"],
+            extra_covariates=cfg["extra_covariates"], head_size=head_size,
             timepoint=cfg["clinical_timepoint"], side=side, groups=cfg["clinical_groups"],
             fdr_method=cfg["fdr_method"], alpha=alpha, bootstrap=cfg["bootstrap"], as_frame=True,
         )
         tables["clinical_cross"]["harmonised"] = work is not ds
+        if head_note:
+            cc = tables["clinical_cross"]
+            old = cc["note"].fillna("").astype(str) if "note" in cc else ""
+            cc["note"] = (old + "; " if "note" in cc else "") + head_note
+            cc["note"] = cc["note"].str.lstrip("; ")
     except StatsError as exc:
         tables["clinical_cross"] = _failed("clinical associations", exc)
     try:
