@@ -29,3 +29,4 @@ def test_stats_without_any_clinical_covariate_still_give_agreement_and_compariso
     assert t["agreement"]["dice_mean"].notna().any()
     assert len(t["method_comparison"]) > 1
     assert "not computed" in str(t["clinical_cross"]["note"].iloc[0])
+

@@ -237,7 +237,11 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
         paths[name] = p
     sds = tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"})
     sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg)], combine_attrs="override")
-    st.write_results(sds, name="stats")
+    if is_remote(st.path) or os.access(os.fspath(st.path), os.W_OK):
+        st.write_results(sds, name="stats")
+    else:  # a read-only store (an archive, another group's data): the tables are the output
+        warnings.warn(f"stats: {st.path} is read-only; the stats dataset was not stored in it "
+                      f"(tables in {folder})", StatsStageWarning, stacklevel=2)
     return paths
 
 
