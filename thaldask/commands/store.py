@@ -64,4 +64,27 @@ def export_command(store, method, contrast, out, labels):
     click.echo(f"{len(paths)} masks written to {out}")
 
 
-COMMANDS = [ingest_command, export_command]
+@click.group("store")
+def store_group():
+    """Look after a cohort store."""
+
+
+@store_group.command("verify")
+@click.argument("store")
+@handle_errors
+def verify_command(store):
+    """Check that every scan marked written has all its chunks and that they decode."""
+    import sys
+
+    from thaldask.store.verify import verify_store
+
+    problems = verify_store(store)
+    for r in problems.itertuples():
+        click.echo(f"thaldask: {store}: {r.array}: {r.subject} {r.timepoint}: {r.problem}", err=True)
+    if len(problems):
+        click.echo(f"{store}: {len(problems)} stored scans are damaged")
+        sys.exit(EXIT_SOME_FAILED)
+    click.echo(f"{store}: every stored scan is whole")
+
+
+COMMANDS = [ingest_command, export_command, store_group]

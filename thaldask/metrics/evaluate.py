@@ -40,6 +40,7 @@ from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
 from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
 from thaldask.store.format import hash_array, mask_array, metrics_array, metrics_cache, table_file
+from thaldask.store.verify import read_scan
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
 
@@ -220,7 +221,7 @@ def _load_scans(idx, *, store_path, array_name, grid, storage_options=None):
     out = np.empty((len(idx),) + tuple(grid), np.uint8)
     for j, s in enumerate(np.asarray(idx).ravel()):  # the scans of one block
         try:
-            out[j] = z[int(s)]
+            out[j] = read_scan(z, int(s))  # a lost chunk is an error, never an empty mask
         except Exception as exc:
             log.warning("evaluate: %s of scan %d unreadable: %s", name, int(s), exc)
             out[j] = UNREADABLE

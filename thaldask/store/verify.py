@@ -1,0 +1,68 @@
+"""Is every stored scan really there? Zarr reads a missing chunk as its fill value, so a
+scan whose chunk file was lost would read back as an empty mask; these checks refuse it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from thaldask.errors import ScanError
+from thaldask.store.cohort_store import CohortStore, open_store
+from thaldask.store.format import image_array, mask_array
+
+__all__ = ["missing_chunks", "read_scan", "verify_store"]
+
+
+def missing_chunks(z, i: int) -> list[str]:
+    """Keys of the chunks of scan ``i`` of zarr array ``z`` that are not in its store."""
+    from zarr.core.sync import sync
+
+    grid = z.cdata_shape
+    prefix = f"{z.path}/" if z.path else ""
+    rows = int(z.chunks[0])
+    keys = [
+        z.metadata.encode_chunk_key((i // rows, *rest))
+        for rest in np.ndindex(*grid[1:])
+    ]
+    return [k for k in keys if not sync(z.store.exists(prefix + k))]
+
+
+def read_scan(z, i: int) -> np.ndarray:
+    """``z[i]``, refusing a scan whose chunks are missing (never an empty mask instead).
+
+    Raises
+    ------
+    ScanError
+        a chunk of the scan is missing.
+    """
+    lost = missing_chunks(z, i)
+    if lost:
+        raise ScanError(f"{z.path}: scan {i}: {len(lost)} chunk(s) missing ({lost[0]}); "
+                        "the store lost data; re-ingest or re-segment this scan")
+    return z[i]
+
+
+def verify_store(store, *, progress: bool = False) -> pd.DataFrame:
+    """Check that every scan marked written has all its chunks and that they decode.
+
+    Returns
+    -------
+    pandas.DataFrame
+        one row per problem: array, scan, subject, timepoint, problem (empty when the store
+        is whole).
+    """
+    st = store if isinstance(store, CohortStore) else open_store(store)
+    names = [image_array(c) for c in st.contrasts] + [mask_array(m, c) for m, c in st.methods]
+    rows = []
+    scans = st.scans
+    for name in names:
+        z = st.zarr_array(name)
+        for i in np.flatnonzero(st.written(name)):
+            try:
+                read_scan(z, int(i))
+            except Exception as exc:  # missing chunk or undecodable bytes: report, go on
+                rows.append({"array": name, "scan": int(i), "subject": scans["subject"].iloc[i],
+                             "timepoint": scans["timepoint"].iloc[i],
+                             "problem": str(exc).splitlines()[0] or type(exc).__name__})
+    return pd.DataFrame(rows, columns=["array", "scan", "subject", "timepoint", "problem"])
