@@ -103,3 +103,22 @@ def test_reingest_without_clinical_keeps_the_stored_clinical_table(tmp_path):
     ingest(man, store, progress=False)
     ingest(man, store, progress=False, overwrite=True)
     assert list(open_store(store).clinical["age"]) == [40, 41, 50]
+
+
+def test_odd_but_usable_images_are_stored_with_a_warning_naming_the_file(tmp_path, capsys):
+    import nibabel as nib
+
+    man = small_cohort_files(tmp_path)
+    folder = os.path.dirname(man)
+    ref = nib.load(os.path.join(folder, "sub-01_baseline_T1w.nii.gz"))
+    data = np.asarray(ref.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, ref.affine), os.path.join(folder, "sub-01_baseline_T1w.nii.gz"))
+    zero = nib.load(os.path.join(folder, "sub-02_baseline_T1w.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros(zero.shape, np.int16), zero.affine),
+             os.path.join(folder, "sub-02_baseline_T1w.nii.gz"))
+    rep = ingest(man, str(tmp_path / "c.zarr"), progress=False)
+    assert (rep.status == "written").all()
+    err = capsys.readouterr().err.splitlines()
+    assert any("row 2: 'sub-01_baseline_T1w.nii.gz': 1 non-finite voxels set to 0" in x for x in err)
+    assert any("'sub-02_baseline_T1w.nii.gz': image is all zeros" in x for x in err)

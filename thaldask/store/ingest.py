@@ -49,6 +49,8 @@ REPORT_COLUMNS = [
     "row", "subject", "timepoint", "kind", "contrast", "method", "path",
     "status", "resampled", "reason",
 ]
+#: reasons of stored rows that are also warnings on stderr (the data were usable, but odd)
+WARN_REASONS = ("non-finite voxels set to 0", "image is all zeros", "no voxel of the")
 #: a NaN fraction above this fails the image; below, NaNs become 0 and are recorded
 MAX_NAN_FRACTION = 0.5
 
@@ -174,6 +176,8 @@ def _ingest_file(
                 data = np.where(finite, data, np.float32(0))
                 flags |= NAN_REPLACED
                 note = f"{nbad} non-finite voxels set to 0"
+        if not data.any():
+            note = (note + "; " if note else "") + "image is all zeros"
         if vol.scaled:
             flags |= SCALED
         if same:
@@ -465,6 +469,10 @@ def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_o
                 r["status"] = "failed"
     rows += failed_rows
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("row").reset_index(drop=True)
+    src = os.path.basename(str(df.attrs.get("source", "manifest")))
+    for r in report[report["status"] == "written"].itertuples():  # stored, but worth a look
+        if any(w in str(r.reason) for w in WARN_REASONS):
+            print(f"thaldask: warning: {src} row {r.row}: {r.path!r}: {r.reason}", file=sys.stderr)
     _write_report(store, report, storage_options)
     st.consolidate()
     return report
