@@ -18,7 +18,6 @@ __all__ = [
     "METRIC_FIELDS",
     "RESULT_VARIABLES",
     "REQUIRED_RESULT_VARIABLES",
-    "METRICS_TABLE_COLUMNS",
     "MANIFEST_COLUMNS",
     "REQUIRED_MANIFEST_COLUMNS",
     "MANIFEST_KINDS",
@@ -84,23 +83,6 @@ RESULT_VARIABLES = {
 
 #: variables every results dataset holds (the rest are present where ground truth exists)
 REQUIRED_RESULT_VARIABLES = ("volume_mm3",)
-
-#: columns of ``metrics.csv``, in order: the dims, then the variables
-METRICS_TABLE_COLUMNS = (
-    *RESULT_DIMS,
-    "volume_mm3",
-    "gt_volume_mm3",
-    "dice",
-    "jaccard",
-    "sensitivity",
-    "precision",
-    "volume_diff_mm3",
-    "volume_diff_pct",
-    "hd95_mm",
-    "assd_mm",
-    "pred_empty",
-    "gt_empty",
-)
 
 #: manifest columns, in order (extra columns are kept after them)
 MANIFEST_COLUMNS = ("subject", "timepoint", "site", "kind", "contrast", "method", "labels", "path")

@@ -3,29 +3,17 @@ is decided by the rows that passed, and nothing in the input folder changes."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import nibabel as nib
 import numpy as np
 from click.testing import CliRunner
+from helpers.cohort import digests
 from helpers.files import HEADER
 from helpers.store import small_cohort_files
 
 from thaldask.cli import main
 from thaldask.store import ingest, open_store
-
-
-def _digests(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(root, f)
-            if os.path.islink(p) and not os.path.exists(p):
-                continue
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def _huge_header(path):
@@ -54,7 +42,7 @@ def _messy_cohort(tmp_path):
 
 def test_ingest_bad_files_fail_their_rows_and_the_rest_is_ingested(tmp_path):
     man, folder = _messy_cohort(tmp_path)
-    before = _digests(folder)
+    before = digests(folder)
     store = str(tmp_path / "c.zarr")
     rep = ingest(man, store, progress=False)
     failed = rep[rep.status == "failed"].set_index("path")
@@ -68,21 +56,21 @@ def test_ingest_bad_files_fail_their_rows_and_the_rest_is_ingested(tmp_path):
     assert st.n_scans == 3
     assert max(st.grid_shape) < 100  # the bad header did not decide the padded grid
     assert st.has_mask("gt", "T1w").all()
-    assert _digests(folder) == before
+    assert digests(folder) == before
     report = open(os.path.join(store, "ingest_report.csv")).read()
     assert "huge.nii" in report and "missing.nii.gz" in report
 
 
 def test_ingest_cli_bad_files_exit_1_with_one_line_per_row(tmp_path):
     man, folder = _messy_cohort(tmp_path)
-    before = _digests(folder)
+    before = digests(folder)
     res = CliRunner().invoke(main, ["ingest", man, "--store", str(tmp_path / "c.zarr"), "--no-progress"])
     assert res.exit_code == 1, res.output
     lines = [x for x in res.output.splitlines() if x.startswith("thaldask: row")]
     assert len(lines) == 4
     assert any("row 8: huge.nii: declares 10000x10000x10000 voxels" in x for x in lines)
     assert "6 written, 0 skipped, 4 failed" in res.output
-    assert _digests(folder) == before
+    assert digests(folder) == before
 
 
 def test_ingest_only_bad_files_creates_no_store(tmp_path):

@@ -36,6 +36,7 @@ __all__ = [
     "written_by_thaldask",
     "remove_own_file",
     "OUTPUT_LEDGER",
+    "file_sha256",
 ]
 
 #: per folder: file name -> SHA-256 of the content thaldask last wrote there
@@ -76,7 +77,8 @@ def safe_name(name) -> str:
     return _SAFE.sub("-", str(name)).strip("-") or "x"
 
 
-def _sha256(path) -> str:
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -94,7 +96,7 @@ def _read_ledger(folder: Path) -> dict:
 
 def _record(path: Path) -> None:
     ledger = _read_ledger(path.parent)
-    ledger[path.name] = _sha256(path)
+    ledger[path.name] = file_sha256(path)
     write_json_ledger(path.parent, ledger)
 
 
@@ -103,7 +105,7 @@ def written_by_thaldask(path) -> bool:
     p = Path(path)
     want = _read_ledger(p.parent).get(p.name)
     try:
-        return want is not None and p.is_file() and _sha256(p) == want
+        return want is not None and p.is_file() and file_sha256(p) == want
     except OSError:
         return False
 

@@ -7,11 +7,11 @@ weights of your own).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import resources
 from pathlib import Path
 
+from thaldask._shared.paths import file_sha256
 from thaldask.errors import ModelWeightsError
 
 __all__ = ["SLOTS", "models_dir", "weights_path", "model_card", "card_beside", "sha256"]
@@ -51,10 +51,5 @@ def card_beside(weights) -> Path:
     return weights.with_name(weights.name.removesuffix(".pt") + ".json")
 
 
-def sha256(path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: hex SHA-256 of a file
+sha256 = file_sha256
