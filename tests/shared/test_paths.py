@@ -72,3 +72,15 @@ def test_url_rules():
     assert is_remote("s3://b/c") and is_remote("gs://b/c")
     assert not is_url("/abs/path") and not is_remote("rel")
     assert safe_name("T1w+FLAIR") == "T1w+FLAIR" and safe_name("a b/c") == "a-b-c"
+
+
+def test_written_files_get_the_mode_open_would_give(tmp_path):
+    import stat
+
+    from thaldask._shared.paths import FILE_MODE
+
+    p = write_text(tmp_path / "t.csv", "a,b\n")
+    assert stat.S_IMODE(os.stat(p).st_mode) == FILE_MODE  # not the 0600 of a temporary file
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(os.stat(plain).st_mode) == FILE_MODE

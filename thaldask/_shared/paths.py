@@ -45,6 +45,16 @@ OUTPUT_LEDGER = ".thaldask-outputs.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: mode of the files thaldask writes: what ``open()`` would give (temporary files start 0600)
+FILE_MODE = 0o666 & ~_umask()
+
+
 def is_url(path) -> bool:
     """Whether ``path`` is a URL (any ``scheme://``, ``file://`` included), which is used
     as given, never resolved against a folder.
@@ -128,6 +138,7 @@ def atomic_write(path, mode: str = "w", *, encoding: str | None = "utf-8", newli
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
             yield f
             f.flush()
@@ -157,6 +168,7 @@ def save_image(img, path) -> Path:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -190,6 +202,7 @@ def write_json_ledger(folder: Path, ledger: dict) -> None:
     """Replace the folder's :data:`OUTPUT_LEDGER` with ``ledger`` (atomically)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{OUTPUT_LEDGER}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             json.dump(ledger, f, indent=0, sort_keys=True)
         os.replace(tmp, Path(folder) / OUTPUT_LEDGER)

@@ -90,10 +90,13 @@ class Progress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker = None
+        self._closed = False
 
     # -- context --------------------------------------------------------------------------
     def __enter__(self) -> Progress:
         if not self.enabled:
+            return self
+        if self._closed:
             return self
         if self.stream is None:
             self.stream = sys.stderr
@@ -114,8 +117,9 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> bool:
-        if not self.enabled:
+        if not self.enabled or self._t0 is None or self._closed:
             return False
+        self._closed = True
         if self._rich is not None:
             self._rich.__exit__(*exc)
             self._rich = None
