@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from thaldask._shared.paths import check_may_write, is_remote, remove_own_file, write_text
+from thaldask._shared.paths import (
+    check_may_write,
+    check_writable_dir,
+    is_remote,
+    remove_own_file,
+    write_text,
+)
 from thaldask.config import settings
 from thaldask.errors import StoreNotFoundError
 from thaldask.report.page import PAGE, esc
@@ -220,6 +226,8 @@ def write_report(
     Path
         The written ``index.html``. Sections whose inputs are absent say so.
     """
+    check_writable_dir(out)  # a bad output folder fails before any figure is drawn
+    check_may_write(Path(out) / "index.html")
     st = open_store(store) if isinstance(store, (str, Path)) else store
     try:
         ds = st.open_results()

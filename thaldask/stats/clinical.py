@@ -53,6 +53,8 @@ def adjust_head_size(vol, head, *, method: str = "residual", weights=None) -> np
         return vol / head
     if method != "residual":
         raise StatsError(f"head-size adjustment {method!r} unknown; allowed: {list(HEAD_SIZE)}")
+    if head.size == 0:  # no subject with every covariate: nothing to adjust
+        return vol
     w = np.isfinite(head) if weights is None else (np.asarray(weights, bool) & np.isfinite(head))
     w = w & np.isfinite(vol)
     X = np.broadcast_to(np.c_[np.ones(head.size), head], (*vol.shape[:-1], head.size, 2))
