@@ -225,6 +225,9 @@ def _header_problem(img, file: str, size: int, fixes: list[str]) -> tuple[str, l
         return f"declares {_x(sp)} voxels (limit {MAX_VOXELS_PER_AXIS} per axis)", notes
     if any(n < 2 for n in sp):
         return f"declares {_x(sp)} voxels (at least 2 per axis)", notes
+    dt = np.dtype(hdr.get_data_dtype())
+    if dt.kind not in "biuf":
+        return f"holds {dt.name} values; real numbers are needed", notes
     is_nifti = "qform_code" in hdr
     qcode = int(hdr["qform_code"]) if is_nifti else 0
     scode = int(hdr["sform_code"]) if is_nifti else 0
