@@ -199,7 +199,17 @@ def _bad_row(filekind, labels, name):
     return f"s0,baseline,A,mask,T1w,bad,{labels},{name}"
 
 
-def _run(tmp_path, filekind, labels, make, kind):
+@pytest.fixture(scope="module")
+def scheduler():
+    """One Dask cluster for the whole corpus (threads in this process, a real scheduler)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+                      silence_logs=40) as cluster:
+        yield cluster.scheduler_address
+
+
+def _run(tmp_path, filekind, labels, make, kind, scheduler):
     folder = tmp_path / "cohort"
     rows = _cohort(folder)
     name = _name(kind, filekind, make)
@@ -212,7 +222,8 @@ def _run(tmp_path, filekind, labels, make, kind):
     (folder / "manifest.csv").write_text("\n".join([HEADER, *rows]) + "\n")
     before = digests(folder)
     store = str(tmp_path / "c.zarr")
-    res = CliRunner().invoke(main, ["ingest", str(folder / "manifest.csv"), "--store", store, "--no-progress"])
+    res = CliRunner().invoke(main, ["ingest", str(folder / "manifest.csv"), "--store", store, "--no-progress",
+                                    "--scheduler", scheduler])
     assert digests(folder) == before, "an input file changed"
     assert sorted(os.listdir(tmp_path)) == ["c.zarr", "cohort"]  # nothing else created, lock released
     return res, store, len(rows) + 1  # the bad row's number (header = row 1)
@@ -226,8 +237,8 @@ def _scored(store):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,filekind,labels,make,words", FAILS, ids=[k[0] for k in FAILS])
-def test_bad_file_fails_only_its_row(tmp_path, kind, filekind, labels, make, words):
-    res, store, row = _run(tmp_path, filekind, labels, make, kind)
+def test_bad_file_fails_only_its_row(tmp_path, scheduler, kind, filekind, labels, make, words):
+    res, store, row = _run(tmp_path, filekind, labels, make, kind, scheduler)
     assert res.exit_code == 1, res.output
     lines = [x for x in res.output.splitlines() if x.startswith("thaldask: row")]
     assert len(lines) == 1, res.output
@@ -246,8 +257,8 @@ def test_bad_file_fails_only_its_row(tmp_path, kind, filekind, labels, make, wor
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,filekind,make,words", WARNS, ids=[k[0] for k in WARNS])
-def test_odd_file_is_stored_with_a_one_line_warning(tmp_path, kind, filekind, make, words):
-    res, store, row = _run(tmp_path, filekind, "freesurfer", make, kind)
+def test_odd_file_is_stored_with_a_one_line_warning(tmp_path, scheduler, kind, filekind, make, words):
+    res, store, row = _run(tmp_path, filekind, "freesurfer", make, kind, scheduler)
     assert res.exit_code == 0, res.output
     warn = [x for x in res.output.splitlines() if x.startswith("thaldask: warning:")]
     assert any(f"row {row}: 'bad." in x and words in x for x in warn), res.output
