@@ -222,3 +222,18 @@ class DaskProcesses:
                 p.wait(timeout=5)
         for log in self.logs:
             log.close()
+
+
+def run_and_sigkill(code: str, args, *, when, timeout: float = 120.0, env=None) -> int:
+    """Run ``python -c code *args`` and SIGKILL it as soon as ``when()`` is true; return its
+    exit status (``-SIGKILL`` when it was killed, else it finished first)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if when():
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    return proc.wait(60)

@@ -3,15 +3,12 @@ and the masks then equal a clean run's (thalnet is deterministic)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+from helpers.cluster import run_and_sigkill
 
 from thaldask.segment import segment_store
 from thaldask.store import ingest, open_store
@@ -39,16 +36,8 @@ def test_segment_killed_midrun_resumes_only_missing_scans(tmp_path):
     clean = segment_store(str(tmp_path / "b.zarr"), "thalnet", ["T1w"], progress=False)
     n = len(clean)
     store = str(tmp_path / "a.zarr")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, store], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        if _done(store) >= 2:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "segment finished before it could be interrupted"
+    status = run_and_sigkill(_CHILD, [store], when=lambda: _done(store) >= 2, timeout=300)
+    assert status == -signal.SIGKILL, "segment finished before it could be interrupted"
     done = _done(store)
     assert 0 < done < n
     again = segment_store(store, "thalnet", ["T1w"], progress=False)

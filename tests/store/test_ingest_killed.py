@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
+from helpers.cluster import run_and_sigkill
 from helpers.store import make_cohort
 
 from thaldask.store import ingest, open_store
@@ -39,17 +37,8 @@ def test_ingest_client_killed_midrun_resumes_and_equals_a_clean_run(tmp_path):
     clean = str(tmp_path / "clean.zarr")
     ingest(man, clean, progress=False)
     store = str(tmp_path / "killed.zarr")
-    env = {**os.environ, "DASK_THALDASK__PROGRESS__INTERVAL": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, man, store], env=env,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if _written(store) >= 3:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "ingest finished before it could be interrupted"
+    status = run_and_sigkill(_CHILD, [man, store], when=lambda: _written(store) >= 3)
+    assert status == -signal.SIGKILL, "ingest finished before it could be interrupted"
     done = _written(store)
     assert 0 < done < 24
     assert os.path.exists(lock_path(store))  # the killed process left its lock behind
