@@ -171,12 +171,31 @@ def test_report_harmonised_volumes_equal_stored(stats_store, drawn):
     assert n == 5 * 3  # five method × contrast panels, three sites
 
 
-def test_report_from_csv_folder_only_per_subject_figures_absent(stats_store, tmp_path):
+def test_report_from_a_csv_folder_equal_to_the_stored_stats_draws_them(stats_store, tmp_path):
     store, paths = stats_store
     folder = paths["longitudinal"].parent
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         index = write_report(store, tmp_path, stats_dir=folder, progress=False, qc_random=0)
+    text = index.read_text(encoding="utf-8")
+    assert "figures/annualised_change.png" in text
+
+
+def test_report_from_other_csv_tables_leaves_per_subject_figures_absent(stats_store, tmp_path):
+    import shutil
+
+    store, paths = stats_store
+    other = tmp_path / "other"
+    other.mkdir()
+    for p in paths.values():
+        shutil.copy(p, other / p.name)
+    lon = pd.read_csv(other / "longitudinal.csv")
+    col = next(c for c in lon.columns if lon[c].dtype.kind == "f" and lon[c].notna().any())
+    lon[col] = lon[col] + 1.0  # tables that do not match the stored numbers
+    lon.to_csv(other / "longitudinal.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = write_report(store, tmp_path / "report", stats_dir=other, progress=False, qc_random=0)
     text = index.read_text(encoding="utf-8")
     assert "figures/annualised_change.png" not in text
     assert "No per-subject annualised change stored with the statistics" in text

@@ -205,8 +205,8 @@ def write_report(
         the store folder if there are any, else the tables of the store's
         ``stats`` dataset (e.g. for an object-store URL). The per-subject figures
         (annualised change, harmonised site distributions) draw the store's stats dataset
-        only when the tables are its own (read from it, or CSVs equal to it); with other
-        tables, e.g. an explicit ``stats_dir``, they are absent.
+        only when the tables are its own (read from it, or CSVs equal to it, wherever they
+        are); with other tables they are absent.
     side : {"total", "left", "right"}
         Thalamus side drawn in the figures (tables show every side they hold).
     rng : int or numpy.random.Generator
@@ -241,6 +241,8 @@ def write_report(
     local = not is_remote(st.path)
     if stats_dir is not None:
         stats, source = load_stats(stats_dir), f"CSV files in {stats_dir}"
+        if stats and sds is not None and same_tables(stats, stats_from_dataset(sds)):
+            stored, source = sds, source + " (also in the store's stats dataset)"
     elif local and load_stats(Path(str(st.path)).resolve()):
         folder = Path(str(st.path)).resolve()
         stats, source = load_stats(folder), f"CSV files in {folder}"
