@@ -106,6 +106,30 @@ def test_store_s3_ingest_evaluate_on_workers_matches_local(s3_env, s3_endpoint, 
     np.testing.assert_allclose(reopened["dice"].values, remote_ds["dice"].values)
 
 
+def test_store_s3_stats_tables_go_inside_the_store(s3_env, tmp_path, monkeypatch):
+    import warnings
+
+    import pandas as pd
+
+    from thaldask.metrics.evaluate import evaluate
+    from thaldask.stats.run import write_stats
+    from thaldask.store import ingest
+
+    url = f"s3://{BUCKET}/stats.zarr"
+    ingest(_tiny_cohort(tmp_path), url, progress=False)
+    evaluate(url, progress=False, surface=False)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = write_stats(url)
+    assert paths["agreement"] == f"{url}/agreement.csv"
+    assert s3_env.exists(f"{BUCKET}/stats.zarr/agreement.csv")
+    assert s3_env.exists(f"{BUCKET}/stats.zarr/metrics.csv")  # evaluate's default table too
+    assert len(pd.read_csv(paths["agreement"])) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing in the working folder
+
+
 def test_store_s3_missing_store_not_found(s3_env):
     from thaldask.errors import StoreNotFoundError
     from thaldask.store import open_store

@@ -151,8 +151,18 @@ def atomic_write(path, mode: str = "w", *, encoding: str | None = "utf-8", newli
     _record(path)
 
 
-def write_text(path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; return the path."""
+def write_text(path, text: str, *, storage_options: dict | None = None):
+    """Write ``text`` to ``path`` atomically; return the path.
+
+    An object-store URL (``s3://...``) is written with fsspec in one PUT, which the store
+    makes visible whole or not at all; the URL is returned as given.
+    """
+    if is_remote(path):
+        import fsspec
+
+        with fsspec.open(str(path), "w", **(storage_options or {})) as f:
+            f.write(text)
+        return str(path)
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)

@@ -476,13 +476,7 @@ def results_to_frame(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def _write_csv(df: pd.DataFrame, path: str, storage_options=None):
-    if is_remote(path):
-        import fsspec
-
-        with fsspec.open(path, "w", **(storage_options or {})) as fh:
-            df.to_csv(fh, index=False)
-    else:
-        write_text(path, df.to_csv(index=False))
+    write_text(path, df.to_csv(index=False), storage_options=storage_options)
 
 
 def _is_synthetic(st) -> bool:

@@ -169,7 +169,8 @@ def stage_stats(ctx: Context) -> None:
 
 def summary_stats(ctx: Context, console) -> None:
     console.print("[bold]stats: headline findings[/bold] (tables: "
-                  + ", ".join(p.name for p in ctx.outputs["stats"]["paths"].values()) + ")")
+                  + ", ".join(os.path.basename(str(p)) for p in ctx.outputs["stats"]["paths"].values())
+                  + ")")
     for line in headline_findings(ctx.outputs["stats"]["tables"]):
         console.print(f"  {line}")
 

@@ -22,6 +22,7 @@ from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
 from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
 from thaldask.store import open_store
+from thaldask.store.format import table_file
 
 __all__ = [
     "run_stats",
@@ -190,7 +191,7 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     return {k: tables[k] for k in STATS_TABLES}, (work if work is not ds else None)
 
 
-def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
+def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
     """Run :func:`run_stats` on a store's results and write the tables.
 
     Parameters
@@ -198,14 +199,14 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     store_path : str or path
         Cohort store holding a ``results`` dataset.
     out : str or path, optional
-        Folder for the CSV files (default: the folder that contains the store; the working
-        directory for an object-storage URL).
+        Folder for the CSV files (default: inside the store folder, or inside the store on
+        object storage, so that tables of two stores never collide).
     config : dict or path, optional
         Options, or a YAML file (see :func:`load_stats_config`).
 
     Returns
     -------
-    dict of str -> Path
+    dict of str -> Path (a URL string for a store on object storage)
         The CSV written per table; the same tables are stored as the ``stats`` dataset
         in the store (``open_store(path).open_results("stats")``), with the per-scan
         numbers behind them that the report draws: ``annualised_change_pct`` (subject,
@@ -223,18 +224,17 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path]:
     ds = st.open_results()
     if out is not None:
         folder = check_writable_dir(out)
-    elif is_remote(store_path):  # object storage: tables go to the working directory
-        folder = Path.cwd()
+    elif is_remote(store_path):  # inside the store on object storage too
+        folder = None
     else:  # inside the store: two stores in one folder never share tables
         folder = Path(os.fspath(store_path)).resolve()
-    for name in STATS_TABLES:  # before any work: never replace a file thaldask did not write
-        check_may_write(folder / f"{name}.csv")
+    for name in STATS_TABLES if folder is not None else ():  # before any work: never replace
+        check_may_write(folder / f"{name}.csv")  # a file thaldask did not write
     tables, harmonised = _run(ds, cfg)
     paths = {}
     for name, df in tables.items():
-        p = folder / f"{name}.csv"
-        write_text(p, df.to_csv(index=False))
-        paths[name] = p
+        p = folder / f"{name}.csv" if folder is not None else table_file(store_path, name)
+        paths[name] = write_text(p, df.to_csv(index=False), storage_options=st.storage_options)
     sds = tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"})
     sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg)], combine_attrs="override")
     if is_remote(st.path) or os.access(os.fspath(st.path), os.W_OK):

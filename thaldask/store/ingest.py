@@ -301,13 +301,8 @@ def _mask_sides(data: np.ndarray, conv, *, ground_truth: bool = False) -> tuple[
 
 
 def _write_report(path: str, report: pd.DataFrame, storage_options=None):
-    if is_remote(path):
-        import fsspec
-
-        with fsspec.open(path.rstrip("/") + "/" + INGEST_REPORT, "w", **(storage_options or {})) as f:
-            report.to_csv(f, index=False)
-    else:
-        write_text(os.path.join(path, INGEST_REPORT), report.to_csv(index=False))
+    write_text(f"{path.rstrip('/')}/{INGEST_REPORT}", report.to_csv(index=False),
+               storage_options=storage_options)
 
 
 def ingest(
