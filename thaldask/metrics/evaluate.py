@@ -39,7 +39,14 @@ from thaldask._shared.progress import Progress
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
 from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
-from thaldask.store.format import hash_array, mask_array, metrics_array, metrics_cache, table_file
+from thaldask.store.format import (
+    hash_array,
+    mask_array,
+    metrics_array,
+    metrics_cache,
+    scan_meta_array,
+    table_file,
+)
 from thaldask.store.verify import read_scan
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
@@ -218,10 +225,15 @@ def _load_scans(idx, *, store_path, array_name, grid, storage_options=None):
     """
     name = array_name
     z = open_array(store_path, name, storage_options=storage_options)
+    idx = np.asarray(idx).ravel()
     out = np.empty((len(idx),) + tuple(grid), np.uint8)
-    for j, s in enumerate(np.asarray(idx).ravel()):  # the scans of one block
-        try:
-            out[j] = read_scan(z, int(s))  # a lost chunk is an error, never an empty mask
+    if not len(idx):
+        return out
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    shapes = open_array(store_path, scan_meta_array("shape"), storage_options=storage_options)[lo:hi]
+    for j, s in enumerate(idx):  # the scans of one block
+        try:  # a lost chunk is an error, never an empty mask
+            out[j] = read_scan(z, int(s), shapes[int(s) - lo])
         except Exception as exc:
             log.warning("evaluate: %s of scan %d unreadable: %s", name, int(s), exc)
             out[j] = UNREADABLE

@@ -100,13 +100,17 @@ class CohortStore(ScanWriter):
     def zarr_array(self, name: str, mode: str = "r"):
         """The zarr array ``name`` of the store (a path from :mod:`thaldask.store.format`).
 
+        Opened for writing, it writes every chunk of a region, also all-zero ones (an
+        absent chunk inside a scan's true shape then always means lost data).
+
         Raises KeyError when the store has no such array."""
         import zarr
 
         try:
-            return zarr.open_array(store=self._zstore, path=name, mode=mode)
+            z = zarr.open_array(store=self._zstore, path=name, mode=mode)
         except (FileNotFoundError, KeyError) as exc:
             raise KeyError(name) from exc
+        return z if mode == "r" else z.with_config({"write_empty_chunks": True})
 
     @cached_property
     def scans(self) -> pd.DataFrame:

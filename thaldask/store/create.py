@@ -23,9 +23,29 @@ from thaldask.errors import NotAStoreError, StoreConflictError
 from thaldask.store.backend import make_zarr_store
 from thaldask.store.codecs import default_layout
 from thaldask.store.cohort_store import CohortStore, write_scan_meta
-from thaldask.store.format import FORMAT_VERSION, ROOT_ATTR, ROOT_METADATA, is_per_scan
+from thaldask.store.format import (
+    FORMAT_VERSION,
+    HASH_LEN,
+    IMAGES,
+    MASKS,
+    PROBS,
+    RECORD_LEN,
+    ROOT_ATTR,
+    ROOT_METADATA,
+    hash_array,
+    is_per_scan,
+    record_array,
+)
 
-__all__ = ["create_store", "append_scans", "set_clinical", "is_store", "check_store_target"]
+__all__ = [
+    "create_store",
+    "append_scans",
+    "grow_grid",
+    "regrid_scans",
+    "set_clinical",
+    "is_store",
+    "check_store_target",
+]
 
 
 # ---------------------------------------------------------------- where thaldask may write
@@ -188,6 +208,61 @@ def append_scans(st: CohortStore, scans: pd.DataFrame, scan_meta: dict, referenc
         "reference": list(reference),
         "orig_axcodes": list(orig_axcodes),
     })
+
+
+def _spatial(name: str) -> bool:
+    return name.split("/", 1)[0] in (IMAGES, MASKS, PROBS)
+
+
+def grow_grid(st: CohortStore, grid) -> tuple[int, int, int]:
+    """Grow the store's padded grid in place to at least ``grid`` (never shrinks it).
+
+    Every image, mask and probability array is resized along its three spatial axes:
+    chunks already written stay as they are (zarr reads the new region as the fill value
+    0, which is the zero padding), and each scan still owns every chunk of its region, so
+    tasks keep writing whole scans independently. Arrays are resized before the root
+    attribute changes, and the new grid is also the largest spatial shape of any array,
+    so an interrupted growth is completed by the next ingest. Called by the process that
+    plans an ingest, under the store lock, before any task writes. Returns the new grid.
+    """
+    new = np.maximum(np.asarray(st.grid_shape), np.asarray(grid, dtype=np.int64))
+    members = [(n, z) for n, z in st.array_members() if _spatial(n) and len(z.shape) >= 4]
+    for _, z in members:  # an earlier growth that stopped half way
+        new = np.maximum(new, np.asarray(z.shape[-3:]))
+    target = tuple(int(v) for v in new)
+    for _, z in members:
+        if tuple(z.shape[-3:]) != target:
+            z.resize(tuple(z.shape[:-3]) + target)
+    if target != tuple(st.grid_shape):
+        st.update_attrs({"grid_shape": list(target)})
+    return target
+
+
+def regrid_scans(st: CohortStore, scans) -> list[str]:
+    """Mark every stored array of ``scans`` not written (their reference grid changed).
+
+    Only the write records and digests are cleared (one small chunk of each scan's own):
+    the files of the manifest are then written afresh onto the new grid, and whatever
+    else the scans held (masks of other methods or manifests) reads as missing until it is
+    segmented or ingested again. Returns the names of the arrays that held a scan."""
+    cleared = []
+    for name, z in st.array_members():
+        if not _spatial(name) or name.startswith(PROBS):
+            continue
+        try:
+            rec_z = st.zarr_array(record_array(name), mode="r+")
+            hash_z = st.zarr_array(hash_array(name), mode="r+")
+        except KeyError:
+            continue
+        held = False
+        for i in scans:
+            if int(rec_z[int(i), 0]):
+                rec_z[int(i)] = np.zeros(RECORD_LEN)  # not written first, then the digests
+                hash_z[int(i)] = np.zeros(HASH_LEN, dtype=np.uint8)
+                held = True
+        if held:
+            cleared.append(name)
+    return cleared
 
 
 def set_clinical(st: CohortStore, df: pd.DataFrame | None) -> None:

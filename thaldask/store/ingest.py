@@ -29,7 +29,14 @@ from thaldask.schema import GT_METHOD
 from thaldask.store import fastcopy, nifti
 from thaldask.store.codecs import choose_decimals, decode_decimal, default_layout, n_decimals
 from thaldask.store.cohort_store import CohortStore, open_store
-from thaldask.store.create import append_scans, check_store_target, create_store, set_clinical
+from thaldask.store.create import (
+    append_scans,
+    check_store_target,
+    create_store,
+    grow_grid,
+    regrid_scans,
+    set_clinical,
+)
 from thaldask.store.format import BINARY, INGEST_REPORT, NAN_REPLACED, RESAMPLED, SCALED
 from thaldask.store.ingest_plan import (
     FileEntry,
@@ -329,8 +336,10 @@ def ingest(
     manifest : path of a manifest CSV/TSV, or a DataFrame from ``read_manifest``
     store : path or fsspec URL of the store (created if absent)
     clinical : path or DataFrame of the clinical table (validated, stored in the attrs)
-    overwrite : replace stored scans of this manifest whose content differs (never anything
-        else: a store is never rebuilt or emptied)
+    overwrite : replace stored scans of this manifest whose content differs, and re-grid a
+        stored scan whose reference image now has another grid (its other arrays are then
+        marked not written); never anything else: a store is never rebuilt or emptied.
+        Scans larger than the padded grid grow it in place, with or without ``overwrite``
     client : a ``distributed.Client``; None uses the active client if any, else dask's
         threaded scheduler in this process
     progress : show a progress bar on stderr
@@ -354,8 +363,8 @@ def ingest(
     NotAStoreError
         ``store`` exists and is neither empty nor a thaldask store (nothing is touched).
     StoreConflictError
-        a stored scan's reference grid changed, or new scans do not fit the stored padded
-        grid; the store is left as it was (ingest them into a new store).
+        a stored scan's reference grid changed and ``overwrite`` is False; the store is left
+        as it was.
     StoreBusyError
         another ingest is writing the same store (see :mod:`thaldask.store.lock`).
     """
@@ -367,7 +376,8 @@ def ingest(
     # rows that passed their own checks
     df = validate(manifest, on_file_error="flag")
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
-    with store_lock(store):  # one writer at a time; a second ingest fails at once
+    # one writer at a time; a second ingest fails at once
+    with store_lock(store, storage_options=storage_options):
         return _ingest_validated(df, clin, store, overwrite=overwrite, client=client,
                                  progress=progress, storage_options=storage_options,
                                  layout=layout, split_binary=split_binary)
@@ -393,15 +403,14 @@ def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_o
     st = None
     if is_store:  # a thaldask store: new scans are appended, nothing stored is dropped
         st = open_store(store, storage_options=storage_options)
-        merged, why, n_added = merge_plan(st, plan)
-        if merged is None:
+        fit = merge_plan(st, plan, overwrite=overwrite)
+        if fit.plan is None:
             raise StoreConflictError(
-                f"{store}: cannot take this manifest ({why}); the stored scans are kept. "
-                "Ingest it into a new store instead"
+                f"{store}: cannot take this manifest ({fit.why}); the stored scans are kept"
             )
-        plan = merged
-        if n_added:
-            append_scans(st, plan.scans, plan.scan_meta, plan.reference, plan.orig_axcodes)
+        plan = fit.plan
+        _grow(st, fit, progress=progress)
+        if fit.n_added or fit.regrid or fit.grown:
             st = open_store(store, storage_options=storage_options)
     if st is None:  # a new or empty folder
         st = create_store(
@@ -471,6 +480,29 @@ def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_o
     _write_report(store, report, storage_options)
     st.consolidate()
     return report
+
+
+def _grow(st: CohortStore, fit, *, progress: bool) -> None:
+    """Apply a :class:`~thaldask.store.ingest_plan.StoreFit` to the store before any task
+    writes: re-gridded scans forgotten, the padded grid grown, scans appended."""
+    plan = fit.plan
+    if fit.regrid:
+        cleared = regrid_scans(st, fit.regrid)
+        names = ", ".join(f"{st.scans.subject[i]} {st.scans.timepoint[i]}" for i in fit.regrid)
+        print(
+            f"thaldask: warning: {st.path}: the reference grid of {names} changed (--overwrite): "
+            f"their {', '.join(cleared) or 'arrays'} are re-written from this manifest or "
+            "marked not written (segment or ingest them again)",
+            file=sys.stderr,
+        )
+    if fit.grown:
+        before = st.grid_shape
+        after = grow_grid(st, plan.grid_shape)
+        if progress:
+            print(f"{st.path}: padded grid grown from {before} to {after} in place",
+                  file=sys.stderr)
+    if fit.n_added or fit.regrid:
+        append_scans(st, plan.scans, plan.scan_meta, plan.reference, plan.orig_axcodes)
 
 
 def _flagged_rows(df: pd.DataFrame) -> list[dict]:

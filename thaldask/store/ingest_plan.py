@@ -33,6 +33,7 @@ __all__ = [
     "IngestPlan",
     "plan_ingest",
     "fill_sites",
+    "StoreFit",
     "merge_plan",
     "with_dtypes",
     "only_rows",
@@ -181,16 +182,30 @@ def fill_sites(plan: IngestPlan, clin: pd.DataFrame) -> IngestPlan:
     return replace(plan, scans=scans)
 
 
-def merge_plan(st: CohortStore, plan: IngestPlan) -> tuple[IngestPlan | None, str, int]:
+@dataclass(frozen=True)
+class StoreFit:
+    """How a manifest's plan fits an existing store (:func:`merge_plan`)."""
+
+    plan: IngestPlan | None  # re-indexed to the store; None when it cannot fit
+    why: str = ""  # the reason it cannot fit
+    n_added: int = 0  # scans appended to the store
+    regrid: tuple[int, ...] = ()  # stored scans whose reference grid this manifest changes
+    grown: bool = False  # the padded grid grows (new or re-gridded scans are larger)
+
+
+def merge_plan(st: CohortStore, plan: IngestPlan, *, overwrite: bool = False) -> StoreFit:
     """Fit a manifest's plan onto an existing store.
 
-    Scans already stored keep their index and must keep their reference grid; new scans
-    are appended (their grids must fit the stored padded grid). Returns (plan re-indexed
-    to the store, reason if impossible, number of appended scans).
+    Scans already stored keep their index; new scans are appended. The padded grid grows
+    to take scans larger than it (:func:`~thaldask.store.create.grow_grid`). A stored scan
+    whose reference grid the manifest changes cannot fit unless ``overwrite``: then its
+    scan-level metadata are replaced and every array of it is re-written or marked not
+    written (``regrid``).
     """
     old = list(zip(st.scans["subject"], st.scans["timepoint"], strict=False))
     pos = {k: i for i, k in enumerate(old)}
     keys = list(zip(plan.scans["subject"], plan.scans["timepoint"], strict=False))
+    regrid = []  # (store index, plan index)
     for j, k in enumerate(keys):
         i = pos.get(k)
         if i is None:
@@ -199,36 +214,48 @@ def merge_plan(st: CohortStore, plan: IngestPlan) -> tuple[IngestPlan | None, st
             np.allclose(st.orig_affines[i], plan.scan_meta["orig_affine"][j], atol=1e-6)
             and np.array_equal(st.orig_shapes[i], plan.scan_meta["orig_shape"][j])
         ):
-            return None, f"the reference grid of {k[0]} {k[1]} differs from the stored one", 0
+            if not overwrite:
+                return StoreFit(None, (
+                    f"the reference grid of {k[0]} {k[1]} differs from the stored one; "
+                    "--overwrite re-grids that scan"
+                ))
+            regrid.append((i, j))
     added = [j for j, k in enumerate(keys) if k not in pos]
-    if added:
-        need = plan.scan_meta["shape"][added].max(0)
-        if np.any(need > np.asarray(st.grid_shape)):
-            return None, (
-                f"new scans need grid {tuple(int(v) for v in need)} but the store's padded grid "
-                f"is {st.grid_shape}"
-            ), 0
+    grid = np.asarray(st.grid_shape)
+    changed = added + [j for _, j in regrid]
+    if changed:
+        grid = np.maximum(grid, plan.scan_meta["shape"][changed].max(0))
+    grid_shape = tuple(int(v) for v in grid)
     index = {k: pos[k] for k in keys if k in pos}
     for n, j in enumerate(added):
         index[keys[j]] = len(old) + n
     specs = tuple(replace(sp, scan=index[(sp.subject, sp.timepoint)]) for sp in plan.specs)
-    if not added:
-        return replace(plan, specs=specs), "", 0
-    meta = {}
-    for key, arr in plan.scan_meta.items():
-        meta[key] = np.concatenate([st.scan_meta(key), arr[added]])
+    meta = {key: st.scan_meta(key) for key in plan.scan_meta}
+    reference = list(st.reference)
+    axc = list(st.orig_axcodes)
+    for i, j in regrid:
+        for key, arr in plan.scan_meta.items():
+            meta[key][i] = arr[j]
+        reference[i] = plan.reference[j]
+        axc[i] = plan.orig_axcodes[j]
+    if added:
+        for key, arr in plan.scan_meta.items():
+            meta[key] = np.concatenate([meta[key], arr[added]])
+        reference += [plan.reference[j] for j in added]
+        axc += [plan.orig_axcodes[j] for j in added]
     scans = pd.concat([st.scans, plan.scans.iloc[added]], ignore_index=True)
     scans.index.name = "scan"
     merged = IngestPlan(
         scans=scans,
-        reference=tuple(st.reference) + tuple(plan.reference[j] for j in added),
-        grid_shape=st.grid_shape,
+        reference=tuple(reference),
+        grid_shape=grid_shape,
         scan_meta=meta,
-        orig_axcodes=tuple(st.orig_axcodes) + tuple(plan.orig_axcodes[j] for j in added),
+        orig_axcodes=tuple(axc),
         specs=specs,
         image_dtypes=plan.image_dtypes,
     )
-    return merged, "", len(added)
+    return StoreFit(merged, "", len(added), tuple(sorted(i for i, _ in regrid)),
+                    grid_shape != tuple(st.grid_shape))
 
 
 def with_dtypes(plan: IngestPlan, stored: dict[str, str]) -> IngestPlan:

@@ -148,6 +148,9 @@ class ScanWriter:
                 content_sha256 = content_sha256()
             if old_flags & FILE_DIGEST_ONLY or not any(old_hash):  # hash what is stored
                 old_hash = content_hash(np.asarray(self.zarr_array(name)[i]), self.affines[i])
+            elif old_hash != content_sha256:  # recorded on a smaller padded grid? hash it now
+                now = content_hash(np.asarray(self.zarr_array(name)[i]), self.affines[i])
+                old_hash = now if now == content_sha256 else old_hash
             if old_hash == content_sha256:
                 return "skipped"
             if not overwrite:

@@ -14,29 +14,37 @@ from thaldask.store.format import image_array, mask_array
 __all__ = ["missing_chunks", "read_scan", "verify_store"]
 
 
-def missing_chunks(z, i: int) -> list[str]:
-    """Keys of the chunks of scan ``i`` of zarr array ``z`` that are not in its store."""
+def missing_chunks(z, i: int, shape=None) -> list[str]:
+    """Keys of the chunks of scan ``i`` of zarr array ``z`` that are not in its store.
+
+    With the scan's true spatial ``shape``, chunks that lie wholly in its zero padding are
+    not required (a grown padded grid adds such chunks, never written and read as 0)."""
     from zarr.core.sync import sync
 
     grid = z.cdata_shape
     prefix = f"{z.path}/" if z.path else ""
     rows = int(z.chunks[0])
-    keys = [
-        z.metadata.encode_chunk_key((i // rows, *rest))
-        for rest in np.ndindex(*grid[1:])
-    ]
+    spatial = len(grid) - 3
+    keys = []
+    for rest in np.ndindex(*grid[1:]):
+        if shape is not None and any(
+            rest[spatial - 1 + a] * int(z.chunks[spatial + a]) >= int(shape[a]) for a in range(3)
+        ):
+            continue
+        keys.append(z.metadata.encode_chunk_key((i // rows, *rest)))
     return [k for k in keys if not sync(z.store.exists(prefix + k))]
 
 
-def read_scan(z, i: int) -> np.ndarray:
+def read_scan(z, i: int, shape=None) -> np.ndarray:
     """``z[i]``, refusing a scan whose chunks are missing (never an empty mask instead).
+    ``shape``: the scan's true spatial shape (:func:`missing_chunks`).
 
     Raises
     ------
     ScanError
         a chunk of the scan is missing.
     """
-    lost = missing_chunks(z, i)
+    lost = missing_chunks(z, i, shape)
     if lost:
         raise ScanError(f"{z.path}: scan {i}: {len(lost)} chunk(s) missing ({lost[0]}); "
                         "the store lost data; re-ingest or re-segment this scan")
@@ -60,7 +68,7 @@ def verify_store(store, *, progress: bool = False) -> pd.DataFrame:
         z = st.zarr_array(name)
         for i in np.flatnonzero(st.written(name)):
             try:
-                read_scan(z, int(i))
+                read_scan(z, int(i), st.shapes[i])
             except Exception as exc:  # missing chunk or undecodable bytes: report, go on
                 rows.append({"array": name, "scan": int(i), "subject": scans["subject"].iloc[i],
                              "timepoint": scans["timepoint"].iloc[i],
