@@ -136,3 +136,37 @@ def test_store_s3_missing_store_not_found(s3_env):
 
     with pytest.raises(StoreNotFoundError):
         open_store(f"s3://{BUCKET}/no-such-store.zarr")
+
+
+def test_store_s3_two_ingests_never_write_at_once(s3_env, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from thaldask.errors import StoreBusyError
+    from thaldask.store import ingest, open_store
+    from thaldask.store.lock import lock_path, store_lock
+
+    url = f"s3://{BUCKET}/locked.zarr"
+    man = _tiny_cohort(tmp_path)
+    key = lock_path(url)[len("s3://"):]
+    assert key == f"{BUCKET}/locked.zarr.thaldask-lock"
+    with store_lock(url):
+        assert json.loads(s3_env.cat_file(key))["what"] == "ingest"
+        with pytest.raises(StoreBusyError, match="another ingest"):
+            ingest(man, url, progress=False)
+        with pytest.raises(StoreBusyError):  # the holder's own second attempt too
+            with store_lock(url):
+                pass
+    assert not s3_env.exists(key)  # released, and nothing was created meanwhile
+    assert not s3_env.exists(f"{BUCKET}/locked.zarr")
+    # a lock left by a process of this host that died is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    import socket
+
+    s3_env.pipe_file(key, json.dumps({"host": socket.gethostname(), "pid": int(dead),
+                                      "since": 0, "what": "ingest"}).encode())
+    rep = ingest(man, url, progress=False)
+    assert (rep.status == "written").all()
+    assert open_store(url).n_scans == 2 and not s3_env.exists(key)
