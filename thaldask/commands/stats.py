@@ -14,7 +14,7 @@ from thaldask.errors import ThaldaskWarning
               help="stats.yaml with options (side, outcomes, covariates, head_size, edss_cut, "
                    "harmonise, combat, bootstrap, ...).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for the CSV tables (default: the folder containing STORE).")
+              help="Folder for the CSV tables (default: inside STORE).")
 @click.option("--quiet", is_flag=True, help="Do not print the headline findings.")
 @handle_errors
 def stats_command(store, config_file, out, quiet):

@@ -13,7 +13,7 @@ import xarray as xr
 from thaldask import __version__
 from thaldask import config as _config
 from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
-from thaldask.errors import ConfigError, StatsError, StatsStageWarning
+from thaldask.errors import ConfigError, OutputError, StatsError, StatsStageWarning
 from thaldask.schema import STATS_TABLES
 from thaldask.stats._tables import table_to_xarray, tables_to_dataset
 from thaldask.stats.agreement import fit_agreement
@@ -228,6 +228,9 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
         folder = None
     else:  # inside the store: two stores in one folder never share tables
         folder = Path(os.fspath(store_path)).resolve()
+        if not os.access(folder, os.W_OK):
+            raise OutputError(f"{store_path}: the store is read-only; give a folder for the "
+                              "tables (--out DIR)")
     for name in STATS_TABLES if folder is not None else ():  # before any work: never replace
         check_may_write(folder / f"{name}.csv")  # a file thaldask did not write
     tables, harmonised = _run(ds, cfg)
