@@ -51,16 +51,33 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
 
 @click.command("export")
 @click.argument("store")
-@click.option("--method", required=True, help="Mask method (gt for ground truth).")
-@click.option("--contrast", required=True, help="Contrast the masks belong to.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--method", default=None, help="Mask method (gt for ground truth); with --bids: all by default.")
+@click.option("--contrast", default=None, help="Contrast the masks belong to (not with --bids).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder.")
+@click.option("--bids", "bids_root", type=click.Path(file_okay=False), default=None,
+              help="BIDS dataset folder: write derivatives/<method>/sub-*/[ses-*/]anat/"
+                   "*_desc-thalamus_dseg.nii.gz with label table and sidecars.")
 @click.option("--labels", default=None, help="Write this label convention (e.g. freesurfer) instead of 0/1/2.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files that thaldask did not write.")
 @handle_errors
-def export_command(store, method, contrast, out, labels):
-    """Masks of STORE back to NIfTI on each scan's original grid, one file per scan."""
+def export_command(store, method, contrast, out, bids_root, labels, overwrite):
+    """Masks of STORE back to NIfTI on each scan's original grid, one file per scan
+    (--out DIR with --method and --contrast), or every mask as BIDS derivatives (--bids DIR)."""
+    if bids_root is not None:
+        if out is not None or contrast is not None or labels is not None:
+            raise click.UsageError("--bids writes every contrast with labels 1/2; "
+                                   "it takes no --out, --contrast or --labels")
+        from thaldask.store.bids_export import export_bids
+
+        paths = export_bids(store, bids_root, methods=[method] if method else None,
+                            overwrite=overwrite)
+        click.echo(f"{len(paths)} masks written to {bids_root}/derivatives")
+        return
+    if not (method and contrast and out):
+        raise click.UsageError("give --method, --contrast and --out (or --bids DIR)")
     from thaldask.store.export import export_masks
 
-    paths = export_masks(store, method, contrast, out, labels=labels)
+    paths = export_masks(store, method, contrast, out, labels=labels, overwrite=overwrite)
     click.echo(f"{len(paths)} masks written to {out}")
 
 

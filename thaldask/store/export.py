@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 
-from thaldask._shared.paths import safe_name, save_image
+from thaldask._shared.paths import check_may_write, safe_name, save_image
 from thaldask.cohort.labels import from_sides
 from thaldask.errors import StoreError
 from thaldask.store.cohort_store import CohortStore, open_store
-from thaldask.store.format import FORMAT_NIFTI1, FORMAT_NIFTI2
+from thaldask.store.format import FORMAT_MGH, FORMAT_NIFTI1, FORMAT_NIFTI2
 from thaldask.store.nifti import from_ras
 
 __all__ = ["export_masks", "to_original_image"]
@@ -63,6 +63,7 @@ def export_masks(
     *,
     labels: str | None = None,
     scans=None,
+    overwrite: bool = False,
 ) -> list[str]:
     """Write each stored mask of (method, contrast) as ``<subject>_<timepoint>_<method>_<contrast>.nii.gz``
     (``.mgz`` for scans whose reference image was FreeSurfer MGH).
@@ -74,12 +75,13 @@ def export_masks(
     out : output folder (created)
     labels : write ids of this convention (e.g. ``freesurfer`` 10/49) instead of 0/1/2
     scans : scan indices to export (default: every scan that has the mask)
+    overwrite : replace existing files thaldask did not write (else refused, before any
+        file is written)
 
     Returns
     -------
     list of written file paths (eager).
     """
-    import nibabel as nib
 
     st = store if isinstance(store, CohortStore) else open_store(store, read_only=True)
     if (method, contrast) not in st.methods:
@@ -90,16 +92,20 @@ def export_masks(
     os.makedirs(out, exist_ok=True)
     have = st.has_mask(method, contrast)
     idx = np.flatnonzero(have) if scans is None else [int(i) for i in scans if have[int(i)]]
-    paths = []
+    mgh = {int(i): st.orig_header(int(i))[0] == FORMAT_MGH for i in idx}
+    targets = {}
     for i in idx:
+        s = st.scans.iloc[int(i)]
+        ext = ".mgz" if mgh[int(i)] else ".nii.gz"
+        name = f"{safe_name(s.subject)}_{safe_name(s.timepoint)}_{safe_name(method)}_{safe_name(contrast)}{ext}"
+        targets[int(i)] = os.path.join(str(out), name)
+        check_may_write(targets[int(i)], overwrite=overwrite)  # all of them, before any write
+    paths = []
+    for i, p in targets.items():
         sides = st.load_mask(method, contrast, i)
         if labels:
             sides = from_sides(sides, labels)
-        img = to_original_image(st, int(i), sides)
-        s = st.scans.iloc[int(i)]
-        ext = ".mgz" if isinstance(img, nib.MGHImage) else ".nii.gz"
-        name = f"{safe_name(s.subject)}_{safe_name(s.timepoint)}_{safe_name(method)}_{safe_name(contrast)}{ext}"
-        p = os.path.join(str(out), name)
+        img = to_original_image(st, i, sides)
         save_image(img, p)
         paths.append(p)
     return paths

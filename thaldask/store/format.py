@@ -23,6 +23,8 @@ Layout (one Zarr v3 group)::
     _metrics/<method>/<contrast>/raw, token   evaluate's per-scan cache (derived arrays)
     results/<name>                xarray datasets (write_results)
     ingest_report.csv             the last ingest's report
+    sources.csv                   array, scan, subject, timepoint, source file and its
+                                  sha256 of every file ingested (one table, every ingest)
 
 Every per-scan write touches only chunks that belong to that scan, so scans can be written
 by independent tasks; scan-level metadata is written once by the process that creates the
@@ -60,6 +62,8 @@ META = "_meta"
 METRICS = "_metrics"
 RESULTS = "results"
 INGEST_REPORT = "ingest_report.csv"
+#: the source file of every stored (array, scan), one row each (columnar, see sources.py)
+SOURCES = "sources.csv"
 
 
 def table_file(store_path, name: str) -> str:

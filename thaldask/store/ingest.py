@@ -37,7 +37,13 @@ from thaldask.store.create import (
     regrid_scans,
     set_clinical,
 )
-from thaldask.store.format import BINARY, INGEST_REPORT, NAN_REPLACED, RESAMPLED, SCALED
+from thaldask.store.format import (
+    BINARY,
+    INGEST_REPORT,
+    NAN_REPLACED,
+    RESAMPLED,
+    SCALED,
+)
 from thaldask.store.ingest_plan import (
     FileEntry,
     IngestPlan,
@@ -49,6 +55,7 @@ from thaldask.store.ingest_plan import (
     with_dtypes,
 )
 from thaldask.store.lock import store_lock
+from thaldask.store.sources import record_ingest
 
 __all__ = ["ingest", "REPORT_COLUMNS"]
 
@@ -478,6 +485,7 @@ def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_o
         if any(w in str(r.reason) for w in WARN_REASONS):
             print(f"thaldask: warning: {src} row {r.row}: {r.path!r}: {r.reason}", file=sys.stderr)
     _write_report(store, report, storage_options)
+    record_ingest(st, plan.specs, report)
     st.consolidate()
     return report
 
