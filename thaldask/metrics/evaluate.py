@@ -14,10 +14,12 @@ content hashes of both masks, the GT contrast, the voxel size and the kernel ver
 re-run recomputes only scans whose token is missing (interrupted run) or different (a mask
 changed); the rest is read back.
 
-Graph: rows are grouped by (GT contrast, scan set); each group is one ``blockwise`` over
-blocks of ``thaldask.metrics.scans-per-task`` scans whose task reads the block's GT once,
-every prediction compared with it, computes, and writes its rows. Tasks receive the store
-path and open it themselves; no array travels through the scheduler.
+Tasks: rows are grouped by (GT contrast, scan set); each group is split into blocks of
+``thaldask.metrics.scans-per-task`` scans, and one task per block (nothing else: no
+loading tasks, no data tasks) reads each scan's GT once, every prediction compared with
+it, computes, and writes its rows. Tasks receive the store path and open it themselves;
+no mask travels through the scheduler, and a worker's memory is bounded by the scans it
+is scoring, not by the cohort.
 """
 
 from __future__ import annotations
@@ -33,9 +35,8 @@ import pandas as pd
 import xarray as xr
 
 from thaldask import __version__, config
-from thaldask._shared.compute import active_client
+from thaldask._shared.compute import run_batches
 from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
-from thaldask._shared.progress import Progress
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
 from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
@@ -62,45 +63,59 @@ CLINICAL_FLOATS = NUMERIC_COLUMNS
 
 
 # --------------------------------------------------------------------------- tasks
-def _single(block):
-    while isinstance(block, (list, tuple)):
-        if len(block) != 1:
-            raise ValueError("evaluate expects one chunk along x, y, z and per-scan fields")
-        block = block[0]
-    return block
+def _eval_block(batch, *, store_path, surface, storage_options=None):
+    """Read and score one block of scans for every prediction sharing this GT, and write
+    each (scan, prediction) row to its per-scan cache. ``batch`` is one job of
+    :func:`_jobs`: ``idx`` (scans), ``todo`` (scan, prediction: which rows to score),
+    ``spacing``, ``token`` (scan, prediction, 32),
+    ``gt_name`` (the GT mask array; None: volumes only), ``pred_names`` and ``caches``
+    ((label, raw array, token array) per prediction).
 
-
-def _eval_block(gt, spacing, scan, token, *preds, store_path, caches, with_gt, surface, storage_options=None):
-    """Compute raw fields of one block of scans for every prediction sharing this GT, and
-    write each (scan, prediction) row to its per-scan cache. ``caches``: (label, raw array,
-    token array) per prediction.
-
-    Runs inside a Dask task; returns (scan, prediction, side, field). A row that fails
-    (unreadable data, bad labels) stays NaN without a token, so the next run retries it.
+    One Dask task per block reads its own masks, one scan at a time: a worker holds the
+    masks of the scan it is scoring, never blocks waiting for another task, so memory is
+    bounded by the tasks in flight whatever the cohort's size. Returns (scan, prediction,
+    side, field). A row that fails (a lost chunk, bad labels) stays NaN without a token, so
+    the next run retries it, and one bad scan never stops the others.
     """
-    # blockwise without concatenation hands single-chunk contracted dims as nested lists
-    gt, spacing, scan, token = (_single(a) for a in (gt, spacing, scan, token))
-    preds = [_single(p) for p in preds]
-    n, k = gt.shape[0], len(preds)
+    (job,) = batch
+    idx, spacing, token, todo = job["idx"], job["spacing"], job["token"], job["todo"]
+    gt_name, pred_names, caches = job["gt_name"], job["pred_names"], job["caches"]
+    n, k = len(idx), len(pred_names)
     out = np.full((n, k, 3, len(RAW_FIELDS)), np.nan)
     ok = np.zeros((n, k), bool)
+    if not n:
+        return out
     pv = RAW_FIELDS.index("pred_voxels")
-    for i in range(n):  # the scans of one block
-        for j, pred in enumerate(preds):  # the predictions compared with this GT
+    arrays = [open_array(store_path, a, storage_options=storage_options)
+              for a in ([gt_name] if gt_name else []) + list(pred_names)]
+    lo = int(idx.min())
+    shapes = open_array(store_path, scan_meta_array("shape"),
+                        storage_options=storage_options)[lo:int(idx.max()) + 1]
+    for i, s in enumerate(idx):  # the scans of one block
+        shape = shapes[int(s) - lo]
+        try:  # a lost chunk is an error, never an empty mask
+            gt = read_scan(arrays[0], int(s), shape) if gt_name else None
+        except Exception as exc:
+            log.warning("evaluate: %s of scan %d unreadable: %s", gt_name, int(s), exc)
+            continue
+        for j, z in enumerate(arrays[1:] if gt_name else arrays):  # the predictions
+            if not todo[i, j]:
+                continue
             try:
-                if with_gt:
-                    out[i, j] = pair_raw(gt[i], pred[i], spacing[i], surface=surface)
+                pred = read_scan(z, int(s), shape)
+                if gt is not None:
+                    out[i, j] = pair_raw(gt, pred, spacing[i], surface=surface)
                 else:  # no ground truth: volumes only
-                    out[i, j, :, pv] = pair_raw(pred[i], pred[i], spacing[i], surface=False)[:, pv]
+                    out[i, j, :, pv] = pair_raw(pred, pred, spacing[i], surface=False)[:, pv]
                 ok[i, j] = True
-            except Exception as exc:  # one bad scan never stops the cohort
-                log.warning("evaluate: scan %d of %s failed: %s", int(scan[i, 0]), caches[j][0], exc)
+            except Exception as exc:
+                log.warning("evaluate: scan %d of %s failed: %s", int(s), caches[j][0], exc)
     for j, (_, raw_name, token_name) in enumerate(caches):
         done = [i for i in range(n) if ok[i, j]]
-        write_derived_rows(store_path, raw_name, {int(scan[i, 0]): out[i, j] for i in done},
+        write_derived_rows(store_path, raw_name, {int(idx[i]): out[i, j] for i in done},
                            storage_options=storage_options)
         # tokens last: a token marks its row complete
-        write_derived_rows(store_path, token_name, {int(scan[i, 0]): token[i, j] for i in done},
+        write_derived_rows(store_path, token_name, {int(idx[i]): token[i, j] for i in done},
                            storage_options=storage_options)
     return out
 
@@ -213,139 +228,39 @@ def _plan(st, *, surface: bool):
 
 
 # --------------------------------------------------------------------------- evaluate
-#: label written into a scan that cannot be read: the kernel rejects it, the row stays NaN
-UNREADABLE = 255
-
-
-def _load_scans(idx, *, store_path, array_name, grid, storage_options=None):
-    """Masks of the scans ``idx`` (a block) as (k, x, y, z) uint8, read in the task.
-
-    A scan whose chunk cannot be read is filled with :data:`UNREADABLE` and logged, so one
-    bad scan never fails the task (and the graph) of the others.
+def _jobs(st, entries, *, block: int) -> list[dict]:
+    """One job per block of scans whose cached rows are stale, per ground-truth contrast:
+    a job reads each scan's GT once and scores every prediction of that scan that needs
+    it (``todo``: scan x prediction). Each job carries what it needs (scan indices, voxel
+    sizes, tokens: a few bytes per scan); the masks it reads itself.
     """
-    name = array_name
-    z = open_array(store_path, name, storage_options=storage_options)
-    idx = np.asarray(idx).ravel()
-    out = np.empty((len(idx),) + tuple(grid), np.uint8)
-    if not len(idx):
-        return out
-    lo, hi = int(idx.min()), int(idx.max()) + 1
-    shapes = open_array(store_path, scan_meta_array("shape"), storage_options=storage_options)[lo:hi]
-    for j, s in enumerate(idx):  # the scans of one block
-        try:  # a lost chunk is an error, never an empty mask
-            out[j] = read_scan(z, int(s), shapes[int(s) - lo])
-        except Exception as exc:
-            log.warning("evaluate: %s of scan %d unreadable: %s", name, int(s), exc)
-            out[j] = UNREADABLE
-    return out
-
-
-def _scan_loader(st, name: str, idx: np.ndarray, chunks: tuple[int, ...]):
-    """Lazy (len(idx), x, y, z) array of one stored mask, one task per block of scans."""
-    import dask.array as da
-
-    ix = da.from_array(idx.astype(np.int64), chunks=(chunks,))
-    g = tuple(int(v) for v in st.grid_shape)
-    return da.blockwise(
-        _load_scans,
-        "sxyz",
-        ix,
-        "s",
-        new_axes={"x": g[0], "y": g[1], "z": g[2]},
-        dtype=np.uint8,
-        meta=np.empty((0, 0, 0, 0), np.uint8),
-        store_path=st.path,
-        array_name=name,
-        grid=g,
-        storage_options=st.storage_options or None,
-    )
-
-
-def _compute_arrays(st, entries, *, surface: bool, block: int):
-    """Lazy raw arrays for every (scan, mask) row whose cached token is stale.
-
-    Rows are grouped by (ground-truth contrast, scan set): each group is one blockwise
-    computation whose tasks read a block of scans' GT once for all its predictions.
-    """
-    import dask.array as da
-
-    groups: dict[tuple, list[int]] = {}
+    by_gt: dict[str, list[tuple[int, np.ndarray]]] = {}
     for k, e in enumerate(entries):
         raw, tok = _ensure_cache(st, e["cache"])
         e["raw"] = raw
         stale = e["has"] & ~np.all(tok == e["tokens"], axis=1)
         e["n_stale"] = int(stale.sum())
         for g in sorted(set(e["gt"][stale])):
-            idx = np.flatnonzero(stale & (e["gt"] == g))
-            groups.setdefault((g, idx.tobytes()), []).append(k)
-    todo = []  # (entry indices, scan indices, dask array (scan, entry, side, field))
-    for (g, idx_b), ks in groups.items():
-        idx = np.frombuffer(idx_b, dtype=np.intp)
-        chunks = tuple(min(block, len(idx) - s) for s in range(0, len(idx), block))
-        preds = [
-            _scan_loader(st, mask_array(entries[k]["method"], entries[k]["contrast"]), idx, chunks) for k in ks
-        ]
-        gt = _scan_loader(st, mask_array("gt", g), idx, chunks) if g else preds[0]
-        sp = da.from_array(st.spacing[idx], chunks=(chunks, 3))
-        sc = da.from_array(idx.astype(np.int64)[:, None], chunks=(chunks, 1))
-        tok = np.stack([entries[k]["tokens"][idx] for k in ks], axis=1)  # (scan, entry, 32)
-        tk = da.from_array(tok, chunks=(chunks, len(ks), TOKEN_LEN))
-        args = [gt, "sxyz", sp, "sd", sc, "sa", tk, "sjt"]
-        for p in preds:
-            args += [p, "sxyz"]
-        arr = da.blockwise(
-            _eval_block,
-            "sjfk",
-            *args,
-            new_axes={"f": 3, "k": len(RAW_FIELDS)},
-            concatenate=False,  # one chunk along x, y, z: no copy
-            dtype=np.float64,
-            meta=np.empty((0, 0, 0, 0), np.float64),
-            store_path=st.path,
-            caches=[entries[k]["cache"] for k in ks],
-            with_gt=bool(g),
-            surface=surface,
-            storage_options=st.storage_options or None,
-        )
-        todo.append((ks, idx, arr))
-    return todo
-
-
-def _block_units(todo) -> dict:
-    """Task key of every scoring block -> its (scan, mask) rows, for the progress display."""
-    units = {}
-    for ks, _, arr in todo:
-        for i, n in enumerate(arr.chunks[0]):
-            units[(arr.name, i, 0, 0, 0)] = int(n) * len(ks)
-    return units
-
-
-def _run(todo, client, progress: bool):
-    import dask
-    from dask.callbacks import Callback
-
-    arrays = [a for _, _, a in todo]
-    if not arrays:
-        return []
-    units = _block_units(todo)
-    client = active_client(client)
-    with Progress(sum(units.values()), "evaluate", unit="rows", enabled=progress) as bar:
-        if client is None:
-
-            class _Advance(Callback):
-                def _posttask(self, key, result, dsk, state, id):
-                    if key in units:
-                        bar.advance(units[key])
-
-            with _Advance():
-                return list(dask.compute(*arrays))
-        from distributed import as_completed, futures_of
-
-        persisted = client.persist(arrays)
-        blocks = [f for f in futures_of(persisted) if f.key in units]
-        for fut in as_completed(blocks):
-            bar.advance(units[fut.key])
-        return client.gather(client.compute(persisted))
+            by_gt.setdefault(g, []).append((k, stale & (e["gt"] == g)))
+    spacing = st.spacing
+    jobs = []
+    for g, parts in by_gt.items():
+        ks = [k for k, _ in parts]
+        need = np.stack([m for _, m in parts], axis=1)  # (scan, prediction)
+        idx_all = np.flatnonzero(need.any(axis=1))
+        for lo in range(0, len(idx_all), block):
+            idx = idx_all[lo:lo + block].astype(np.int64)
+            jobs.append({
+                "ks": ks,
+                "idx": idx,
+                "todo": need[idx],
+                "spacing": spacing[idx],
+                "token": np.stack([entries[k]["tokens"][idx] for k in ks], axis=1),
+                "gt_name": mask_array("gt", g) if g else None,
+                "pred_names": [mask_array(entries[k]["method"], entries[k]["contrast"]) for k in ks],
+                "caches": [entries[k]["cache"] for k in ks],
+            })
+    return jobs
 
 
 def _natural_timepoints(values) -> list[str]:
@@ -365,8 +280,10 @@ def _assemble(st, entries, gt_main, *, synthetic):
     scans = st.scans
     subjects = list(pd.unique(scans["subject"]))
     timepoints = _natural_timepoints(scans["timepoint"])
-    si = np.array([subjects.index(s) for s in scans["subject"]])
-    ti = np.array([timepoints.index(t) for t in scans["timepoint"]])
+    s_pos = {s: k for k, s in enumerate(subjects)}  # O(N): list.index per scan was O(N^2)
+    t_pos = {t: k for k, t in enumerate(timepoints)}
+    si = np.array([s_pos[s] for s in scans["subject"]], dtype=np.intp)
+    ti = np.array([t_pos[str(t)] for t in scans["timepoint"]], dtype=np.intp)
     preds = [e for e in entries if e["method"] != "gt"]
     methods = sorted({e["method"] for e in preds})
     contrasts = sorted({e["contrast"] for e in preds}, key=lambda c: (c.count("+"), c))
@@ -548,14 +465,21 @@ def evaluate(
         check_may_write(csv_path)
     block = int(config.get("metrics.scans-per-task") or 4)
     entries, gt_main = _plan(st, surface=surface)
-    todo = _compute_arrays(st, entries, surface=surface, block=block)
-    results = _run(todo, client, progress)
+    jobs = _jobs(st, entries, block=block)
+    results = run_batches(
+        _eval_block, [[j] for j in jobs], client=client, label="evaluate", unit="rows",
+        size=lambda b: int(b[0]["todo"].sum()), progress=progress,
+        kwargs={"store_path": st.path, "surface": surface,
+                "storage_options": st.storage_options or None},
+    )
     n_computed = n_failed = 0
-    for (ks, idx, _), res in zip(todo, results, strict=True):
-        for j, k in enumerate(ks):
-            entries[k]["raw"][idx] = res[:, j]
-            n_computed += len(idx)
-            n_failed += int(np.isnan(res[:, j, 2, RAW_FIELDS.index("pred_voxels")]).sum())
+    pv = RAW_FIELDS.index("pred_voxels")
+    for job, res in zip(jobs, results, strict=True):
+        for j, k in enumerate(job["ks"]):
+            rows = job["todo"][:, j]
+            entries[k]["raw"][job["idx"][rows]] = res[rows, j]
+            n_computed += int(rows.sum())
+            n_failed += int(np.isnan(res[rows, j, 2, pv]).sum())
     n_rows = int(sum(e["has"].sum() for e in entries))
     ds = _assemble(
         st, entries, gt_main, synthetic=_is_synthetic(st) if synthetic is None else synthetic
