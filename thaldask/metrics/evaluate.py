@@ -102,6 +102,10 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
             if not todo[i, j]:
                 continue
             try:
+                if pred_names[j] == gt_name:  # the GT's own volumes (read above)
+                    out[i, j, :, pv] = pair_raw(gt, gt, spacing[i], surface=False)[:, pv]
+                    ok[i, j] = True
+                    continue
                 pred = read_scan(z, int(s), shape)
                 if gt is not None:
                     out[i, j] = pair_raw(gt, pred, spacing[i], surface=surface)
@@ -240,6 +244,9 @@ def _jobs(st, entries, *, block: int) -> list[dict]:
         e["raw"] = raw
         stale = e["has"] & ~np.all(tok == e["tokens"], axis=1)
         e["n_stale"] = int(stale.sum())
+        if e["method"] == "gt":  # its own volumes, in the task that reads it anyway
+            by_gt.setdefault(e["contrast"], []).append((k, stale))
+            continue
         for g in sorted(set(e["gt"][stale])):
             by_gt.setdefault(g, []).append((k, stale & (e["gt"] == g)))
     spacing = st.spacing
