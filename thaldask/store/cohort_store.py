@@ -78,7 +78,8 @@ class CohortStore(ScanWriter):
         try:
             with quiet_zarr():
                 self._group = zarr.open_group(
-                    store=self._zstore, mode="r" if read_only else "r+", use_consolidated=consolidated
+                    store=self._zstore, mode="r" if read_only else "r+", use_consolidated=consolidated,
+                    zarr_format=3,  # v3 only: no probes for v2 .zgroup/.zattrs
                 )
         except (FileNotFoundError, KeyError, zarr.errors.NodeTypeValidationError) as exc:
             raise StoreNotFoundError(f"{self.path}: no cohort store here ({type(exc).__name__})") from None
@@ -107,7 +108,7 @@ class CohortStore(ScanWriter):
         import zarr
 
         try:
-            z = zarr.open_array(store=self._zstore, path=name, mode=mode)
+            z = zarr.open_array(store=self._zstore, path=name, mode=mode, zarr_format=3)
         except (FileNotFoundError, KeyError) as exc:
             raise KeyError(name) from exc
         return z if mode == "r" else z.with_config({"write_empty_chunks": True})
@@ -462,7 +463,7 @@ class _ArraySource:
 
             set_zarr_concurrency()
             zs = make_zarr_store(self.path, read_only=True, storage_options=self.storage_options)
-            self._z = zarr.open_array(store=zs, path=self.name, mode="r")
+            self._z = zarr.open_array(store=zs, path=self.name, mode="r", zarr_format=3)
         return self._z
 
     def __getitem__(self, key):
@@ -509,7 +510,7 @@ def open_array(path: str, name: str, *, storage_options: dict | None = None):
     import zarr
 
     zs = make_zarr_store(str(path), read_only=True, storage_options=storage_options)
-    return zarr.open_array(store=zs, path=name, mode="r")
+    return zarr.open_array(store=zs, path=name, mode="r", zarr_format=3)
 
 
 def write_derived_rows(
@@ -524,7 +525,7 @@ def write_derived_rows(
     if not rows:
         return
     zs = make_zarr_store(str(path), storage_options=storage_options)
-    z = zarr.open_array(store=zs, path=name, mode="r+")
+    z = zarr.open_array(store=zs, path=name, mode="r+", zarr_format=3)
     for i, value in rows.items():
         z[int(i)] = value
 

@@ -188,7 +188,7 @@ def create_store(
         "clinical": None,
     }
     # the target was just checked to be new or an empty folder
-    zarr.open_group(store=zs, mode="w", attributes=json.loads(json.dumps(attrs)))
+    zarr.open_group(store=zs, mode="w", zarr_format=3, attributes=json.loads(json.dumps(attrs)))
     write_scan_meta(zs, scan_meta)
     return CohortStore(path, storage_options=storage_options)
 

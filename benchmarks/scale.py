@@ -1,0 +1,181 @@
+"""How thaldask's cost grows with the cohort: ingest, evaluate and stats at several N.
+
+    python benchmarks/scale.py --n 100 400 1600        # writes benchmarks/scale.json
+
+Each N is a cohort of small scans (32x32x24 at 2 mm: an image, ground truth and two
+methods' masks each, as NIfTI files) run on one local Dask worker process with one thread.
+Per stage it reports wall time, the time before the first task starts (planning), tasks,
+the peak resident memory of the worker and of this (client) process, and afterwards the
+files and folders the store holds per scan. The anchor is the smallest N: per-scan cost
+at each N is given as a ratio to it, and the log-log slope of wall time against N over
+all N (1.0 = linear, flat per-scan cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+SHAPE = (32, 32, 24)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _cohort(root: str, n: int) -> str:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    rows = ["subject,timepoint,site,kind,contrast,method,labels,path"]
+    base = np.zeros(SHAPE, np.uint8)
+    base[8:14, 10:20, 8:16], base[18:24, 10:20, 8:16] = 49, 10
+    for i in range(n):
+        s, t = f"sub-{i // 2:05d}", ("baseline", "m12")[i % 2]
+        img = rng.normal(100, 10, SHAPE).astype(np.float32)
+        files = {"T1w": img, "gt": base, "a": np.roll(base, 1, 0), "b": np.roll(base, -1, 1)}
+        for k, data in files.items():
+            nib.save(nib.Nifti1Image(data, AFFINE), os.path.join(root, f"{s}_{t}_{k}.nii.gz"))
+        site = "AB"[i % 2]
+        rows.append(f"{s},{t},{site},image,T1w,,,{s}_{t}_T1w.nii.gz")
+        for m in ("gt", "a", "b"):
+            rows.append(f"{s},{t},{site},mask,T1w,{m},freesurfer,{s}_{t}_{m}.nii.gz")
+    with open(os.path.join(root, "manifest.csv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return os.path.join(root, "manifest.csv")
+
+
+class _Peak:
+    """Peak RSS of the worker processes, sampled every 0.2 s while a stage runs."""
+
+    def __init__(self, client):
+        self.client, self.peak, self._stop = client, 0, threading.Event()
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                rss = self.client.run(lambda: psutil.Process().memory_info().rss)
+                self.peak = max(self.peak, max(rss.values()))
+            except Exception:
+                pass
+            self._stop.wait(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _stage(client, func):
+    """Wall time, seconds before the first task started, task count and worker peak."""
+    from distributed import get_task_stream
+
+    t0 = time.time()
+    with get_task_stream(client) as ts, _Peak(client) as peak:
+        func()
+    wall = time.time() - t0
+    starts = [s["start"] for rec in ts.data for s in rec.get("startstops", ())
+              if s.get("action") == "compute"]
+    first = (min(starts) - t0) if starts else float("nan")
+    return {"wall_s": wall, "first_task_s": first, "tasks": len(ts.data),
+            "worker_peak_mib": peak.peak / 2**20}
+
+
+def _files(store: str) -> tuple[int, int]:
+    n_files = n_dirs = 0
+    for _, dirs, files in os.walk(store):
+        n_files += len(files)
+        n_dirs += len(dirs)
+    return n_files, n_dirs
+
+
+def run_one(n: int, client) -> dict:
+    from thaldask.metrics import evaluate
+    from thaldask.stats.run import write_stats
+    from thaldask.store import ingest
+
+    root = tempfile.mkdtemp(prefix=f"thaldask-scale-{n}-")
+    try:
+        t = time.time()
+        man = _cohort(root, n)
+        gen = time.time() - t
+        store = os.path.join(root, "cohort.zarr")
+        out = {"n": n, "generate_s": gen}
+        out["ingest"] = _stage(client, lambda: ingest(man, store, client=client, progress=False))
+        out["evaluate"] = _stage(client, lambda: evaluate(store, client=client, progress=False,
+                                                          surface=False))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["stats"] = _stage(client, lambda: write_stats(store))
+        files, dirs = _files(store)
+        out["files_per_scan"], out["dirs_per_scan"] = files / n, dirs / n
+        out["client_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
+    finally:
+        shutil.rmtree(root)  # the benchmark's own temporary folder
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[100, 400, 1600])
+    ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "scale.json"))
+    args = ap.parse_args(argv)
+    from distributed import Client, LocalCluster
+
+    rows = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as lc, Client(lc) as client:
+        for n in sorted(args.n):
+            print(f"N = {n} ...", file=sys.stderr, flush=True)
+            rows.append(run_one(n, client))
+    base = rows[0]
+    print("| N | stage | wall (s) | per scan (ms) | per-scan ratio to N=%d | before first task (s) | tasks | worker peak (MiB) |" % base["n"])
+    print("|---|---|---|---|---|---|---|---|")
+    slopes = {}
+    for stage in ("ingest", "evaluate", "stats"):
+        ns = np.array([r["n"] for r in rows], float)
+        walls = np.array([r[stage]["wall_s"] for r in rows])
+        firsts = np.array([r[stage]["first_task_s"] for r in rows])
+        if len(rows) > 1:
+            slopes[stage] = {"wall": float(np.polyfit(np.log(ns), np.log(walls), 1)[0]),
+                             "first_task": float(np.polyfit(np.log(ns), np.log(np.maximum(firsts, 1e-3)), 1)[0])}
+        for r in rows:
+            s = r[stage]
+            ratio = (s["wall_s"] / r["n"]) / (base[stage]["wall_s"] / base["n"])
+            print(f"| {r['n']} | {stage} | {s['wall_s']:.1f} | {1000 * s['wall_s'] / r['n']:.1f} | "
+                  f"{ratio:.2f} | {s['first_task_s']:.2f} | {s['tasks']} | {s['worker_peak_mib']:.0f} |")
+    print()
+    for r in rows:
+        print(f"N = {r['n']}: {r['files_per_scan']:.1f} files and {r['dirs_per_scan']:.1f} folders "
+              f"per scan; client peak {r['client_peak_mib']:.0f} MiB")
+    for stage, sl in slopes.items():
+        print(f"log-log slope {stage}: wall {sl['wall']:.2f}, before first task {sl['first_task']:.2f}")
+    import dask
+    import zarr
+
+    info = {"rows": rows, "slopes": slopes, "python": platform.python_version(),
+            "dask": dask.__version__, "zarr": zarr.__version__,
+            "load_average": os.getloadavg(), "cpu_count": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    with open(args.json + ".tmp", "w") as f:
+        json.dump(info, f, indent=1)
+    os.replace(args.json + ".tmp", args.json)
+
+
+if __name__ == "__main__":
+    main()
