@@ -268,7 +268,7 @@ def test_user_defined_tool_from_configuration(side, cluster, tmp_path):
 def test_missing_program_and_licence_are_one_line_errors(side, tmp_path, monkeypatch):
     st, _ = make_store(tmp_path / "c.zarr", n_subjects=1)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    r = CliRunner().invoke(main, ["segment", st.path, "--model", "synthseg", "--scheduler", "tcp://127.0.0.1:1"])
+    r = CliRunner().invoke(main, ["segment", st.path, "--model", "synthseg"])
     assert r.exit_code == 2
     assert r.output.strip() == ("thaldask: error: segmenter 'synthseg' cannot run here: executable "
                                 "'mri_synthseg' not found on PATH")
@@ -294,3 +294,15 @@ def test_resources_no_worker_has_enough_stop_before_any_task(side, cluster, tmp_
         r = _segment(st.path, "first", cluster)
     assert r.exit_code == 2 and "largest worker offers" in r.output
     assert (len(calls.read_text().splitlines()) if calls.exists() else 0) == n0
+
+
+@pytest.mark.slow
+def test_a_tool_missing_on_the_workers_stops_before_any_task(side, cluster, tmp_path):
+    st, _ = _store(tmp_path, side)
+    ghost = {"command": ["no-such-segmenter", "{input}"], "output": "x.nii.gz", "labels": "freesurfer"}
+    with dask.config.set({"thaldask.segment.tools": {"ghost": ghost}}):
+        r = _segment(st.path, "ghost", cluster)
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and "cannot run on any worker" in r.output
+    assert "executable 'no-such-segmenter' not found on PATH" in r.output
+    assert ("ghost", "T1w") not in open_store(st.path).methods

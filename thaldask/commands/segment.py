@@ -135,7 +135,8 @@ def segment_command(store, model, contrasts, ensembles, kinds, device, batch_siz
 
     ek = ("mean", "vote") if kinds == "both" else (kinds,)
     options = _options(option_pairs)
-    _check_runs_here(model, options)  # a missing tool: one line, before any cluster starts
+    if not scheduler and not cluster_file:  # a missing tool: one line, before a cluster starts
+        _check_runs_here(model, options)  # (on a cluster, the workers are asked)
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
         df = segment_store(store, model, list(contrasts), list(ensembles), client=client, device=device,
                            options=options, ensemble_kinds=ek, batch_size=batch_size,

@@ -181,7 +181,7 @@ def build_command(spec: ToolSpec, values: dict, inputs: list[str], contrasts: li
         for a in spec.if_contrast.get(c, ()):
             if a not in extra:
                 extra.append(a)
-    for arg in list(spec.command) + extra:
+    for arg in list(spec.command) + extra + list(spec.extra_args):
         if arg == "{inputs}":
             out.extend(inputs)
             continue

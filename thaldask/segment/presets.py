@@ -75,6 +75,7 @@ TOOL_KEYS: dict[str, str] = {
     "command": "argument list (placeholders: {input} {inputs} {input_dir} {output} {work} "
     "{threads} {subject} {device} {env})",
     "if-contrast": "contrast -> extra arguments appended when that contrast is among the inputs",
+    "extra-args": "arguments appended to every command line (e.g. SAMSEG's --options FILE)",
     "output": "segmentation file relative to the output folder (placeholders, wildcards)",
     "prob-left": "left-thalamus probability file relative to the output folder (optional)",
     "prob-right": "right-thalamus probability file relative to the output folder (optional)",
@@ -209,6 +210,7 @@ PRESETS: dict[str, dict] = {
 _DEFAULTS = {
     "description": "",
     "if-contrast": {},
+    "extra-args": [],
     "prob-left": None,
     "prob-right": None,
     "grid": "any",
@@ -269,6 +271,7 @@ class ToolSpec:
     grid: str = "any"
     description: str = ""
     if_contrast: dict = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
     prob_left: str | None = None
     prob_right: str | None = None
     input_name: str = "{contrast}.nii.gz"
@@ -400,6 +403,7 @@ def tool_spec(name: str, definition: dict | None = None) -> ToolSpec:
         grid=d["grid"],
         description=str(d["description"] or ""),
         if_contrast={str(k): _strs(v, where, f"if-contrast.{k}") for k, v in ifc.items()},
+        extra_args=_strs(d["extra-args"] or [], where, "extra-args"),
         prob_left=d["prob-left"],
         prob_right=d["prob-right"],
         input_name=str(d["input-name"]),

@@ -13,6 +13,7 @@ command line are recorded in the mask array's attributes (``thaldask_tool``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -26,7 +27,7 @@ from thaldask.segment.presets import tool_definitions, tool_spec
 from thaldask.store import open_store
 from thaldask.store.format import mask_array
 
-__all__ = ["segment_store_tool", "worker_resources", "fit_resources"]
+__all__ = ["segment_store_tool", "check_workers", "worker_resources", "fit_resources"]
 
 COLUMNS = ["scan", "subject", "timepoint", "method", "contrast", "status", "seconds", "error"]
 
@@ -54,10 +55,33 @@ def run_tool_scan(items, store_path, name, definition, options, device, overwrit
                 version=info["version"], command=info["command"], work=info.get("work"))
 
 
-def worker_resources(client) -> list[dict]:
-    """The resources each worker of ``client``'s cluster declares (one dict per worker)."""
+def why_not_here(name, definition) -> str:
+    """Worker side: why tool ``name`` cannot run on this worker ("" when it can)."""
+    return tool_unavailable(tool_spec(name, definition))
+
+
+def check_workers(client, name, definition, resources=None) -> None:
+    """Ask every worker that can take the tool's tasks (it has ``resources``) whether the
+    tool runs there; raise one line naming the first that cannot (a task landing there
+    would fail after minutes of other scans)."""
+    offered = worker_resources(client)
+    eligible = [w for w, res in offered.items()
+                if all(res.get(k, 0) >= v for k, v in (resources or {}).items())]
+    if not eligible:
+        want = ", ".join(f"{k}={_show(k, v)}" for k, v in (resources or {}).items())
+        raise SegmenterError(f"{name}: no worker offers all of the Dask resources {want} (or no worker is up)")
+    answers = client.run(why_not_here, name, definition, workers=eligible)
+    bad = {w: why for w, why in answers.items() if why}
+    if bad:
+        w, why = next(iter(sorted(bad.items())))
+        where = "any worker" if len(bad) == len(answers) else f"{len(bad)} of {len(answers)} workers"
+        raise SegmenterError(f"segmenter {name!r} cannot run on {where} ({w}): {why}")
+
+
+def worker_resources(client) -> dict[str, dict]:
+    """The resources each worker of ``client``'s cluster declares (address -> dict)."""
     info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
-    return [dict(w.get("resources") or {}) for w in info.get("workers", {}).values()]
+    return {a: dict(w.get("resources") or {}) for a, w in info.get("workers", {}).items()}
 
 
 def _takes_n_workers(client) -> bool:
@@ -149,16 +173,22 @@ def segment_store_tool(
     definition = tool_definitions()[name]
     spec = tool_spec(name, definition)
     if options.get("labels"):
-        import dataclasses
-
         spec = dataclasses.replace(spec, labels=str(options["labels"]))
         definition = {**definition, "labels": spec.labels}
-    why = tool_unavailable(spec)
-    if why:
-        raise SegmenterError(f"segmenter {name!r} cannot run here: {why}")
+    client = active_client(client)
+    if client is None:
+        why = tool_unavailable(spec)
+        if why:
+            raise SegmenterError(f"segmenter {name!r} cannot run here: {why}")
     if options.get("threads"):
         definition = {**definition, "threads": int(options["threads"])}
         spec = tool_spec(name, definition)
+    gpu = str(device).lower().startswith("cuda") or bool(spec.gpu)
+    resources = None
+    if client is not None:  # where the tasks will run, checked before any starts
+        resources = fit_resources(spec.resources(gpu=gpu), list(worker_resources(client).values()),
+                                  tool=name) or None
+        check_workers(client, name, definition, resources)
     st = open_store(store_path)
     for c in contrasts:
         parts = split_contrast(c)
@@ -188,11 +218,6 @@ def segment_store_tool(
         items += [dict(scan=int(i), contrast=c) for i in np.flatnonzero(ok & (overwrite | ~done))]
     if not items:
         return pd.DataFrame(columns=COLUMNS)
-    client = active_client(client)
-    gpu = str(device).lower().startswith("cuda") or bool(spec.gpu)
-    resources = None
-    if client is not None:
-        resources = fit_resources(spec.resources(gpu=gpu), worker_resources(client), tool=name) or None
 
     def failed(batch, exc):
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
