@@ -43,10 +43,11 @@ class PeakRSS:
         import psutil
 
         me = psutil.Process(self.pid)
-        own = me.memory_info().rss if self.pid != os.getpid() else 0
         while not self._stop.is_set():
-            total = own
+            total = 0
             try:
+                if self.pid != os.getpid():  # a child process: itself and its children
+                    total = me.memory_info().rss
                 for c in me.children(recursive=True):
                     try:
                         total += c.memory_info().rss

@@ -306,3 +306,23 @@ def test_a_tool_missing_on_the_workers_stops_before_any_task(side, cluster, tmp_
     assert r.output.count("\n") == 1 and "cannot run on any worker" in r.output
     assert "executable 'no-such-segmenter' not found on PATH" in r.output
     assert ("ghost", "T1w") not in open_store(st.path).methods
+
+
+def test_segment_file_runs_a_tool_on_one_scan(side, tmp_path):
+    import nibabel as nib
+
+    st, truth = make_store(tmp_path / "c.zarr", n_subjects=1, images=("T1w",))
+    write_truth(side / "side", st)
+    img = st.load_image("T1w", 1)
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(img, st.affines[1]), src)
+    before = _digest(tmp_path)
+    out = tmp_path / "out" / "mask.nii.gz"
+    with dask.config.set({"thaldask.segment.scratch-dir": str(tmp_path / "scratch")}):
+        r = CliRunner().invoke(main, ["segment-file", str(src), str(out), "--model", "first"])
+    assert r.exit_code == 0, r.output
+    lab = np.asarray(nib.load(out).dataobj)
+    assert np.array_equal(lab, truth[("gt", "T1w", 1)])
+    assert not any((tmp_path / "scratch").iterdir())
+    after = _digest(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing of ours rewritten

@@ -29,9 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from thaldask import config
 from thaldask._shared.paths import safe_name
 from thaldask.cohort.labels import parse_labels, to_sides
-from thaldask.errors import ConfigError, ExternalToolError, GridMismatchError, ScanError, ThaldaskError
+from thaldask.errors import (
+    ConfigError,
+    ExternalToolError,
+    GridMismatchError,
+    ScanError,
+    ThaldaskError,
+)
 from thaldask.segment.base import Prediction, Segmenter
 from thaldask.segment.presets import ToolSpec, tool_spec
 from thaldask.store import nifti
@@ -202,14 +209,15 @@ def container_command(spec: ToolSpec, argv: list[str], *, work: str, env: dict, 
     >>> from thaldask.segment.presets import tool_spec
     >>> spec = tool_spec("x", {"command": ["seg", "{input}"], "output": "o.nii.gz",
     ...                        "labels": "freesurfer", "runtime": "docker", "image": "org/seg:1"})
-    >>> " ".join(container_command(spec, ["seg", "/w/in.nii.gz"], work="/w", env={}, gpu=False))[:58]
-    'docker run --rm --network none -v /w:/w -w /w --user 0:0 '
+    >>> cmd = container_command(spec, ["seg", "/w/in.nii.gz"], work="/w", env={}, gpu=False)
+    >>> cmd[:7], cmd[-3:]
+    (['docker', 'run', '--rm', '--network', 'none', '-v', '/w:/w'], ['org/seg:1', 'seg', '/w/in.nii.gz'])
     """
     if spec.runtime == "native":
         return list(argv)
     binds = [work] + ([licence] if licence else [])
     if spec.runtime == "docker":
-        cmd = ["docker", "run", "--rm", "--network", "none"]
+        cmd = ["docker", "run", "--rm"] + ([] if spec.network else ["--network", "none"])
         for b in binds:
             cmd += ["-v", f"{b}:{b}" + (":ro" if b != work else "")]
         cmd += ["-w", work, "--user", f"{_uid()}:{_gid()}"]
@@ -266,8 +274,6 @@ def _kill(proc: subprocess.Popen) -> None:
 def scratch_root() -> str:
     """Where scans' scratch folders go: ``thaldask.segment.scratch-dir``, else the Dask
     worker's local directory, else the system's temporary folder."""
-    from thaldask import config
-
     d = config.get("segment.scratch-dir")
     if d:
         return os.path.expanduser(str(d))

@@ -96,6 +96,7 @@ TOOL_KEYS: dict[str, str] = {
     "env": "extra environment variables of the tool's process",
     "runtime": "native, apptainer, singularity or docker",
     "image": "container image: a .sif file (apptainer/singularity) or a docker image name",
+    "network": "docker: give the container network access (default: --network none)",
     "threads": "threads given to the tool ({threads}) and the Dask resource 'threads' asked",
     "memory": "peak memory, e.g. 6GiB: the Dask resource 'memory' asked (bytes)",
     "gpu": "GPUs: the Dask resource 'gpu' asked (0: none)",
@@ -228,6 +229,7 @@ _DEFAULTS = {
     "env": {},
     "runtime": "native",
     "image": None,
+    "network": False,
     "threads": 1,
     "memory": None,
     "gpu": 0,
@@ -288,6 +290,7 @@ class ToolSpec:
     env: dict = field(default_factory=dict)
     runtime: str = "native"
     image: str | None = None
+    network: bool = False
     threads: int = 1
     memory: int | None = None
     gpu: int = 0
@@ -421,6 +424,7 @@ def tool_spec(name: str, definition: dict | None = None) -> ToolSpec:
         env={str(k): str(v) for k, v in env.items()},
         runtime=d["runtime"],
         image=d["image"],
+        network=bool(d["network"]),
         threads=int(d["threads"]),
         memory=_bytes(d["memory"], where),
         gpu=int(d["gpu"]),

@@ -20,7 +20,12 @@ from thaldask._shared.compute import active_client, run_batches
 from thaldask.errors import SegmenterError, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.ensemble import ensemble_average, ensemble_vote
-from thaldask.segment.registry import SegmenterPlugin, get_segmenter, loaded_segmenter, segmenter_class
+from thaldask.segment.registry import (
+    SegmenterPlugin,
+    get_segmenter,
+    loaded_segmenter,
+    segmenter_class,
+)
 from thaldask.segment.tool_stage import segment_store_tool
 from thaldask.store import open_store
 
