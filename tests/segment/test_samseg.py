@@ -58,7 +58,7 @@ def subject(tmp_path_factory):
 
     env = samseg_env()
     root = tmp_path_factory.mktemp("samseg")
-    r = CliRunner().invoke(main, ["synth", "--out", str(root / "synth"), "--subjects", "3",
+    r = CliRunner().invoke(main, ["synth", "--out", str(root / "synth"), "--subjects", "1",
                                   "--timepoints", "1", "--sites", "1", "--shape", "full",
                                   "--gt-fraction", "1", "--local", "--seed", "3"])
     assert r.exit_code == 0, r.output
