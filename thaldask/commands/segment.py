@@ -86,10 +86,8 @@ def _list_segmenters(ctx, _param, value):
     from thaldask.segment.registry import list_segmenters, segmenter_class
 
     for name in list_segmenters():
-        cls = segmenter_class(name)
-        why = cls.unavailable()
-        kind = "tool" if getattr(cls, "external", False) else "model"
-        click.echo(f"{name:<20} {kind:<6} {'can run here' if not why else 'cannot run here: ' + why}")
+        why = segmenter_class(name).unavailable()
+        click.echo(f"{name:<20} {'can run here' if not why else 'cannot run here: ' + why}")
     ctx.exit(0)
 
 
