@@ -326,3 +326,14 @@ def test_segment_file_runs_a_tool_on_one_scan(side, tmp_path):
     assert not any((tmp_path / "scratch").iterdir())
     after = _digest(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing of ours rewritten
+
+
+def test_slurm_workers_declare_the_tools_resources():
+    from thaldask.cluster.slurm import job_script, plan_slurm
+    from thaldask.cluster.spec import load_cluster_spec
+
+    spec = load_cluster_spec({"kind": "slurm", "cores": 8, "memory": "32GiB", "gpus_per_job": 1,
+                              "resources": {"threads": 8, "memory": 32e9}})
+    (line,) = [v for v in job_script(spec).splitlines() if "--resources" in v]
+    assert line.split("--resources ", 1)[1].split()[0] == "threads=8,memory=3.2e+10,gpu=1"
+    assert plan_slurm(spec)["resources"] == {"threads": 8, "memory": 32e9, "gpu": 1}
