@@ -13,6 +13,11 @@ from the held-out anatomy shipped with the model) with the same number of torch 
 Prints a table and writes JSON (ratios included). Example::
 
     python benchmarks/segment.py --threads 1 --json benchmarks/segment.json
+
+``--vs-samseg N`` instead compares thalnet with the real SAMSEG on N synthetic heads (Dice,
+volume error, seconds and peak memory per scan; :mod:`segment_samseg` beside this file)::
+
+    python benchmarks/segment.py --vs-samseg 2 --voxel-mm 2 --threads 2
 """
 
 from __future__ import annotations
@@ -123,7 +128,17 @@ def main(argv=None):
     p.add_argument("--skip-mindglide", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--json", default="benchmarks/segment.json")
+    p.add_argument("--vs-samseg", type=int, default=0, metavar="N",
+                   help="compare thalnet with SAMSEG on N scans instead (benchmarks/segment_samseg.py)")
+    p.add_argument("--voxel-mm", type=float, default=2.0, help="with --vs-samseg: voxel size of the scans")
     a = p.parse_args(argv)
+    if a.vs_samseg:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import segment_samseg
+
+        out = a.json if a.json != "benchmarks/segment.json" else "benchmarks/segment_samseg.json"
+        return segment_samseg.main(["--scans", str(a.vs_samseg), "--voxel-mm", str(a.voxel_mm),
+                                    "--threads", str(a.threads), "--json", out])
 
     import torch
 

@@ -24,6 +24,7 @@ from thaldask.commands import stats as stats_commands
 from thaldask.commands import store as store_commands
 from thaldask.commands import synth as synth_commands
 from thaldask.commands import thalnet as thalnet_commands
+from thaldask.commands import tools as tools_commands
 
 # kept for scripts that imported them from here
 EXIT_SOME_FAILED = _click.EXIT_SOME_FAILED
@@ -45,6 +46,7 @@ COMMAND_MODULES = (
     report_commands,
     cluster_commands,
     pipeline_commands,
+    tools_commands,
 )
 
 

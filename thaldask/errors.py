@@ -21,6 +21,7 @@ __all__ = [
     "StoreBusyError",
     "NotAStoreError",
     "SegmenterError",
+    "ExternalToolError",
     "ModelWeightsError",
     "MissingDependencyError",
     "ConfigError",
@@ -96,6 +97,10 @@ class StoreBusyError(StoreError, BlockingIOError):
 
 class SegmenterError(ThaldaskError, RuntimeError):
     """A segmentation method cannot be loaded or run."""
+
+
+class ExternalToolError(SegmenterError):
+    """An external segmentation tool failed on one scan (exit status, timeout, output)."""
 
 
 class ModelWeightsError(SegmenterError):

@@ -109,14 +109,17 @@ def free_port() -> int:
 class DaskProcesses:
     """`dask scheduler` and `dask worker` processes on 127.0.0.1, stopped on close."""
 
-    def __init__(self, folder: Path, *, n_workers: int = 2, tls: dict | None = None):
+    def __init__(self, folder: Path, *, n_workers: int = 2, tls: dict | None = None,
+                 resources: str | None = None, env: dict | None = None):
         self.folder = folder
         self.tls = tls
         self.procs: list[subprocess.Popen] = []
         self.scheduler_file = folder / "scheduler.json"
         self.dashboard_port = free_port()
         self.logs = []
+        extra_env = dict(env or {})
         env = dict(os.environ)
+        env.update(extra_env)
         env["DASK_DISTRIBUTED__WORKER__DAEMON"] = "False"
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(
@@ -176,6 +179,7 @@ class DaskProcesses:
                     f"w{i}",
                     "--local-directory",
                     str(folder / f"w{i}"),
+                    *(["--resources", resources] if resources else []),
                     *tls_args,
                 ],
             )

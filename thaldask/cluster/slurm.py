@@ -40,8 +40,9 @@ def slurm_kwargs(spec: ClusterSpec) -> dict:
     gres = o.get("gres") or (f"gpu:{gpus}" if gpus else None)
     if gres:
         directives.append(f"--gres={gres}")
-    if gpus:
-        worker_args += ["--resources", f"gpu={gpus // o['processes']}"]
+    res = _resources(o)
+    if res:
+        worker_args += ["--resources", ",".join(f"{k}={v:g}" for k, v in res.items())]
     kw["job_extra_directives"] = directives
     kw["worker_extra_args"] = worker_args
     if o.get("job_script_prologue"):
@@ -50,6 +51,16 @@ def slurm_kwargs(spec: ClusterSpec) -> dict:
     if tls is not None:
         kw["protocol"] = "tls://"
     return kw
+
+
+def _resources(o: dict) -> dict:
+    """Dask resources each worker declares: the section's ``resources`` (e.g. ``{threads: 8,
+    memory: 32e9}`` for external tools) plus ``gpu`` from ``gpus_per_job``."""
+    res = {str(k): float(v) for k, v in (o.get("resources") or {}).items()}
+    gpus = o.get("gpus_per_job") or 0
+    if gpus:
+        res["gpu"] = float(gpus // (o.get("processes") or 1))
+    return res
 
 
 def _security(spec: ClusterSpec):
@@ -103,7 +114,7 @@ def plan_slurm(spec: ClusterSpec) -> dict:
         "memory_per_worker": format_bytes(parse_bytes(kw["memory"]) // procs),
         "walltime": kw["walltime"],
         "queue": kw.get("queue"),
-        "resources": {"gpu": gpus // procs} if gpus else {},
+        "resources": _resources(o),
         "gpus": o["jobs"] * gpus,
         "job_script": job_script(spec),
     }

@@ -74,6 +74,7 @@ _KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "walltime": (str,),
         "gpus_per_job": (int,),
         "gres": (str,),
+        "resources": (dict,),
         "job_extra_directives": (list,),
         "job_script_prologue": (list,),
         "worker_extra_args": (list,),

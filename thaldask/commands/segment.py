@@ -87,8 +87,18 @@ def _list_segmenters(ctx, _param, value):
 
     for name in list_segmenters():
         why = segmenter_class(name).unavailable()
-        click.echo(f"{name:<16} {'can run here' if not why else 'cannot run here: ' + why}")
+        click.echo(f"{name:<20} {'can run here' if not why else 'cannot run here: ' + why}")
     ctx.exit(0)
+
+
+def _check_runs_here(model, options) -> None:
+    from thaldask.errors import SegmenterError
+    from thaldask.segment.registry import get_segmenter
+
+    seg = get_segmenter(model, **options)
+    why = seg.unavailable_with() if hasattr(seg, "unavailable_with") else seg.unavailable()
+    if why:
+        raise SegmenterError(f"segmenter {model!r} cannot run here: {why}")
 
 
 @click.command("segment", cls=_GreedyCommand)
@@ -108,11 +118,13 @@ def _list_segmenters(ctx, _param, value):
               "the dask config's thaldask.segment.batch-size, 1).")
 @click.option("--overwrite", is_flag=True, help="Recompute scans that already have a mask.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option("--keep-work", is_flag=True, help="External tools: keep every scan's scratch folder "
+              "(default: removed when the scan succeeds).")
 @_option
 @scheduler_option
 @handle_errors
 def segment_command(store, model, contrasts, ensembles, kinds, device, batch_size, overwrite,
-                    no_progress, option_pairs, scheduler, cluster_file):
+                    no_progress, keep_work, option_pairs, scheduler, cluster_file):
     """Segment every scan of STORE with MODEL; masks and probabilities go into the store."""
     if not contrasts and not ensembles:
         contrasts = ("T1w",)
@@ -120,10 +132,13 @@ def segment_command(store, model, contrasts, ensembles, kinds, device, batch_siz
     from thaldask.segment.stage import segment_store
 
     ek = ("mean", "vote") if kinds == "both" else (kinds,)
+    options = _options(option_pairs)
+    if not scheduler and not cluster_file:  # a missing tool: one line, before a cluster starts
+        _check_runs_here(model, options)  # (on a cluster, the workers are asked)
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:
         df = segment_store(store, model, list(contrasts), list(ensembles), client=client, device=device,
-                           options=_options(option_pairs), ensemble_kinds=ek, batch_size=batch_size,
-                           overwrite=overwrite, progress=not no_progress)
+                           options=options, ensemble_kinds=ek, batch_size=batch_size,
+                           overwrite=overwrite, progress=not no_progress, keep_work=keep_work)
     if df.empty:
         click.echo("nothing to do: every requested mask is already in the store", err=True)
         return

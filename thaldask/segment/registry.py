@@ -1,7 +1,9 @@
 """Segmenters by name: the built-ins, entry-point plugins and the per-process model cache.
 
 Built-ins (``thalnet``, ``thalnet-multi``, ``mindglide``) come from
-:mod:`thaldask.segment.builtin`; third-party segmenters through the entry-point group
+:mod:`thaldask.segment.builtin`; external tools (presets such as ``samseg``, ``freesurfer``,
+and tools defined under ``thaldask.segment.tools``) from :mod:`thaldask.segment.presets`,
+read from the configuration at each lookup; third-party segmenters through the entry-point group
 ``thaldask.segmenters`` (value: ``module:Class``), read on first use. A plugin that fails to
 import emits :class:`~thaldask.errors.SegmenterImportWarning` and is skipped, never stopping
 the pipeline. :func:`loaded_segmenter` loads a model once per process; on a cluster,
@@ -18,6 +20,8 @@ import warnings
 from thaldask.errors import SegmenterError, SegmenterImportWarning
 from thaldask.segment.base import Segmenter
 from thaldask.segment.builtin import BUILTIN_SEGMENTERS
+from thaldask.segment.external import tool_segmenter_class
+from thaldask.segment.presets import tool_definitions
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -99,9 +103,9 @@ def refresh_segmenters() -> list[str]:
 
 
 def list_segmenters() -> list[str]:
-    """Names of every registered segmenter (built-ins and entry-point plugins)."""
+    """Names of every registered segmenter (built-ins, entry-point plugins, external tools)."""
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(tool_definitions()))
 
 
 def segmenter_class(name: str) -> type[Segmenter]:
@@ -115,7 +119,9 @@ def segmenter_class(name: str) -> type[Segmenter]:
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
-        raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        if name in tool_definitions():
+            return tool_segmenter_class(name)
+        raise SegmenterError(f"unknown segmenter {name!r}; available: {', '.join(list_segmenters())}")
     return _REGISTRY[name]
 
 

@@ -20,7 +20,13 @@ from thaldask._shared.compute import active_client, run_batches
 from thaldask.errors import SegmenterError, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.ensemble import ensemble_average, ensemble_vote
-from thaldask.segment.registry import SegmenterPlugin, get_segmenter, loaded_segmenter
+from thaldask.segment.registry import (
+    SegmenterPlugin,
+    get_segmenter,
+    loaded_segmenter,
+    segmenter_class,
+)
+from thaldask.segment.tool_stage import segment_store_tool
 from thaldask.store import open_store
 
 __all__ = ["segment_store"]
@@ -144,6 +150,7 @@ def segment_store(
     overwrite: bool = False,
     require_gpu: bool | None = None,
     progress: bool = True,
+    keep_work: bool = False,
 ) -> pd.DataFrame:
     """Segment every scan of a store with ``model`` and write masks into the store.
 
@@ -174,6 +181,10 @@ def segment_store(
         Recompute scans that already have a mask.
     require_gpu : bool, optional
         Ask for the ``gpu`` worker resource (default: when ``device`` is CUDA).
+    keep_work : bool
+        External tools only: keep every scan's scratch folder (default: removed when the
+        scan succeeds). External tools run through
+        :func:`thaldask.segment.tool_stage.segment_store_tool`, one task per scan.
 
     Returns
     -------
@@ -196,6 +207,15 @@ def segment_store(
     kinds = [k for k in ensemble_kinds if k in ("mean", "vote")]
     if ensembles and not kinds:
         raise SegmenterError(f"ensemble kinds {list(ensemble_kinds)} not understood; allowed: mean, vote")
+    if getattr(segmenter_class(model), "external", False):
+        if ensembles:
+            raise SegmenterError(
+                f"segmenter {model!r} is an external tool: segment each contrast, or give a "
+                "multi-contrast input such as T1w+FLAIR; ensembles are for models with probabilities"
+            )
+        return segment_store_tool(store_path, model, contrasts, client=client, device=device,
+                                  options=options, overwrite=overwrite, keep_work=keep_work,
+                                  progress=progress)
     seg = get_segmenter(model, **options)
     why = seg.unavailable()
     if why:  # before any task starts
