@@ -41,7 +41,16 @@ FAST_OPTIONS = {"optimizationOptions": {
 DICE_FLOOR = 0.5
 
 
+def _wait_for_build(limit_s: float = 1200.0) -> None:
+    """CI builds the environment in the background: wait until it says it is done."""
+    done = os.environ.get("THALDASK_SAMSEG_BUILD_DONE")
+    t0 = time.monotonic()
+    while done and not os.path.exists(done) and time.monotonic() - t0 < limit_s:
+        time.sleep(2)
+
+
 def samseg_env():
+    _wait_for_build()
     env = os.environ.get("THALDASK_SAMSEG_ENV") or str(tools_dir() / "samseg")
     if os.access(os.path.join(env, "bin", "run_samseg"), os.X_OK):
         return env

@@ -54,6 +54,10 @@ def _store(tmp_path):
         sides[2:8, 3:12, 2:9], sides[11:17, 3:12, 2:9] = 2, 1
         st.write_mask("thal-net", "T1w", i, np.roll(sides, i, axis=1))
         st.write_mask("thal-net", "FLAIR", i, np.roll(sides, -i, axis=2))
+    for c in ("T1w", "FLAIR"):  # the record an external tool's run leaves (segment.tool_stage)
+        st.zarr_array(f"masks/thal-net/{c}", mode="r+").attrs.update({"thaldask_tool": {
+            "tool": "samseg", "version": "0.4a0", "runtime": "apptainer", "image": "samseg.sif",
+            "command": ["run_samseg", "-i", "{T1w}", "-o", "{out}", "--threads", "2"]}})
     return root, store
 
 
@@ -81,7 +85,10 @@ def test_export_bids_round_trips_through_manifest_from_bids(tmp_path):
 
     desc = json.load(open(os.path.join(root, base, "dataset_description.json")))
     assert desc["DatasetType"] == "derivative" and desc["BIDSVersion"]
-    assert desc["GeneratedBy"][0]["Name"] == "thal-net"
+    tool = desc["GeneratedBy"][0]
+    assert tool["Name"] == "samseg" and tool["Version"] == "0.4a0"
+    assert tool["Container"] == {"Type": "apptainer", "Tag": "samseg.sif"}
+    assert "run_samseg -i" in tool["Description"]
     assert desc["GeneratedBy"][1]["Name"] == "thaldask"
     side = json.load(open(os.path.join(root, base, "sub-01/ses-02/anat",
                                        "sub-01_ses-02_space-FLAIR_desc-thalamus_dseg.json")))

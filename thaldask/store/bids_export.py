@@ -47,8 +47,8 @@ from thaldask.store.sources import read_sources
 
 __all__ = ["export_bids", "bids_label", "PROVENANCE_ATTR"]
 
-#: attribute of a mask array with the tool that wrote it (name, version, command, container)
-PROVENANCE_ATTR = "provenance"
+#: attribute of a mask array with the external tool that wrote it (see segment.tool_stage)
+PROVENANCE_ATTR = "thaldask_tool"
 BIDS_VERSION = "1.9.0"
 _SUFFIX = {v: k for k, v in BIDS_CONTRASTS.items()}  # thaldask contrast -> BIDS suffix
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
@@ -88,16 +88,18 @@ def _scan_names(st: CohortStore) -> list[tuple[str, str | None]]:
 
 
 def _generated_by(st: CohortStore, method: str, contrast: str) -> list[dict]:
+    """BIDS ``GeneratedBy``: the external tool that wrote the masks (its record in the mask
+    array's :data:`PROVENANCE_ATTR`: tool, version, command, runtime, image), then thaldask."""
     prov = dict(st.zarr_array(mask_array(method, contrast)).attrs.get(PROVENANCE_ATTR) or {})
-    tool = {"Name": str(prov.get("name") or ("manual" if method == GT_METHOD else method))}
-    if prov.get("version"):
-        tool["Version"] = str(prov["version"])
+    tool = {"Name": str(prov.get("tool") or ("manual" if method == GT_METHOD else method))}
+    version = prov.get("version")
+    if version:
+        tool["Version"] = str(version) if not isinstance(version, list) else ", ".join(map(str, version))
     if prov.get("command"):
-        tool["CodeURL" if str(prov["command"]).startswith("http") else "Description"] = (
-            f"command: {prov['command']}")
-    if prov.get("container"):
-        tool["Container"] = {"Type": str(prov.get("container_type", "docker")),
-                             "Tag": str(prov["container"])}
+        cmd = prov["command"]
+        tool["Description"] = "command: " + (" ".join(map(str, cmd)) if isinstance(cmd, list) else str(cmd))
+    if prov.get("image"):
+        tool["Container"] = {"Type": str(prov.get("runtime") or "docker"), "Tag": str(prov["image"])}
     return [tool, {"Name": "thaldask", "Version": __version__,
                    "Description": "stored, resampled onto each scan's original grid, exported"}]
 
