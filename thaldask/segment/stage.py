@@ -26,7 +26,7 @@ from thaldask.segment.registry import (
     loaded_segmenter,
     segmenter_class,
 )
-from thaldask.segment.tool_stage import segment_store_tool
+from thaldask.segment.tool_stage import COLUMNS, segment_report, segment_store_tool
 from thaldask.store import open_store
 
 __all__ = ["segment_store"]
@@ -235,9 +235,8 @@ def segment_store(
             f"{st.path}: contrast {missing[0]!r} is not in the store; it has {', '.join(st.contrasts) or 'none'}"
         )
     items, _ = _plan(st, model, contrasts, ensembles, kinds, overwrite)
-    cols = ["scan", "subject", "timepoint", "method", "contrast", "status", "seconds", "error"]
     if not items:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=COLUMNS)
     if require_gpu is None:
         require_gpu = str(device).lower().startswith("cuda")
     client = active_client(client)
@@ -263,16 +262,4 @@ def segment_store(
         args=(st.path, model, options, device),
         kwargs={"overwrite": overwrite},
     )
-    rows = [r for batch_rows in results for r in batch_rows]
-    try:
-        st.consolidate()
-    except Exception:  # noqa: BLE001 - consolidation is an optimisation
-        pass
-    df = pd.DataFrame(rows)
-    scans = st.scans
-    df["subject"] = scans["subject"].to_numpy()[df["scan"].to_numpy(int)]
-    df["timepoint"] = scans["timepoint"].to_numpy()[df["scan"].to_numpy(int)]
-    for c in cols:
-        if c not in df:
-            df[c] = None
-    return df[cols].sort_values(["scan", "method", "contrast"]).reset_index(drop=True)
+    return segment_report(st, [r for batch_rows in results for r in batch_rows])

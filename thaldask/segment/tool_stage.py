@@ -240,6 +240,13 @@ def segment_store_tool(
     )
     for c in contrasts:
         _record_provenance(st, name, c, [r for r in rows if r["contrast"] == c], spec)
+    return segment_report(st, rows, extra=("tool_seconds", "version", "command", "work"))
+
+
+def segment_report(st, rows: list[dict], *, extra=()) -> pd.DataFrame:
+    """The report of a segment run, one row per (scan, method, contrast): :data:`COLUMNS`
+    (subject and timepoint from the store) and the ``extra`` columns the rows have. The
+    store's metadata are consolidated first (new mask arrays)."""
     try:
         st.consolidate()
     except Exception:  # noqa: BLE001 - consolidation is an optimisation
@@ -248,8 +255,8 @@ def segment_store_tool(
     scans = st.scans
     df["subject"] = scans["subject"].to_numpy()[df["scan"].to_numpy(int)]
     df["timepoint"] = scans["timepoint"].to_numpy()[df["scan"].to_numpy(int)]
-    extra = [c for c in ("tool_seconds", "version", "command", "work") if c in df]
     for c in COLUMNS:
         if c not in df:
             df[c] = None
-    return df[COLUMNS + extra].sort_values(["scan", "method", "contrast"]).reset_index(drop=True)
+    more = [c for c in extra if c in df]
+    return df[COLUMNS + more].sort_values(["scan", "method", "contrast"]).reset_index(drop=True)
