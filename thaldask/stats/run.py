@@ -20,7 +20,10 @@ from thaldask.stats.agreement import fit_agreement
 from thaldask.stats.clinical import fit_clinical
 from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
+from thaldask.stats._select import visits_only
 from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
+from thaldask.stats.reliability import fit_reliability, retest_pairs
+from thaldask.stats.trial import TRIAL_DEFAULTS, fit_atrophy_recovery, fit_trial_design, reference_change
 from thaldask.store import open_store
 from thaldask.store.format import table_file
 
@@ -48,6 +51,9 @@ DEFAULTS = {
     "combat": {"eb": True, "mean_only": False, "protect": list(DEFAULT_PROTECT), "min_site_size": 5},
     "bootstrap": None,  # None: thaldask.stats.bootstrap (0 = off)
     "alpha": 0.05,
+    # trial design (trial_design.csv): slowing, years, power, alpha, bootstrap, seed,
+    # control_groups, patient_groups; see thaldask.stats.trial.TRIAL_DEFAULTS
+    "trial": {},
 }
 
 
@@ -76,8 +82,8 @@ def _resolve(config) -> dict:
     for k, v in (config or {}).items():
         if k not in DEFAULTS:
             raise ConfigError(f"unknown stats option {k!r}; allowed: {sorted(DEFAULTS)}")
-        if k == "combat":
-            cfg["combat"].update(v or {})
+        if k in ("combat", "trial"):
+            cfg[k].update(v or {})
         else:
             cfg[k] = v
     if cfg["edss_cut"] is None:
@@ -86,6 +92,10 @@ def _resolve(config) -> dict:
         cfg["fdr_method"] = _config.get("stats.fdr-method", "fdr_bh")
     if cfg["bootstrap"] is None:
         cfg["bootstrap"] = int(_config.get("stats.bootstrap", 0) or 0)
+    cfg["trial"] = {"bootstrap": int(_config.get("stats.trial-bootstrap", TRIAL_DEFAULTS["bootstrap"]))} | cfg["trial"]
+    unknown = sorted(set(cfg["trial"]) - set(TRIAL_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown stats trial option(s) {unknown}; allowed: {sorted(TRIAL_DEFAULTS)}")
     return cfg
 
 
@@ -123,6 +133,13 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     alpha = cfg["alpha"]
     side = cfg["side"]
     tables: dict[str, pd.DataFrame] = {}
+    try:  # scan-rescan repeats: reliability only; every other analysis sees visits
+        tables["reliability"] = fit_reliability(ds, side=side, alpha=alpha, as_frame=True)
+        if not len(tables["reliability"]):
+            tables["reliability"] = pd.DataFrame([{"note": "no scan-rescan repeats"}])
+    except StatsError as exc:
+        tables["reliability"] = _failed("reliability", exc)
+    ds = visits_only(ds)
     has_gt = "gt_volume_mm3" in ds and bool(np.isfinite(ds["gt_volume_mm3"].values).any())
     if has_gt:
         try:
@@ -188,6 +205,20 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
         tables["longitudinal"]["harmonised"] = work is not ds
     except StatsError as exc:
         tables["longitudinal"] = _failed("longitudinal", exc)
+    try:
+        tables["atrophy_recovery"] = fit_atrophy_recovery(ds, side=side, alpha=alpha, as_frame=True)
+        if not len(tables["atrophy_recovery"]):
+            tables["atrophy_recovery"] = pd.DataFrame([{"note": "no subject has ground truth at two visits"}])
+    except StatsError as exc:
+        tables["atrophy_recovery"] = _failed("atrophy recovery", exc)
+    try:
+        rel = tables["reliability"] if "method" in tables["reliability"] else None
+        tables["trial_design"] = fit_trial_design(work, reliability=rel, side=side, options=cfg["trial"],
+                                                  as_frame=True)
+        if not len(tables["trial_design"]):
+            tables["trial_design"] = pd.DataFrame([{"note": "no follow-up: no annualised change"}])
+    except StatsError as exc:
+        tables["trial_design"] = _failed("trial design", exc)
     return {k: tables[k] for k in STATS_TABLES}, (work if work is not ds else None)
 
 
@@ -232,11 +263,13 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
         check_may_write(folder / f"{name}.csv")  # a file thaldask did not write
     tables, harmonised = _run(ds, cfg)
     paths = {}
+    full = ds
+    ds = visits_only(ds)
     for name, df in tables.items():
         p = folder / f"{name}.csv" if folder is not None else table_file(store_path, name)
         paths[name] = write_text(p, df.to_csv(index=False), storage_options=st.storage_options)
     sds = tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"})
-    sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg)], combine_attrs="override")
+    sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg, full)], combine_attrs="override")
     if is_remote(st.path) or os.access(os.fspath(st.path), os.W_OK):
         st.write_results(sds, name="stats")
     else:  # a read-only store (an archive, another group's data): the tables are the output
@@ -245,11 +278,17 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
     return paths
 
 
-def _per_subject(ds: xr.Dataset, harmonised: xr.Dataset | None, tables, cfg) -> list[xr.Dataset]:
+def _per_subject(ds: xr.Dataset, harmonised: xr.Dataset | None, tables, cfg, full=None) -> list[xr.Dataset]:
     """The per-scan numbers behind the tables, stored beside them so the report draws them
     instead of recomputing: the per-subject annualised change that ``longitudinal.csv``
-    summarises (from the volumes its models used), and the ComBat-harmonised volumes."""
+    summarises (from the volumes its models used), the ComBat-harmonised volumes, the
+    test-retest pairs behind ``reliability.csv`` and the ground-truth change behind
+    ``atrophy_recovery.csv``."""
     parts = []
+    if full is not None and "method" in tables["reliability"]:
+        parts.append(retest_pairs(full, side=cfg["side"]))
+    if "method" in tables["atrophy_recovery"]:
+        parts.append(reference_change(ds, side=cfg["side"]).to_dataset())
     if harmonised is not None:
         h = harmonised["volume_mm3"].rename("harmonised_volume_mm3")
         h.attrs = {"units": "mm³", "harmonisation": harmonised.attrs.get("harmonisation", "ComBat")}

@@ -172,11 +172,13 @@ def _mask_rel(method: str, sub: str, tp: str, contrast: str) -> str:
 
 
 def render_subject(
-    out: str, rows: list[dict], site: dict, params: dict, shape: str, seed: int
+    out: str, rows: list[dict], site: dict, params: dict, shape: str, seed: int, sites=None
 ) -> list[dict]:
     """Render every scan of one subject; returns one record per scan (truth + manifest rows).
 
-    Deterministic in (seed, subject index); safe to run on any worker.
+    ``site`` is the subject's site; with ``sites`` (every site, by ``site_index``) each row
+    uses its own row's site, as scan-rescan repeats on another scanner do. Deterministic in
+    (seed, subject index, timepoint index); safe to run on any worker.
     """
     out = Path(out)
     first = rows[0]
@@ -194,10 +196,6 @@ def render_subject(
     )
     tissue = draw_tissue(rng_subj, params["contrasts"]["tissue_jitter"])
     jac = [geom.jacobian_at(geom.thalamus_centroid(s)) for s in (0, 1)]
-    voxel = np.asarray(site["voxel_mm"], dtype=float)
-    aff, grid_shape = _grid(shape, voxel)
-    # the voxel volume a reader of the file computes (NIfTI stores the affine as float32)
-    vvox = float(abs(np.linalg.det(aff[:3, :3].astype(np.float32).astype(np.float64))))
     caff, cshape = _conformed_grid(shape)
     r1_voxel = params["contrasts"]["r1"].get("voxel_mm")
     r1_aff = r1_shape = r1_vvox = None
@@ -207,6 +205,12 @@ def render_subject(
         r1_vvox = float(abs(np.linalg.det(r1_aff[:3, :3].astype(np.float32).astype(np.float64))))
     records = []
     for row in rows:
+        # a repeat can be acquired with another site's settings (its own voxel grid)
+        site = sites[int(row["site_index"])] if sites is not None else site
+        voxel = np.asarray(site["voxel_mm"], dtype=float)
+        aff, grid_shape = _grid(shape, voxel)
+        # the voxel volume a reader of the file computes (NIfTI stores the affine as float32)
+        vvox = float(abs(np.linalg.det(aff[:3, :3].astype(np.float32).astype(np.float64))))
         k = int(row["timepoint_index"])
         sub, tp = row["subject"], row["timepoint"]
         rng = np.random.default_rng([int(seed), i, 2, k])
@@ -331,6 +335,7 @@ def render_subject(
                 "thalamus_mm3": _side_volumes(gt, vvox),
                 "method_volume_mm3": method_volumes,
                 "has_gt": bool(row["has_gt"]),
+                "repeat_of": row.get("repeat_of", "") or None,
                 "manifest": manifest,
             }
         )
@@ -398,7 +403,7 @@ def make_cohort(
     sites = make_sites(n_sites, np.random.default_rng([int(seed), 0, 9]))
     by_subject = [grp.to_dict("records") for _, grp in table.groupby("subject_index", sort=True)]
     args = [
-        (str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed))
+        (str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed), sites)
         for rows in by_subject
     ]
     batches = run_batches(_render_batch, [[a] for a in args], client=client, label="synth",
@@ -411,7 +416,10 @@ def make_cohort(
 
     manifest = pd.DataFrame([m for r in records for m in r["manifest"]])[MANIFEST_COLUMNS]
     write_text(out / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
-    write_text(out / "clinical.csv", table[CLINICAL_COLUMNS].to_csv(index=False, lineterminator="\n"))
+    columns = list(CLINICAL_COLUMNS)
+    if (table["repeat_of"] != "").any():  # scan-rescan repeats: the column that declares them
+        columns.append("repeat_of")
+    write_text(out / "clinical.csv", table[columns].to_csv(index=False, lineterminator="\n"))
     truth = _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites)
     write_text(out / "truth.json", json.dumps(_clean(truth), indent=1, sort_keys=True) + "\n")
     return SynthCohort(
