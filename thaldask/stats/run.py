@@ -15,15 +15,20 @@ from thaldask import config as _config
 from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
 from thaldask.errors import ConfigError, StatsError, StatsStageWarning
 from thaldask.schema import STATS_TABLES
+from thaldask.stats._select import visits_only
 from thaldask.stats._tables import table_to_xarray, tables_to_dataset
 from thaldask.stats.agreement import fit_agreement
 from thaldask.stats.clinical import fit_clinical
 from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
-from thaldask.stats._select import visits_only
 from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
 from thaldask.stats.reliability import fit_reliability, retest_pairs
-from thaldask.stats.trial import TRIAL_DEFAULTS, fit_atrophy_recovery, fit_trial_design, reference_change
+from thaldask.stats.trial import (
+    TRIAL_DEFAULTS,
+    fit_atrophy_recovery,
+    fit_trial_design,
+    reference_change,
+)
 from thaldask.store import open_store
 from thaldask.store.format import table_file
 
