@@ -26,7 +26,7 @@ __all__ = [
     "ols_shared_design",
     "logit_batched",
     "auc_batched",
-    "test_retest_batched",
+    "retest_batched",
     "n_per_arm_batched",
 ]
 
@@ -362,7 +362,7 @@ def auc_batched(score, label) -> np.ndarray:
     return out
 
 
-def test_retest_batched(x0, x1, *, alpha: float = 0.05) -> dict[str, np.ndarray]:
+def retest_batched(x0, x1, *, alpha: float = 0.05) -> dict[str, np.ndarray]:
     """Test-retest reliability of many (visit, repeat) pair sets along the last axis.
 
     Parameters
@@ -390,7 +390,7 @@ def test_retest_batched(x0, x1, *, alpha: float = 0.05) -> dict[str, np.ndarray]
 
     Examples
     --------
-    >>> r = test_retest_batched([10.0, 20, 30, 40], [11.0, 19, 31, 41])
+    >>> r = retest_batched([10.0, 20, 30, 40], [11.0, 19, 31, 41])
     >>> round(float(r["wsd"]), 4), round(float(r["mean_diff"]), 2)
     (0.7071, 0.5)
     """

@@ -16,7 +16,7 @@ import xarray as xr
 from thaldask.stats import _data
 from thaldask.stats._select import at_scans, repeat_pairs
 from thaldask.stats._tables import as_result
-from thaldask.stats.kernels import test_retest_batched
+from thaldask.stats.kernels import retest_batched
 
 __all__ = ["fit_reliability", "retest_pairs", "RELIABILITY_COLUMNS"]
 
@@ -96,7 +96,7 @@ def fit_reliability(ds: xr.Dataset, *, side=None, alpha: float = 0.05, as_frame:
         CI; ``sem_mm3``; smallest detectable change ``sdc_mm3`` and ``sdc_pct``;
         repeatability coefficient ``rc_mm3``; the systematic repeat − visit difference
         ``mean_diff_mm3`` (CI) and the limits of agreement ``mean_diff ± rc``
-        (:func:`thaldask.stats.kernels.test_retest_batched`). Empty when the dataset has
+        (:func:`thaldask.stats.kernels.retest_batched`). Empty when the dataset has
         no repeats.
     """
     pairs = retest_pairs(ds, side=side)
@@ -110,7 +110,7 @@ def fit_reliability(ds: xr.Dataset, *, side=None, alpha: float = 0.05, as_frame:
         b = pairs["retest_repeat_mm3"].sel(side=side_name).transpose("method", "contrast", "subject").values
         x0 = np.stack([a[meths.index(m), cons.index(c)] for m, c in keys]) if keys else np.empty((0, a.shape[-1]))
         x1 = np.stack([b[meths.index(m), cons.index(c)] for m, c in keys]) if keys else np.empty((0, a.shape[-1]))
-        r = test_retest_batched(x0, x1, alpha=alpha)
+        r = retest_batched(x0, x1, alpha=alpha)
         ok = np.isfinite(x0) & np.isfinite(x1)
         for k, (m, c) in enumerate(keys):
             if r["n"][k] < 3:
