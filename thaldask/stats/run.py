@@ -321,6 +321,25 @@ def _label(row) -> str:
     return f"{row['method']} ({row['contrast']})"
 
 
+def _n(row) -> str:
+    n = float(row.get("n", np.nan))
+    return str(int(n)) if np.isfinite(n) else "n/a"
+
+
+def _ci(row, prefix: str, fmt: str, lo_col=None, hi_col=None) -> str:
+    """`` [lo, hi]`` of a row's CI columns, or `` (no CI)`` where they are missing (too
+    few subjects), so a line never shows a blank or ``nan`` interval."""
+    lo = row.get(lo_col or f"{prefix}_lower", np.nan)
+    hi = row.get(hi_col or f"{prefix}_upper", np.nan)
+    try:
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        lo = hi = np.nan
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return " (no CI)"
+    return f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
 def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
     """One-line headline findings from the stage's tables (printed by the demo).
 
@@ -337,7 +356,24 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         d = df[df["side"] == "total"]
         return d if len(d) else None
 
-    def compare_alt(d, col, pick, what, fmt):
+    mc = tables.get("method_comparison")
+    paired = None
+    if mc is not None and "test" in mc and "p_holm" in mc:
+        paired = mc[(mc["test"] == "wilcoxon") & (mc["side"] == "total")]
+
+    def paired_p(metric, a, b) -> float:
+        """Holm-corrected Wilcoxon p of the paired comparison of a and b on ``metric``."""
+        if paired is None or metric is None:
+            return np.nan
+        pa, pb = (a["method"], a["contrast"]), (b["method"], b["contrast"])
+        for _, r in paired[paired["metric"] == metric].iterrows():
+            if {(r["method_a"], r["contrast_a"]), (r["method_b"], r["contrast_b"])} == {pa, pb}:
+                return float(r["p_holm"])
+        return np.nan
+
+    def compare_alt(d, col, pick, what, fmt, metric=None):
+        """Whether R1/ensembles change the answer: a claim of a difference only when the
+        paired test (Wilcoxon, Holm-corrected) of ``metric`` finds one."""
         best = pick(d, col)
         base = d[~d["contrast"].map(_is_alt)]
         if best is None or not d["contrast"].map(_is_alt).any() or not len(base):
@@ -345,9 +381,17 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         b0 = pick(base, col)
         if b0 is None:
             return ""
-        if _is_alt(best["contrast"]):
-            return f"; R1/ensembles change it (best without them: {_label(b0)}, {fmt(b0)})"
-        return "; R1/ensembles do not change it"
+        if not _is_alt(best["contrast"]):
+            return "; R1/ensembles do not change it"
+        other = f"{_label(b0)}, {fmt(b0)}"
+        p = paired_p(metric, best, b0)
+        if not np.isfinite(p):
+            return (f"; an R1/ensemble method ranks first, but no paired test compares them "
+                    f"(best without R1/ensembles: {other})")
+        if p < 0.05:
+            return f"; R1/ensembles change it (best without them: {other}; paired Wilcoxon, Holm p {_fmt_p(p)})"
+        return (f"; no detectable difference from the best without R1/ensembles ({other}; paired "
+                f"Wilcoxon, Holm p {_fmt_p(p)})")
 
     def argmax(d, col):
         d = d[np.isfinite(d[col].astype(float))]
@@ -364,18 +408,19 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         if b is not None:
             f = lambda r: f"Dice {r['dice_mean']:.3f}"  # noqa: E731
             lines.append(
-                f"Best Dice: {_label(b)}, mean {b['dice_mean']:.3f} "
-                f"[{b['dice_mean_ci_lower']:.3f}, {b['dice_mean_ci_upper']:.3f}]"
-                + compare_alt(ag, "dice_mean", argmax, "Dice", f)
+                f"Best Dice: {_label(b)}, mean {b['dice_mean']:.3f}"
+                + _ci(b, "dice_mean_ci", "{:.3f}") + f", n = {_n(b)}"
+                + compare_alt(ag, "dice_mean", argmax, "Dice", f, "dice")
             )
         b = argmin_abs(ag, "bias_mm3")
         if b is not None:
             f = lambda r: f"bias {r['bias_mm3']:+.0f} mm³"  # noqa: E731
             lines.append(
-                f"Least volume bias: {_label(b)}, {b['bias_mm3']:+.0f} mm³ "
-                f"[{b['bias_mm3_ci_lower']:+.0f}, {b['bias_mm3_ci_upper']:+.0f}], limits of agreement "
-                f"{b['loa_lower_mm3']:+.0f} to {b['loa_upper_mm3']:+.0f} mm³"
-                + compare_alt(ag, "bias_mm3", argmin_abs, "bias", f)
+                f"Least volume bias: {_label(b)}, {b['bias_mm3']:+.0f} mm³"
+                + _ci(b, "bias_mm3_ci", "{:+.0f}") + ", limits of agreement "
+                + (f"{b['loa_lower_mm3']:+.0f} to {b['loa_upper_mm3']:+.0f} mm³"
+                   if np.isfinite(float(b["loa_lower_mm3"])) else "n/a")
+                + compare_alt(ag, "bias_mm3", argmin_abs, "bias", f, "abs_volume_error_mm3")
             )
         pb = ag[ag.get("prop_bias", False) == True]  # noqa: E712
         if len(pb):
@@ -397,8 +442,8 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             f = lambda r: f"β {r['beta_std']:+.3f}"  # noqa: E731
             lines.append(
                 f"Strongest {outcome.upper()} association: {_label(r)}, standardised β "
-                f"{r['beta_std']:+.3f} [{r['beta_std_ci_lower']:+.3f}, {r['beta_std_ci_upper']:+.3f}], "
-                f"FDR q {_fmt_p(r['p_fdr'])}, n = {int(r['n'])}"
+                f"{r['beta_std']:+.3f}" + _ci(r, "beta_std_ci", "{:+.3f}") + ", "
+                f"FDR q {_fmt_p(r['p_fdr'])}, n = {_n(r)}"
                 + compare_alt(b, "absb", argmax, outcome, f)
             )
     lo = total(tables.get("longitudinal"))
@@ -410,10 +455,31 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             f = lambda r: f"OR {r['estimate']:.2f}"  # noqa: E731
             lines.append(
                 f"Strongest atrophy–EDSS worsening link: {_label(r)}, OR per 1 %/year "
-                f"{r['estimate']:.2f} [{r['ci_lower']:.2f}, {r['ci_upper']:.2f}], p {_fmt_p(r['p'])}, "
+                f"{r['estimate']:.2f}" + _ci(r, "ci", "{:.2f}", "ci_lower", "ci_upper") + f", p {_fmt_p(r['p'])}, "
                 f"AUC {r['auc']:.2f}, {int(r['n_events'])}/{int(r['n'])} worsened"
                 + compare_alt(d, "strength", argmax, "OR", f)
             )
+    rel = total(tables.get("reliability"))
+    if rel is not None and "sdc_pct" in rel:
+        r = argmin_abs(rel, "sdc_pct")
+        if r is not None:
+            lines.append(
+                f"Most repeatable (scan-rescan): {_label(r)}, smallest detectable change "
+                f"{r['sdc_pct']:.1f} % ({r['sdc_mm3']:.0f} mm³), wCV {r['wcv_pct']:.2f} %, ICC "
+                f"{r['icc']:.3f}" + _ci(r, "icc_ci", "{:.3f}") + f", n = {_n(r)} pairs"
+            )
+    td = total(tables.get("trial_design"))
+    if td is not None and "n_per_arm" in td:
+        d = td[(td["effect"] == "to_control_rate") & (td["power"].astype(float) == 0.8)]
+        if len(d):
+            d = d[d["years"].astype(float) == d["years"].astype(float).max()]
+            r = argmin_abs(d, "n_per_arm")
+            if r is not None:
+                lines.append(
+                    f"Smallest trial to slow atrophy to the control rate ({float(r['years']):g} years, "
+                    f"80 % power): {_label(r)}, {int(r['n_per_arm'])} patients per arm"
+                    + _ci(r, "n_per_arm_ci", "{:.0f}")
+                )
     hm = tables.get("harmonisation")
     if hm is not None and "site_p_before" in hm:
         t = hm[hm["side"] == "total"] if "side" in hm else hm
