@@ -96,7 +96,7 @@ GT_METHOD = "gt"
 
 #: the statistical stage's tables, in page order; file name = name + ".csv"
 STATS_TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation",
-                "reliability", "atrophy_recovery", "trial_design")
+                "reliability", "atrophy_recovery", "trial_design", "qc_flags")
 
 #: the columns that identify a row of each stats table (its dims as an xarray Dataset)
 TABLE_KEYS = {
@@ -108,6 +108,7 @@ TABLE_KEYS = {
     "reliability": ("method", "contrast", "side"),
     "atrophy_recovery": ("method", "contrast", "side", "reference"),
     "trial_design": ("method", "contrast", "side", "effect", "years", "power"),
+    "qc_flags": ("subject", "timepoint", "method", "contrast", "flag"),
 }
 
 

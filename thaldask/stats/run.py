@@ -22,6 +22,7 @@ from thaldask.stats.clinical import fit_clinical
 from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
 from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
+from thaldask.stats.qc_flags import QC_DEFAULTS, fit_qc_flags
 from thaldask.stats.reliability import fit_reliability, retest_pairs
 from thaldask.stats.trial import (
     TRIAL_DEFAULTS,
@@ -59,6 +60,9 @@ DEFAULTS = {
     # trial design (trial_design.csv): slowing, years, power, alpha, bootstrap, seed,
     # control_groups, patient_groups; see thaldask.stats.trial.TRIAL_DEFAULTS
     "trial": {},
+    # QC flags (qc_flags.csv): z_warning, z_error, min_n, dice_min, swap_dice,
+    # swap_total_dice, covariates; see thaldask.stats.qc_flags.QC_DEFAULTS
+    "qc": {},
 }
 
 
@@ -87,7 +91,7 @@ def _resolve(config) -> dict:
     for k, v in (config or {}).items():
         if k not in DEFAULTS:
             raise ConfigError(f"unknown stats option {k!r}; allowed: {sorted(DEFAULTS)}")
-        if k in ("combat", "trial"):
+        if k in ("combat", "trial", "qc"):
             cfg[k].update(v or {})
         else:
             cfg[k] = v
@@ -101,6 +105,9 @@ def _resolve(config) -> dict:
     unknown = sorted(set(cfg["trial"]) - set(TRIAL_DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown stats trial option(s) {unknown}; allowed: {sorted(TRIAL_DEFAULTS)}")
+    unknown = sorted(set(cfg["qc"]) - set(QC_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown stats qc option(s) {unknown}; allowed: {sorted(QC_DEFAULTS)}")
     return cfg
 
 
@@ -144,6 +151,12 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
             tables["reliability"] = pd.DataFrame([{"note": "no scan-rescan repeats"}])
     except StatsError as exc:
         tables["reliability"] = _failed("reliability", exc)
+    try:
+        tables["qc_flags"] = fit_qc_flags(ds, options=cfg["qc"])
+        if not len(tables["qc_flags"]):
+            tables["qc_flags"] = pd.DataFrame([{"note": "no scan flagged"}])
+    except StatsError as exc:
+        tables["qc_flags"] = _failed("QC flags", exc)
     ds = visits_only(ds)
     has_gt = "gt_volume_mm3" in ds and bool(np.isfinite(ds["gt_volume_mm3"].values).any())
     if has_gt:

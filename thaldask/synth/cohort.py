@@ -136,17 +136,34 @@ def _conformed_labels(geom, aff, shape, caff, cshape, pose, thr) -> np.ndarray:
     return out
 
 
-def _maybe_fail(sides: np.ndarray, spec: dict, key: list) -> np.ndarray:
-    """With probability ``failure_rate`` a method misses one whole side (an empty label)."""
+def _maybe_fail(sides: np.ndarray, spec: dict, key: list, voxel_mm=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, str]:
+    """Planted failures of one simulated mask, each with its own probability (default 0):
+    ``failure_rate`` misses one whole side (an empty label), ``swap_rate`` swaps the left and
+    right labels, ``misregistration_rate`` shifts the whole mask by ``misregistration_mm``
+    (default 6 mm) along a random axis. Returns the mask and what was planted (``""``: none;
+    else ``missed_side``, ``swapped_sides`` or ``misregistered``)."""
+    kind = ""
     rate = float(spec.get("failure_rate", 0.0))
-    if rate <= 0:
-        return sides
-    rng = np.random.default_rng(key)
-    if rng.random() >= rate:
-        return sides
-    out = sides.copy()
-    out[out == 1 + int(rng.integers(2))] = 0
-    return out
+    if rate > 0:
+        rng = np.random.default_rng(key)
+        if rng.random() < rate:
+            sides = sides.copy()
+            sides[sides == 1 + int(rng.integers(2))] = 0
+            return sides, "missed_side"
+    if float(spec.get("swap_rate", 0.0)) > 0:
+        rng = np.random.default_rng([*key, 1])
+        if rng.random() < float(spec["swap_rate"]):
+            out = sides.copy()
+            out[sides == 1], out[sides == 2] = 2, 1
+            return out, "swapped_sides"
+    if float(spec.get("misregistration_rate", 0.0)) > 0:
+        rng = np.random.default_rng([*key, 2])
+        if rng.random() < float(spec["misregistration_rate"]):
+            axis = int(rng.integers(3))
+            step = int(round(float(spec.get("misregistration_mm", 6.0)) / float(np.asarray(voxel_mm)[axis])))
+            step *= 1 if rng.random() < 0.5 else -1
+            return np.roll(sides, step, axis=axis), "misregistered"
+    return sides, kind
 
 
 def _pose(rng: np.random.Generator, rot_deg: float, trans_mm: float) -> np.ndarray:
@@ -263,6 +280,7 @@ def render_subject(
                 }
             )
         method_volumes = {}
+        planted_failures = {}
         ref = params["methods"]["reference_volume_mm3"]
         prep = prepare_truth(labels, voxel)
         preps = {}
@@ -283,7 +301,7 @@ def render_subject(
                         site_shift_mm=site["volume_shift_mm"],
                         rng=mrng,
                     )
-                    sides = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
+                    sides, failed = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
                     data = encode_labels(sides, method, clab)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_mgz(out / rel, data, caff)
@@ -300,11 +318,13 @@ def render_subject(
                         site_shift_mm=site["volume_shift_mm"],
                         rng=mrng,
                     )
-                    sides = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
+                    sides, failed = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci], g_voxel)
                     data = encode_labels(sides, method)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_nifti(out / rel, data, g_aff)
                     method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, g_vvox)
+                if failed:
+                    planted_failures[f"{method}/{contrast}"] = failed
                 manifest.append(
                     {
                         "kind": "mask",
@@ -334,6 +354,7 @@ def render_subject(
                 },
                 "thalamus_mm3": _side_volumes(gt, vvox),
                 "method_volume_mm3": method_volumes,
+                "planted_failures": planted_failures,
                 "has_gt": bool(row["has_gt"]),
                 "repeat_of": row.get("repeat_of", "") or None,
                 "manifest": manifest,

@@ -157,7 +157,10 @@ _DEFAULTS: dict = {
         #   sdt + roughness_mm * noise(scale_mm) < offset_mm + wm_offset_mm * WM_nearby
         #                                           + prop_bias_mm * (V / V_ref - 1) + jitter
         # where sdt is the signed distance to the true boundary (mm, negative inside)
-        # optional per method: "failure_rate" (share of scans where one side is missed)
+        # optional per method, planted failures (truth.json lists them per scan under
+        # planted_failures): "failure_rate" (share of scans where one side is missed),
+        # "swap_rate" (left and right labels swapped), "misregistration_rate" (the whole mask
+        # shifted by "misregistration_mm", default 6 mm, along a random axis)
         "reference_volume_mm3": 5800.0,
         "freesurfer-sim": {
             "contrasts": ["T1w"],
