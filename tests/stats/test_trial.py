@@ -229,3 +229,29 @@ def test_trial_design_longer_trial_needs_fewer_patients_with_measured_error():
     assert s.loc[1.0, "measurement_sd_pct"] == pytest.approx(1.0, rel=0.15)
     # over the observed interval (1 year) the SD is the observed SD
     assert s.loc[1.0, "sd_change_at_duration"] == pytest.approx(s.loc[1.0, "patient_change_sd"], rel=1e-9)
+
+
+def test_trial_uses_same_site_repeats_and_caps_error_at_observed_sd():
+    ds, _ = _cohort(7, n=200, methods={"a": (0.5, 1.0)})
+    n = ds.sizes["subject"]
+    site = np.tile(np.array(["s1", "s1", "s1"], dtype=object), (n, 1))
+    site[: n // 2, 2] = "s2"  # half the repeats on another scanner, which reads 4 % larger
+    ds["site"] = (("subject", "timepoint"), site.astype(str))
+    v = ds["volume_mm3"].values.copy()
+    v[: n // 2, 2] *= 1.04
+    ds["volume_mm3"] = (ds["volume_mm3"].dims, v)
+    every = fit_reliability(ds, as_frame=True).iloc[0]
+    same = fit_reliability(ds, same_site=True, as_frame=True).iloc[0]
+    assert every["n"] == n and every["n_other_site"] == n // 2
+    assert same["n"] == n - n // 2 and same["n_other_site"] == 0
+    assert same["wcv_pct"] == pytest.approx(0.5, rel=0.15) and every["wcv_pct"] > 2 * same["wcv_pct"]
+    t = run_stats(ds, {"mixed": False, "harmonise": False, "trial": {"bootstrap": 0}})["trial_design"]
+    assert (t["measurement_sd_source"] == "same-site repeats").all()
+    assert t["measurement_sd_pct"].iloc[0] == pytest.approx(100 * same["sem_mm3"] / same["mean_mm3"])
+    # an error larger than the observed spread allows is capped: at the observed interval
+    # (2 years) the projected SD is the observed SD
+    huge = pd.DataFrame([{"method": "a", "contrast": "T1w", "side": "total", "sem_mm3": 3000.0, "mean_mm3": 15000.0}])
+    td = fit_trial_design(ds, reliability=huge, options={"bootstrap": 0}, as_frame=True)
+    r2 = td[td.years == 2].iloc[0]
+    assert r2["sd_change_at_duration"] == pytest.approx(r2["patient_change_sd"], rel=1e-9)
+    assert td[td.years == 1].iloc[0]["sd_change_at_duration"] > r2["sd_change_at_duration"]

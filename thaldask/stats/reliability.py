@@ -73,7 +73,8 @@ def retest_pairs(ds: xr.Dataset, *, side=None) -> xr.Dataset:
     return out
 
 
-def fit_reliability(ds: xr.Dataset, *, side=None, alpha: float = 0.05, as_frame: bool = False):
+def fit_reliability(ds: xr.Dataset, *, side=None, alpha: float = 0.05, same_site: bool = False,
+                    as_frame: bool = False):
     """Test-retest reliability of every method × contrast × side from scan-rescan repeats.
 
     Parameters
@@ -84,6 +85,9 @@ def fit_reliability(ds: xr.Dataset, *, side=None, alpha: float = 0.05, as_frame:
         Default ``"total"``.
     alpha : float
         ``1 - alpha`` CIs; SDC and RC use the ``1 - alpha/2`` normal quantile (1.96).
+    same_site : bool
+        Use only pairs whose repeat was on the visit's site (the error a single-scanner
+        trial sees); default every pair.
     as_frame : bool
         Return a pandas DataFrame instead of an xarray Dataset.
 
@@ -110,6 +114,8 @@ def fit_reliability(ds: xr.Dataset, *, side=None, alpha: float = 0.05, as_frame:
         b = pairs["retest_repeat_mm3"].sel(side=side_name).transpose("method", "contrast", "subject").values
         x0 = np.stack([a[meths.index(m), cons.index(c)] for m, c in keys]) if keys else np.empty((0, a.shape[-1]))
         x1 = np.stack([b[meths.index(m), cons.index(c)] for m, c in keys]) if keys else np.empty((0, a.shape[-1]))
+        if same_site:
+            x1 = np.where(other[None, :] > 0, np.nan, x1)
         r = retest_batched(x0, x1, alpha=alpha)
         ok = np.isfinite(x0) & np.isfinite(x1)
         for k, (m, c) in enumerate(keys):

@@ -151,13 +151,14 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
             tables["reliability"] = pd.DataFrame([{"note": "no scan-rescan repeats"}])
     except StatsError as exc:
         tables["reliability"] = _failed("reliability", exc)
+    full = ds
     try:
-        tables["qc_flags"] = fit_qc_flags(ds, options=cfg["qc"])
+        tables["qc_flags"] = fit_qc_flags(full, options=cfg["qc"])
         if not len(tables["qc_flags"]):
             tables["qc_flags"] = pd.DataFrame([{"note": "no scan flagged"}])
     except StatsError as exc:
         tables["qc_flags"] = _failed("QC flags", exc)
-    ds = visits_only(ds)
+    ds = visits_only(full)
     has_gt = "gt_volume_mm3" in ds and bool(np.isfinite(ds["gt_volume_mm3"].values).any())
     if has_gt:
         try:
@@ -230,7 +231,7 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     except StatsError as exc:
         tables["atrophy_recovery"] = _failed("atrophy recovery", exc)
     try:
-        rel = tables["reliability"] if "method" in tables["reliability"] else None
+        rel = _trial_reliability(full, side, alpha) if "method" in tables["reliability"] else None
         tables["trial_design"] = fit_trial_design(work, reliability=rel, side=side, options=cfg["trial"],
                                                   as_frame=True)
         if not len(tables["trial_design"]):
@@ -238,6 +239,18 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     except StatsError as exc:
         tables["trial_design"] = _failed("trial design", exc)
     return {k: tables[k] for k in STATS_TABLES}, (work if work is not ds else None)
+
+
+def _trial_reliability(full: xr.Dataset, side, alpha) -> pd.DataFrame:
+    """The scan error a trial sees: same-site repeat pairs (a trial scans a patient on one
+    scanner) where a method has ≥ 3 of them, else all its pairs; ``pairs`` says which."""
+    every = fit_reliability(full, side=side, alpha=alpha, as_frame=True).assign(pairs="all repeats")
+    same = fit_reliability(full, side=side, alpha=alpha, same_site=True, as_frame=True).assign(
+        pairs="same-site repeats")
+    keys = ["method", "contrast", "side"]
+    rest = every.merge(same[keys], on=keys, how="left", indicator=True)
+    rest = every[(rest["_merge"] == "left_only").to_numpy()]
+    return pd.concat([same, rest], ignore_index=True)
 
 
 def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:

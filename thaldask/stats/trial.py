@@ -55,7 +55,7 @@ DESIGN_COLUMNS = [
     "method", "contrast", "side", "effect", "years", "power", "alpha", "n_per_arm",
     "n_per_arm_ci_lower", "n_per_arm_ci_upper", "delta_pct_per_year", "patient_change_mean",
     "patient_change_sd", "control_change_mean", "sd_change_at_duration",
-    "measurement_sd_pct", "n_patients", "n_controls", "formula",
+    "measurement_sd_pct", "measurement_sd_source", "n_patients", "n_controls", "formula",
 ]
 
 
@@ -160,12 +160,14 @@ def _effects(slowing) -> list[tuple[str, float | None]]:
 
 def _sd_at(sd_obs, sigma_e, inv_y2, years):
     """SD of annualised change measured over ``years``: the true between-subject part of the
-    observed SD plus measurement error 2 σ_e² / T² (σ_e: one scan's error, % of volume)."""
+    observed SD plus measurement error 2 σ_e² / T² (σ_e: one scan's error, % of volume).
+    The error variance is capped at the observed variance (σ_e² ≤ s² / (2 mean(1/y²))), so
+    the projection always reproduces the observed SD over the observed intervals."""
     with np.errstate(all="ignore"):
         if not np.isfinite(sigma_e):
             return sd_obs
-        true_var = np.maximum(sd_obs**2 - 2 * sigma_e**2 * inv_y2, 0.0)
-        return np.sqrt(true_var + 2 * sigma_e**2 / years**2)
+        e2 = np.minimum(sigma_e**2, sd_obs**2 / (2 * inv_y2))
+        return np.sqrt(sd_obs**2 - 2 * e2 * inv_y2 + 2 * e2 / years**2)
 
 
 def fit_trial_design(ds: xr.Dataset, *, reliability: pd.DataFrame | None = None, side=None,
@@ -179,8 +181,10 @@ def fit_trial_design(ds: xr.Dataset, *, reliability: pd.DataFrame | None = None,
     (:func:`~thaldask.stats.kernels.n_per_arm_batched`), where ``s_T`` is the SD of individual
     change over a trial of ``T`` years: the observed between-subject part plus the
     measurement error ``2 σ_e² / T²`` with ``σ_e`` the method's single-scan error in % of
-    volume from test-retest repeats (``reliability`` table: ``sem_mm3 / mean_mm3``). Without
-    repeats ``s_T`` is the observed SD for every ``T``. ``n_per_arm`` is rounded up; its CI
+    volume from test-retest repeats (``reliability`` table: ``sem_mm3 / mean_mm3``; its
+    ``pairs`` column, if any, is reported as ``measurement_sd_source``), capped so that over
+    the observed intervals ``s_T`` is the observed SD. Without repeats ``s_T`` is the
+    observed SD for every ``T``. ``n_per_arm`` is rounded up; its CI
     is the percentile bootstrap over subjects (patients and controls resampled separately).
 
     ``options``: :data:`TRIAL_DEFAULTS` keys. Empty without a follow-up.
@@ -219,11 +223,12 @@ def fit_trial_design(ds: xr.Dataset, *, reliability: pd.DataFrame | None = None,
             if xp.size < 3:
                 continue
             inv_y2 = float(np.mean(1 / yrs[p_ok] ** 2))
-            sigma_e = np.nan
+            sigma_e, source = np.nan, "none (no repeats): observed SD at every duration"
             if rel is not None:
                 r = rel[(rel["method"] == m) & (rel["contrast"] == c) & (rel["side"] == s)]
                 if len(r):
                     sigma_e = float(100 * r["sem_mm3"].iloc[0] / r["mean_mm3"].iloc[0])
+                    source = str(r["pairs"].iloc[0]) if "pairs" in r else "repeats"
             # bootstrap replicates of (m_p, s_p, m_c); column 0 is the sample itself
             ip = np.c_[np.arange(xp.size), rng.integers(0, xp.size, (xp.size, B))] if B else np.arange(xp.size)[:, None]
             mp = xp[ip].mean(axis=0)
@@ -251,6 +256,7 @@ def fit_trial_design(ds: xr.Dataset, *, reliability: pd.DataFrame | None = None,
                             "delta_pct_per_year": delta[0], "patient_change_mean": mp[0],
                             "patient_change_sd": sp[0], "control_change_mean": mc[0],
                             "sd_change_at_duration": sdT[0], "measurement_sd_pct": sigma_e,
+                            "measurement_sd_source": source,
                             "n_patients": int(xp.size), "n_controls": int(xc.size),
                             "formula": "n = 2((t_{1-a/2,2n-2} + t_{power,2n-2}) sd_T / delta)^2; "
                                        "sd_T^2 = sd_obs^2 - 2 se^2 mean(1/y^2) + 2 se^2 / T^2",
