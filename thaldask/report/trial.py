@@ -158,14 +158,18 @@ def trial_sentences(stats: dict, side: str = "total") -> list[str]:
     rec = stats.get("atrophy_recovery")
     if _usable(rec, "fraction_recovered"):
         r = rec[rec["side"] == side].copy()
-        r = r[np.isfinite(r["fraction_recovered"].astype(float))]
+        r = r[np.isfinite(r["loa_upper"].astype(float) - r["loa_lower"].astype(float))]
         if len(r):
-            r["off"] = (r["fraction_recovered"].astype(float) - 1).abs()
-            b = r.sort_values("off").iloc[0]
-            out.append(f"Against ground truth at both visits, {combo_label(b['method'], b['contrast'])} measures "
-                       f"the true atrophy most faithfully ({b['fraction_recovered']:.2f} of the true mean change "
-                       f"recovered, 95 % CI {b['fraction_recovered_ci_lower']:.2f} to "
-                       f"{b['fraction_recovered_ci_upper']:.2f}; n = {int(b['n'])}).")
+            r["width"] = r["loa_upper"].astype(float) - r["loa_lower"].astype(float)
+            b = r.sort_values("width").iloc[0]
+            lo, hi = float(b["fraction_recovered_ci_lower"]), float(b["fraction_recovered_ci_upper"])
+            s = (f"Against ground truth at both visits, {combo_label(b['method'], b['contrast'])} tracks "
+                 f"individual atrophy most closely (limits of agreement of the annualised change "
+                 f"{b['loa_lower']:+.2f} to {b['loa_upper']:+.2f} %/year, n = {int(b['n'])}) and recovers "
+                 f"{b['fraction_recovered']:.2f} of the true mean change (95 % CI {lo:.2f} to {hi:.2f})")
+            if np.isfinite(lo) and lo <= 0 and hi >= 1:
+                s += "; too few subjects to tell how much of the true change it recovers"
+            out.append(s + ".")
     return out
 
 

@@ -21,7 +21,9 @@ Flags (thresholds: :data:`QC_DEFAULTS`, the stats config's ``qc`` section):
 * ``low_dice`` (needs ground truth): Dice below ``dice_min`` (error) or robust z below
   ``-z_warning``.
 
-A robust-z flag is a ``warning`` above ``z_warning`` and an ``error`` above ``z_error``.
+A robust-z flag is a ``warning`` above ``z_warning`` and an ``error`` above ``z_error``, and
+is raised only when the difference also exceeds its ``min_*`` size (a method whose volumes
+barely vary between scans would otherwise flag differences of no consequence).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ QC_DEFAULTS = {
     "swap_dice": 0.2,
     "swap_total_dice": 0.5,
     "covariates": ["site", "group", "age", "icv_mm3"],
+    # a robust-z flag also needs a difference that matters (a precise method has a tiny MAD)
+    "min_volume_pct": 5.0,  # disagreement and volume outliers: % from the expected volume
+    "min_asymmetry_pct": 5.0,  # asymmetry index points from the method's median
+    "min_change_pct_per_year": 2.0,  # annualised change, % per year from the median
+    "min_dice_drop": 0.05,  # Dice below the method's median
 }
 
 QC_COLUMNS = ["subject", "timepoint", "method", "contrast", "flag", "severity", "value", "z", "reason"]
@@ -71,13 +78,20 @@ def robust_z(x, *, axis: int = 0, min_n: int = 8) -> np.ndarray:
     return np.where((n >= min_n) & (mad > 0) & np.isfinite(x), z, np.nan)
 
 
-def _severity(z, opt) -> np.ndarray:
+def _severity(z, opt, big=True) -> np.ndarray:
+    """``error`` / ``warning`` / ``""`` by |z|, where the difference is ``big`` enough."""
     a = np.abs(z)
-    return np.where(a > opt["z_error"], "error", np.where(a > opt["z_warning"], "warning", ""))
+    return np.where(big & (a > opt["z_error"]), "error", np.where(big & (a > opt["z_warning"]), "warning", ""))
 
 
-def _residual_z(logv: np.ndarray, clin: pd.DataFrame, covariates, min_n: int) -> np.ndarray:
-    """Robust z of the OLS residuals of log volume (scans,) on the covariates present."""
+def _off_median(x) -> np.ndarray:
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.abs(x - np.nanmedian(x))
+
+
+def _residual_z(logv: np.ndarray, clin: pd.DataFrame, covariates, min_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Robust z and value of the OLS residuals of log volume (scans,) on the covariates present."""
     cols = []
     for c in covariates:
         if c not in clin or clin[c].isna().all():
@@ -93,10 +107,10 @@ def _residual_z(logv: np.ndarray, clin: pd.DataFrame, covariates, min_n: int) ->
     ok = np.isfinite(logv) & np.isfinite(X).all(axis=1)
     res = np.full(logv.shape, np.nan)
     if ok.sum() < max(min_n, X.shape[1] + 3):
-        return res
+        return res, res
     beta, *_ = np.linalg.lstsq(X[ok], logv[ok], rcond=None)
     res[ok] = logv[ok] - X[ok] @ beta
-    return robust_z(res, min_n=min_n)
+    return robust_z(res, min_n=min_n), res
 
 
 def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame:
@@ -167,13 +181,14 @@ def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame
             med = np.nanmedian(others, axis=2)
         ratio = np.where(ok, logtot[:, :, mi, ci] - med, np.nan)
         z = robust_z(ratio.ravel(), min_n=min_n).reshape(S, T)
-        sev = _severity(z, opt)
+        sev = _severity(z, opt, _off_median(ratio) > np.log1p(opt["min_volume_pct"] / 100))
         add(sev != "", m, c, "method_disagreement", sev, 100 * (np.exp(ratio) - 1), z,
             lambda val, z: f"volume {val:+.1f} % from the other methods' median on this scan (robust z {z:+.1f})")
         # volume outlier for site / group / age / head size
         flat = clin.reset_index(drop=True)
-        zr = _residual_z(np.where(ok, logtot[:, :, mi, ci], np.nan).ravel(), flat, opt["covariates"], min_n).reshape(S, T)
-        sev = _severity(zr, opt)
+        zr, res = _residual_z(np.where(ok, logtot[:, :, mi, ci], np.nan).ravel(), flat, opt["covariates"], min_n)
+        zr, res = zr.reshape(S, T), res.reshape(S, T)
+        sev = _severity(zr, opt, _off_median(res) > np.log1p(opt["min_volume_pct"] / 100))
         add(sev != "", m, c, "volume_outlier", sev, v, zr,
             lambda val, z: f"volume {val:.0f} mm³ unusual for site, group, age and head size (robust z {z:+.1f})")
         # left-right asymmetry
@@ -181,7 +196,7 @@ def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame
         with np.errstate(all="ignore"):
             ai = np.where(ok, 200 * (L - R) / (L + R), np.nan)
         za = robust_z(ai.ravel(), min_n=min_n).reshape(S, T)
-        sev = _severity(za, opt)
+        sev = _severity(za, opt, _off_median(ai) > opt["min_asymmetry_pct"])
         add(sev != "", m, c, "asymmetry_outlier", sev, ai, za,
             lambda val, z: f"left-right asymmetry {val:+.1f} % (robust z {z:+.1f})")
         # ground truth: swapped sides, low Dice
@@ -192,7 +207,8 @@ def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame
             add(swap, m, c, "side_swap", "error", dt, np.nan,
                 lambda val, z: f"left and right Dice both below {opt['swap_dice']:g} but total Dice {val:.2f}: sides swapped")
             zd = robust_z(np.where(swap, np.nan, dt).ravel(), min_n=min_n).reshape(S, T)
-            low = ~swap & np.isfinite(dt) & ((dt < opt["dice_min"]) | (zd < -opt["z_warning"]))
+            drop = _off_median(np.where(swap, np.nan, dt)) > opt["min_dice_drop"]
+            low = ~swap & np.isfinite(dt) & ((dt < opt["dice_min"]) | ((zd < -opt["z_warning"]) & drop))
             sev = np.where(dt < opt["dice_min"], "error", np.where(zd < -opt["z_error"], "error", "warning"))
             add(low, m, c, "low_dice", sev, dt, np.nan_to_num(zd, nan=np.nan),
                 lambda val, z: f"Dice {val:.2f} against ground truth" + (f" (robust z {z:+.1f})" if np.isfinite(z) else ""))
@@ -215,7 +231,7 @@ def _change_flags(ds, keys, opt, min_n) -> list[dict]:
     for m, c in keys:
         x = chg.sel({"method": m, "contrast": c, "side": "total"}).values
         z = robust_z(x, min_n=min_n)
-        sev = _severity(z, opt)
+        sev = _severity(z, opt, _off_median(x) > opt["min_change_pct_per_year"])
         for i in np.flatnonzero(sev != ""):
             rows.append({"subject": str(ch["subject"].values[i]), "timepoint": str(fol[i]), "method": m,
                          "contrast": c, "flag": "implausible_change", "severity": sev[i], "value": float(x[i]),

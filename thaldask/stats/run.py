@@ -505,6 +505,7 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
                     f"Smallest trial to slow atrophy to the control rate ({float(r['years']):g} years, "
                     f"80 % power): {_label(r)}, {int(r['n_per_arm'])} patients per arm"
                     + _ci(r, "n_per_arm_ci", "{:.0f}")
+                    + f", from {int(r['n_patients'])} patients and {int(r['n_controls'])} controls"
                 )
     hm = tables.get("harmonisation")
     if hm is not None and "site_p_before" in hm:
