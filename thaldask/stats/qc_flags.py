@@ -66,7 +66,7 @@ def robust_z(x, *, axis: int = 0, min_n: int = 8) -> np.ndarray:
     ``min_n`` finite values or a zero MAD.
 
     >>> robust_z(np.array([1.0, 2, 3, 4, 100]), min_n=5).round(2).tolist()
-    [-1.35, -0.67, 0.0, 0.67, 65.42]
+    [-1.35, -0.67, 0.0, 0.67, 65.43]
     """
     x = np.asarray(x, float)
     with np.errstate(all="ignore"), warnings.catch_warnings():
