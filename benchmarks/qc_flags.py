@@ -89,8 +89,16 @@ def main() -> None:
         d = flags[flags.flag == f].set_index(key)
         n_clean = int(d.index.isin(clean.index).sum())
         r = {"flag": f, "raised": len(d), "on_planted": len(d) - n_clean, "false_flag_rate": n_clean / len(clean)}
+        if f == "implausible_change":  # the change involves both visits: a failure at either
+            failed = scans[scans.planted != ""]
+            partner = {(s, m, c) for s, m, c in zip(failed.subject, failed.method, failed.contrast, strict=True)}
+            clean_hits = d[d.index.isin(clean.index)].reset_index()
+            r["clean_but_other_visit_planted"] = int(sum((s, m, c) in partner for s, m, c in zip(
+                clean_hits.subject, clean_hits.method, clean_hits.contrast, strict=True)))
         out["flags"].append(r)
-        print(f"{f:<22}{r['raised']:>8}{r['on_planted']:>12}{r['false_flag_rate']:>17.3f}")
+        print(f"{f:<22}{r['raised']:>8}{r['on_planted']:>12}{r['false_flag_rate']:>17.3f}"
+              + (f"  ({r['clean_but_other_visit_planted']} with a failure at the subject's other visit)"
+                 if "clean_but_other_visit_planted" in r else ""))
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
 

@@ -80,7 +80,10 @@ def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
     cfg.write_text("stats:\n  side: all\n  mixed: false\n  edss_cut: 5.0\n")
     paths = write_stats(path, out=out, config=cfg)
     assert sorted(p.name for p in paths.values()) == sorted(
-        f"{n}.csv" for n in ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation"))
+        f"{n}.csv" for n in ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation",
+                             "reliability", "atrophy_recovery", "trial_design", "qc_flags"))
+    # without repeats the reliability table says why it is empty
+    assert pd.read_csv(out / "reliability.csv")["note"].iloc[0] == "no scan-rescan repeats"
     ag = pd.read_csv(out / "agreement.csv")
     assert set(ag.side) == {"left", "right", "total"}
     lg = pd.read_csv(out / "longitudinal.csv")

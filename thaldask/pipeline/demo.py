@@ -55,11 +55,11 @@ the real tools. Re-running the demo into the same folder reuses what is complete
 
 
 #: the demo's synthetic cohort: ground truth for every subject at every visit (so that
-#: measured atrophy can be checked against the true one) and same-day rescans of half the
-#: subjects at baseline, a third of them on the other site's scanner (test-retest)
+#: measured atrophy can be checked against the true one) and same-day rescans of a third of the
+#: subjects at baseline, some on the other site's scanner (test-retest)
 DEMO_PARAMS = {
     "ground_truth": {"fraction_of_patients": 1.0, "include_controls": True, "timepoints": "all"},
-    "repeats": {"fraction": 0.5, "timepoints": ["baseline"], "other_site_fraction": 0.34},
+    "repeats": {"fraction": 1 / 3, "timepoints": ["baseline"], "other_site_fraction": 0.25},
 }
 
 
@@ -80,7 +80,7 @@ def run_demo(
     ----------
     out : output folder (created); holds the store, metrics.csv and README.txt
     subjects : number of synthetic subjects (two timepoints each, ground truth at both, a
-        same-day rescan of half of them; :data:`DEMO_PARAMS`)
+        same-day rescan of a third of them; :data:`DEMO_PARAMS`)
     full : whole-head 1 mm volumes instead of the small field of view around the thalami
     client : an existing ``distributed.Client``; default: a LocalCluster with worker
         processes (or the scheduler at ``scheduler``)
