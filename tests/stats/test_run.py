@@ -83,7 +83,7 @@ def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
         f"{n}.csv" for n in ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation",
                              "reliability", "atrophy_recovery", "trial_design", "qc_flags"))
     # without repeats the reliability table says why it is empty
-    assert pd.read_csv(out / "reliability.csv")["note"].iloc[0] == "no scan-rescan repeats"
+    assert pd.read_csv(out / "reliability.csv")["note"].iloc[0].startswith("no scan-rescan repeats")
     ag = pd.read_csv(out / "agreement.csv")
     assert set(ag.side) == {"left", "right", "total"}
     lg = pd.read_csv(out / "longitudinal.csv")

@@ -255,3 +255,28 @@ def test_trial_uses_same_site_repeats_and_caps_error_at_observed_sd():
     r2 = td[td.years == 2].iloc[0]
     assert r2["sd_change_at_duration"] == pytest.approx(r2["patient_change_sd"], rel=1e-9)
     assert td[td.years == 1].iloc[0]["sd_change_at_duration"] > r2["sd_change_at_duration"]
+
+
+def test_write_stats_stores_retest_pairs_and_reference_change(tmp_path):
+    from thaldask.stats import write_stats
+    from thaldask.store import open_store
+    from thaldask.store.create import create_store
+
+    ds, _ = _cohort(8, n=40)
+    ds["site"] = (("subject", "timepoint"), np.full((40, 3), "s1"))
+    scans = pd.DataFrame({"subject": ["s000"], "timepoint": ["baseline"], "site": ["s1"]})
+    st = create_store(str(tmp_path / "c.zarr"), scans=scans, grid_shape=(4, 4, 4), scan_meta={},
+                      reference=["T1w"], orig_axcodes=["RAS"])
+    st.write_results(ds)
+    paths = write_stats(st.path, out=tmp_path / "t", config={"mixed": False, "trial": {"bootstrap": 20}})
+    rel = pd.read_csv(paths["reliability"])
+    sds = open_store(st.path).open_results("stats")
+    a = sds["retest_visit_mm3"].sel({"method": "a", "contrast": "T1w", "side": "total"}).values
+    b = sds["retest_repeat_mm3"].sel({"method": "a", "contrast": "T1w", "side": "total"}).values
+    r = retest_batched(a, b)
+    assert float(r["icc"]) == pytest.approx(rel.set_index("method").loc["a", "icc"])
+    assert (sds["retest_repeat_timepoint"].values == "baseline-rescan").all()
+    ref = sds["reference_change_pct"].sel(side="total").values
+    rec = pd.read_csv(paths["atrophy_recovery"]).set_index("method")
+    assert np.nanmean(ref) == pytest.approx(rec.loc["a", "reference_change_mean"])
+    assert len(pd.read_csv(paths["trial_design"])) == 2 * 3 * 2 * 2

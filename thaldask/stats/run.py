@@ -148,7 +148,7 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     try:  # scan-rescan repeats: reliability only; every other analysis sees visits
         tables["reliability"] = fit_reliability(ds, side=side, alpha=alpha, as_frame=True)
         if not len(tables["reliability"]):
-            tables["reliability"] = pd.DataFrame([{"note": "no scan-rescan repeats"}])
+            tables["reliability"] = pd.DataFrame([{"note": "no scan-rescan repeats (or fewer than 3 pairs)"}])
     except StatsError as exc:
         tables["reliability"] = _failed("reliability", exc)
     full = ds
@@ -227,7 +227,7 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     try:
         tables["atrophy_recovery"] = fit_atrophy_recovery(ds, side=side, alpha=alpha, as_frame=True)
         if not len(tables["atrophy_recovery"]):
-            tables["atrophy_recovery"] = pd.DataFrame([{"note": "no subject has ground truth at two visits"}])
+            tables["atrophy_recovery"] = pd.DataFrame([{"note": "fewer than 3 subjects with ground truth at baseline and follow-up"}])
     except StatsError as exc:
         tables["atrophy_recovery"] = _failed("atrophy recovery", exc)
     try:
@@ -235,7 +235,7 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
         tables["trial_design"] = fit_trial_design(work, reliability=rel, side=side, options=cfg["trial"],
                                                   as_frame=True)
         if not len(tables["trial_design"]):
-            tables["trial_design"] = pd.DataFrame([{"note": "no follow-up: no annualised change"}])
+            tables["trial_design"] = pd.DataFrame([{"note": "fewer than 3 patients with a follow-up (no annualised change to power a trial on)"}])
     except StatsError as exc:
         tables["trial_design"] = _failed("trial design", exc)
     return {k: tables[k] for k in STATS_TABLES}, (work if work is not ds else None)
