@@ -181,9 +181,13 @@ def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame
             med = np.nanmedian(others, axis=2)
         ratio = np.where(ok, logtot[:, :, mi, ci] - med, np.nan)
         z = robust_z(ratio.ravel(), min_n=min_n).reshape(S, T)
-        sev = _severity(z, opt, _off_median(ratio) > np.log1p(opt["min_volume_pct"] / 100))
-        add(sev != "", m, c, "method_disagreement", sev, 100 * (np.exp(ratio) - 1), z,
-            lambda val, z: f"volume {val:+.1f} % from the other methods' median on this scan (robust z {z:+.1f})")
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            excess = ratio - np.nanmedian(ratio)  # beyond this method's usual difference
+        sev = _severity(z, opt, np.abs(excess) > np.log1p(opt["min_volume_pct"] / 100))
+        add(sev != "", m, c, "method_disagreement", sev, 100 * (np.exp(excess) - 1), z,
+            lambda val, z: f"volume {val:+.1f} % off the other methods on this scan, beyond this "
+                           f"method's usual difference (robust z {z:+.1f})")
         # volume outlier for site / group / age / head size
         flat = clin.reset_index(drop=True)
         zr, res = _residual_z(np.where(ok, logtot[:, :, mi, ci], np.nan).ravel(), flat, opt["covariates"], min_n)
