@@ -26,6 +26,8 @@ __all__ = [
     "TABLE_KEYS",
     "check_results",
     "results_dims_of",
+    "REPEAT_COLUMN",
+    "RESCAN_SUFFIX",
 ]
 
 #: the store's per-scan dimension
@@ -93,7 +95,8 @@ MANIFEST_KINDS = ("image", "mask")
 GT_METHOD = "gt"
 
 #: the statistical stage's tables, in page order; file name = name + ".csv"
-STATS_TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation")
+STATS_TABLES = ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation",
+                "reliability", "atrophy_recovery", "trial_design", "qc_flags")
 
 #: the columns that identify a row of each stats table (its dims as an xarray Dataset)
 TABLE_KEYS = {
@@ -102,6 +105,10 @@ TABLE_KEYS = {
     "clinical_cross": ("outcome", "method", "contrast", "side"),
     "longitudinal": ("analysis", "method", "contrast", "side", "term"),
     "harmonisation": ("method", "contrast", "side", "site"),
+    "reliability": ("method", "contrast", "side"),
+    "atrophy_recovery": ("method", "contrast", "side", "reference"),
+    "trial_design": ("method", "contrast", "side", "effect", "years", "power"),
+    "qc_flags": ("subject", "timepoint", "method", "contrast", "flag"),
 }
 
 
@@ -135,3 +142,12 @@ def check_results(ds) -> None:
     for name, var in ds.data_vars.items():
         if "side" in var.dims and set(var.dims) != set(RESULT_DIMS):
             raise ValueError(f"results variable {name!r} has dims {var.dims}; expected {RESULT_DIMS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Scan-rescan repeats
+#: clinical-table column that declares a scan a same-day repeat of a visit: the visit's
+#: timepoint (e.g. ``baseline``), empty for visits. A cohort without the column may name a
+#: repeat ``<visit>`` + :data:`RESCAN_SUFFIX` instead (``baseline-rescan``).
+REPEAT_COLUMN = "repeat_of"
+RESCAN_SUFFIX = "-rescan"

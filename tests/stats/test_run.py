@@ -32,9 +32,12 @@ def _store(tmp_path, ds):
 def test_run_stats_returns_five_tables_with_formula_and_n():
     ds, _ = make_results(0, n_subjects=80, specs=SPECS, sites=SITES)
     tables = run_stats(ds, {"mixed": False})
-    assert list(tables) == ["agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation"]
-    for name, t in tables.items():
-        assert len(t), name
+    five = ["agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation"]
+    assert list(tables) == [*five, "reliability", "atrophy_recovery", "trial_design", "qc_flags"]
+    assert all(len(t) for t in tables.values())
+    assert {"n_patients", "formula"} <= set(tables["trial_design"].columns)
+    for name in five:
+        t = tables[name]
         assert {"n", "n_fit"} & set(t.columns), name
         assert {"model", "formula"} & set(t.columns), name
     assert tables["clinical_cross"].harmonised.all()  # two sites: clinical models on ComBat volumes
@@ -80,7 +83,10 @@ def test_write_stats_writes_csvs_and_stats_dataset_into_store(tmp_path):
     cfg.write_text("stats:\n  side: all\n  mixed: false\n  edss_cut: 5.0\n")
     paths = write_stats(path, out=out, config=cfg)
     assert sorted(p.name for p in paths.values()) == sorted(
-        f"{n}.csv" for n in ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation"))
+        f"{n}.csv" for n in ("agreement", "method_comparison", "clinical_cross", "longitudinal", "harmonisation",
+                             "reliability", "atrophy_recovery", "trial_design", "qc_flags"))
+    # without repeats the reliability table says why it is empty
+    assert pd.read_csv(out / "reliability.csv")["note"].iloc[0].startswith("no scan-rescan repeats")
     ag = pd.read_csv(out / "agreement.csv")
     assert set(ag.side) == {"left", "right", "total"}
     lg = pd.read_csv(out / "longitudinal.csv")
@@ -157,6 +163,9 @@ def test_table_to_xarray_every_table_has_unique_keys():
     ds, _ = make_results(5, n_subjects=60, specs=SPECS, sites=SITES)
     tables = run_stats(ds, {"mixed": False, "side": "all"})
     for name, t in tables.items():
+        if list(t.columns) == ["note"]:  # nothing to estimate (no repeats, no GT at follow-up)
+            assert name in ("reliability", "atrophy_recovery", "qc_flags"), name
+            continue
         x = table_to_xarray(name, t)
         assert isinstance(x, xr.Dataset) and x.sizes, name
     cc = table_to_xarray("clinical_cross", tables["clinical_cross"])

@@ -3,7 +3,8 @@
 Columns (DESIGN.md): ``subject``, ``timepoint`` required; known covariates are checked for
 type and range when present: ``site`` (str), ``group`` (MS, NMOSD, MOGAD, HC), ``age``
 (years, 0-120), ``sex`` (F, M; group and sex are case-insensitive and upper-cased), ``disease_duration`` (years, >= 0), ``edss`` (0-10 in 0.5
-steps), ``sdmt`` (0-110), ``years_since_baseline`` (>= 0), ``icv_mm3`` (> 0). Other columns
+steps), ``sdmt`` (0-110), ``years_since_baseline`` (>= 0), ``icv_mm3`` (> 0), ``repeat_of``
+(a scan-rescan repeat: the subject's visit it repeats, empty for visits). Other columns
 are kept as they are. Empty cells are missing values (NaN).
 """
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from thaldask.cohort._csv import read_table
 from thaldask.errors import ClinicalTableError, ThaldaskWarning
+from thaldask.schema import REPEAT_COLUMN
 
 __all__ = [
     "read_clinical",
@@ -136,6 +138,16 @@ def validate_clinical(
         out[col] = vals.where(vals != "", None).astype(object)
     if "site" in out.columns:
         out["site"] = out["site"].astype(str)
+    if REPEAT_COLUMN in out.columns:  # a scan-rescan repeat names a visit of its subject
+        rep = out[REPEAT_COLUMN].astype(object).where(out[REPEAT_COLUMN].notna(), "").astype(str).str.strip()
+        rep = rep.where(~rep.isin(["nan", "None"]), "")
+        have = set(zip(out["subject"], out["timepoint"], strict=False))
+        for r, s_, t, v in zip(out["row"], out["subject"], out["timepoint"], rep, strict=False):
+            if v == t:
+                bad(r, f"{REPEAT_COLUMN}: {v!r} is the row's own timepoint")
+            elif v and (s_, v) not in have:
+                bad(r, f"{REPEAT_COLUMN}: subject {s_!r} has no timepoint {v!r} to repeat")
+        out[REPEAT_COLUMN] = rep.astype(object)
     dup = out[out.duplicated(["subject", "timepoint"], keep=False)]
     for _, grp in dup.groupby(["subject", "timepoint"], sort=False):
         first = int(grp["row"].iloc[0])

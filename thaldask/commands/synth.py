@@ -61,11 +61,33 @@ from thaldask._click import handle_errors, scheduler_option
     show_default=True,
     help="Share of patients with manual ground truth at baseline.",
 )
+@click.option(
+    "--rescan-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of subjects given a same-day scan-rescan repeat of each visit in "
+    "--rescan-timepoints (timepoint '<visit>-rescan', clinical column repeat_of).",
+)
+@click.option(
+    "--rescan-timepoints",
+    default="baseline",
+    show_default=True,
+    help="Comma-separated visits that are repeated.",
+)
+@click.option(
+    "--rescan-other-site",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of repeats acquired with another site's scanner settings.",
+)
 @click.option("--local", is_flag=True, help="Render in this process instead of on a Dask cluster.")
 @scheduler_option
 @handle_errors
 def synth(
-    out, n_subjects, n_timepoints, n_sites, seed, shape, gt_fraction, local, scheduler, cluster_file
+    out, n_subjects, n_timepoints, n_sites, seed, shape, gt_fraction, rescan_fraction,
+    rescan_timepoints, rescan_other_site, local, scheduler, cluster_file
 ):
     """Write a synthetic cohort with planted truths: NIfTI/MGZ, manifest, clinical table, truth.json."""
     from thaldask.synth import make_cohort
@@ -78,6 +100,12 @@ def synth(
         shape=shape,
         gt_fraction=gt_fraction,
     )
+    if rescan_fraction > 0:
+        kwargs["params"] = {"repeats": {
+            "fraction": rescan_fraction,
+            "timepoints": [t.strip() for t in rescan_timepoints.split(",") if t.strip()],
+            "other_site_fraction": rescan_other_site,
+        }}
     if local:
         res = make_cohort(out, **kwargs)
     else:

@@ -388,15 +388,27 @@ def _add_covariates(ds, st, scans, si, ti):
 
 
 def results_to_frame(ds: xr.Dataset) -> pd.DataFrame:
-    """The tidy table of a results dataset: one row per subject/timepoint/method/contrast/side.
+    """The tidy table of a results dataset: one row per subject/timepoint/method/contrast/side
+    that exists.
 
     Columns: the index dims, every (…, side) metric variable, ``gt_volume_mm3``,
-    ``gt_contrast`` and the clinical covariates. Rows of combinations without a mask are kept
-    (all NaN), as in the dataset.
+    ``gt_contrast`` and the clinical covariates. The dataset keeps NaN for combinations
+    without a mask (a method never run on a contrast, a scan a subject does not have); the
+    table lists only the (subject, timepoint, method, contrast) whose mask was scored, i.e.
+    with a volume or an empty-mask flag on some side (a mask that could not be read is NaN
+    in the dataset, counted in ``attrs["n_failed"]``, and absent here until a re-run reads it).
     """
     dims5 = ("subject", "timepoint", "method", "contrast", "side")
     five = [v for v in ds.data_vars if ds[v].dims == dims5]
-    df = ds[five].to_dataframe().reset_index()
+    marks = [v for v in ("volume_mm3", "pred_empty") if v in five]
+    if marks:
+        exists = np.zeros([ds.sizes[d] for d in dims5[:4]], bool)
+        for v in marks:
+            exists |= np.isfinite(ds[v].transpose(*dims5).values).any(axis=-1)
+        ds = ds.assign(_exists=(dims5[:4], exists))
+    df = ds[five + (["_exists"] if marks else [])].to_dataframe().reset_index()
+    if marks:
+        df = df[df.pop("_exists").to_numpy(bool)].reset_index(drop=True)
     gtc = ds["gt_contrast"].to_dataframe().reset_index()
     df = df.merge(gtc, on=list(dims5[:4]), how="left")
     gv = ds["gt_volume_mm3"].to_dataframe().reset_index()

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from thaldask.cluster.client import get_client
 from thaldask.errors import SkipStage
@@ -77,7 +78,7 @@ def run_stage_list(ctx: Context, stages, *, only: list[str] | None = None) -> Co
         except SkipStage as exc:
             ctx.skipped[stage.name] = str(exc)
             if ctx.progress:
-                console.print(f"  {stage.name} skipped: {exc}")
+                console.print(f"  {stage.name} skipped: {escape(str(exc))}")
             continue
         ctx.timings[stage.name] = time.perf_counter() - t0
     return ctx
@@ -93,7 +94,7 @@ def print_stage_summaries(ctx: Context, stages, console=None) -> None:
         if stage.summary is not None and stage.name in ctx.outputs:
             stage.summary(ctx, console)
     for w in ctx.outputs.get("warnings", []):
-        console.print(f"warning: {w}")
+        console.print(f"warning: {escape(w)}")  # a message is text, not rich markup
     t = ", ".join(f"{k} {v:.1f} s" for k, v in ctx.timings.items())
     console.print(f"stages: {t}")
 

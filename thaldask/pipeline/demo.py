@@ -39,6 +39,10 @@ agreement.csv, method_comparison.csv, clinical_cross.csv, longitudinal.csv,
 harmonisation.csv     statistical stage: agreement with ground truth, paired method
                       comparison, clinical associations, longitudinal models, ComBat; each
                       row names its model formula and n (also under cohort.zarr/results/stats)
+reliability.csv, atrophy_recovery.csv, trial_design.csv
+                      which method for a trial: test-retest reliability from the same-day
+                      rescans (timepoint baseline-rescan), measured vs true atrophy, and
+                      patients per arm to detect a slowing of thalamic atrophy
 report/index.html     the HTML report (open it in any browser, offline): overview, agreement,
                       clinical, harmonisation and visual-QC figures (report/figures, report/qc)
                       and every statistics table, downloadable from report/tables
@@ -48,6 +52,15 @@ Methods named *-sim are simulated segmentation methods with planted error profil
 the real tools. Re-running the demo into the same folder reuses what is complete.
 """
 
+
+
+#: the demo's synthetic cohort: ground truth for every subject at every visit (so that
+#: measured atrophy can be checked against the true one) and same-day rescans of a third of the
+#: subjects at baseline, some on the other site's scanner (test-retest)
+DEMO_PARAMS = {
+    "ground_truth": {"fraction_of_patients": 1.0, "include_controls": True, "timepoints": "all"},
+    "repeats": {"fraction": 1 / 3, "timepoints": ["baseline"], "other_site_fraction": 0.25},
+}
 
 
 def run_demo(
@@ -66,7 +79,8 @@ def run_demo(
     Parameters
     ----------
     out : output folder (created); holds the store, metrics.csv and README.txt
-    subjects : number of synthetic subjects (two timepoints each)
+    subjects : number of synthetic subjects (two timepoints each, ground truth at both, a
+        same-day rescan of a third of them; :data:`DEMO_PARAMS`)
     full : whole-head 1 mm volumes instead of the small field of view around the thalami
     client : an existing ``distributed.Client``; default: a LocalCluster with worker
         processes (or the scheduler at ``scheduler``)
@@ -86,7 +100,8 @@ def run_demo(
     ctx = Context(
         out=out,
         store=os.path.join(out, "cohort.zarr"),
-        config={"synth": {"n_subjects": int(subjects), "shape": "full" if full else "small", "seed": seed}
+        config={"synth": {"n_subjects": int(subjects), "shape": "full" if full else "small", "seed": seed,
+                          "params": DEMO_PARAMS}
                 | ({"gt_fraction": gt_fraction} if gt_fraction is not None else {})},
         progress=progress,
         synthetic=True,

@@ -15,6 +15,7 @@ import time
 import warnings
 
 import pandas as pd
+from rich.markup import escape
 
 from thaldask.errors import SkipStage, StoreNotFoundError, ThaldaskWarning
 from thaldask.metrics.evaluate import evaluate
@@ -162,8 +163,9 @@ def stage_stats(ctx: Context) -> None:
     except StoreNotFoundError as exc:
         raise SkipStage(f"no results dataset to analyse ({exc})") from None
     for w in caught:
-        if issubclass(w.category, ThaldaskWarning):
-            ctx.warn(f"stats: {w.message}")
+        if issubclass(w.category, ThaldaskWarning):  # one "stats:" prefix, never two
+            msg = str(w.message)
+            ctx.warn(msg if msg.startswith("stats:") else f"stats: {msg}")
     ctx.outputs["stats"] = {"paths": paths, "tables": {k: pd.read_csv(p) for k, p in paths.items()}}
 
 
@@ -172,7 +174,7 @@ def summary_stats(ctx: Context, console) -> None:
                   + ", ".join(os.path.basename(str(p)) for p in ctx.outputs["stats"]["paths"].values())
                   + ")")
     for line in headline_findings(ctx.outputs["stats"]["tables"]):
-        console.print(f"  {line}")
+        console.print(f"  {escape(line)}")  # "[lo, hi]" is text, not rich markup
 
 
 def stage_report(ctx: Context) -> None:

@@ -43,6 +43,7 @@ from thaldask.report.sections import (
     versions,
 )
 from thaldask.report.style import method_colours
+from thaldask.report.trial import qc_flags_section, trial_section
 from thaldask.schema import STATS_TABLES
 from thaldask.store import open_store
 
@@ -143,7 +144,7 @@ def build_report(
         config["pipeline"] = pipeline_config
     scans = store.scans if store is not None else None
     store_info = {"store": str(store.path)} if store is not None else {}
-    prog = Progress(total=4 + 3 + 1 + 1, enabled=progress)
+    prog = Progress(total=4 + 3 + 1 + 1 + 3, enabled=progress)
     rng = np.random.default_rng(rng)
     try:
         sections = [
@@ -151,6 +152,8 @@ def build_report(
             ("clinical", "Clinical associations",
              clinical_section(page, results, stats, prog, side, rng, stored)),
             ("harmonisation", "Harmonisation", harmonisation_section(page, results, stats, prog, stored, side)),
+            ("trial", "Which method for a trial?", trial_section(page, stats, stored, prog, side)),
+            ("qc-flags", "QC flags", qc_flags_section(page, store, stats, prog)),
             ("qc", "Visual QC", qc_section(page, store, results, prog, rng, qc_random, side)),
             ("tables", "Tables", tables_section(page, stats)),
         ]

@@ -10,6 +10,15 @@ import xarray as xr
 from thaldask.errors import StatsError
 
 
+def names(values) -> str:
+    """Values as a message lists them: plain strings joined by ", " (never numpy reprs).
+
+    >>> names(np.array(["A", "B"]))
+    'A, B'
+    """
+    return ", ".join(str(v) for v in values)
+
+
 def require(ds: xr.Dataset, *names: str) -> None:
     missing = [n for n in names if n not in ds.variables]
     if missing:

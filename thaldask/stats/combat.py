@@ -85,8 +85,8 @@ class CombatModel:
                 unknown = sorted(set(vals) - set(levs) - {"nan", "None"})
                 if unknown:
                     raise StatsError(
-                        f"covariate {c!r} has level(s) {unknown} not seen when ComBat was fitted; "
-                        f"fitted levels: {levs}"
+                        f"covariate {c!r} has level(s) {_data.names(unknown)} not seen when ComBat "
+                        f"was fitted; fitted levels: {_data.names(levs)}"
                     )
                 for lev in levs[1:]:
                     col = (vals == lev).astype(float)
@@ -102,7 +102,8 @@ def _site_index(model_sites, sites):
     unknown = sorted(set(sites) - set(model_sites))
     if unknown:
         raise StatsError(
-            f"site(s) {unknown} were not in the data ComBat was fitted on; fitted sites: {list(model_sites)}"
+            f"site(s) {_data.names(unknown)} were not in the data ComBat was fitted on; "
+            f"fitted sites: {_data.names(model_sites)}"
         )
     return np.searchsorted(np.asarray(model_sites), sites)
 
@@ -166,17 +167,17 @@ def fit_combat(
     X, Z, sites = X[ok], Z[ok], sites[ok]
     levs, idx, counts = np.unique(sites, return_inverse=True, return_counts=True)
     if len(levs) < 2:
-        raise StatsError(f"ComBat needs ≥ 2 sites; the data has {len(levs)} ({list(levs)})")
+        raise StatsError(f"ComBat needs ≥ 2 sites; the data has {len(levs)} ({_data.names(levs)})")
     tiny = [f"{s} (n={c})" for s, c in zip(levs, counts, strict=True) if c < 2]
     if tiny:
         raise StatsError(
-            f"ComBat cannot estimate a site effect from one subject: site(s) {tiny}; "
+            f"ComBat cannot estimate a site effect from one subject: site(s) {_data.names(tiny)}; "
             "merge or drop them"
         )
     small = [f"{s} (n={c})" for s, c in zip(levs, counts, strict=True) if c < min_site_size]
     if small:
         warnings.warn(
-            f"ComBat: site(s) {small} have fewer than {min_site_size} subjects; their site "
+            f"ComBat: site(s) {_data.names(small)} have fewer than {min_site_size} subjects; their site "
             "effects are unstable", SmallSiteWarning, stacklevel=2,
         )
     n, v = X.shape
@@ -187,7 +188,7 @@ def fit_combat(
     if np.linalg.matrix_rank(design) < design.shape[1]:
         raise StatsError(
             "ComBat design is rank-deficient: a protected covariate is confounded with site "
-            f"(covariates {cov_names}, sites {list(levs)})"
+            f"(covariates {_data.names(cov_names)}; sites {_data.names(levs)})"
         )
     B_hat = np.linalg.solve(design.T @ design, design.T @ X)  # (B+q, v)
     grand_mean = (counts / n) @ B_hat[:B]

@@ -15,12 +15,21 @@ from thaldask import config as _config
 from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
 from thaldask.errors import ConfigError, OutputError, StatsError, StatsStageWarning
 from thaldask.schema import STATS_TABLES
+from thaldask.stats._select import visits_only
 from thaldask.stats._tables import table_to_xarray, tables_to_dataset
 from thaldask.stats.agreement import fit_agreement
 from thaldask.stats.clinical import fit_clinical
 from thaldask.stats.combat import DEFAULT_PROTECT, harmonise
 from thaldask.stats.comparison import fit_method_comparison
 from thaldask.stats.longitudinal import fit_longitudinal, subject_annualised_change
+from thaldask.stats.qc_flags import QC_DEFAULTS, fit_qc_flags
+from thaldask.stats.reliability import fit_reliability, retest_pairs
+from thaldask.stats.trial import (
+    TRIAL_DEFAULTS,
+    fit_atrophy_recovery,
+    fit_trial_design,
+    reference_change,
+)
 from thaldask.store import open_store
 from thaldask.store.format import table_file
 
@@ -48,6 +57,12 @@ DEFAULTS = {
     "combat": {"eb": True, "mean_only": False, "protect": list(DEFAULT_PROTECT), "min_site_size": 5},
     "bootstrap": None,  # None: thaldask.stats.bootstrap (0 = off)
     "alpha": 0.05,
+    # trial design (trial_design.csv): slowing, years, power, alpha, bootstrap, seed,
+    # control_groups, patient_groups; see thaldask.stats.trial.TRIAL_DEFAULTS
+    "trial": {},
+    # QC flags (qc_flags.csv): z_warning, z_error, min_n, dice_min, swap_dice,
+    # swap_total_dice, covariates; see thaldask.stats.qc_flags.QC_DEFAULTS
+    "qc": {},
 }
 
 
@@ -76,8 +91,8 @@ def _resolve(config) -> dict:
     for k, v in (config or {}).items():
         if k not in DEFAULTS:
             raise ConfigError(f"unknown stats option {k!r}; allowed: {sorted(DEFAULTS)}")
-        if k == "combat":
-            cfg["combat"].update(v or {})
+        if k in ("combat", "trial", "qc"):
+            cfg[k].update(v or {})
         else:
             cfg[k] = v
     if cfg["edss_cut"] is None:
@@ -86,6 +101,13 @@ def _resolve(config) -> dict:
         cfg["fdr_method"] = _config.get("stats.fdr-method", "fdr_bh")
     if cfg["bootstrap"] is None:
         cfg["bootstrap"] = int(_config.get("stats.bootstrap", 0) or 0)
+    cfg["trial"] = {"bootstrap": int(_config.get("stats.trial-bootstrap", TRIAL_DEFAULTS["bootstrap"]))} | cfg["trial"]
+    unknown = sorted(set(cfg["trial"]) - set(TRIAL_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown stats trial option(s) {unknown}; allowed: {sorted(TRIAL_DEFAULTS)}")
+    unknown = sorted(set(cfg["qc"]) - set(QC_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown stats qc option(s) {unknown}; allowed: {sorted(QC_DEFAULTS)}")
     return cfg
 
 
@@ -123,6 +145,20 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
     alpha = cfg["alpha"]
     side = cfg["side"]
     tables: dict[str, pd.DataFrame] = {}
+    try:  # scan-rescan repeats: reliability only; every other analysis sees visits
+        tables["reliability"] = fit_reliability(ds, side=side, alpha=alpha, as_frame=True)
+        if not len(tables["reliability"]):
+            tables["reliability"] = pd.DataFrame([{"note": "no scan-rescan repeats (or fewer than 3 pairs)"}])
+    except StatsError as exc:
+        tables["reliability"] = _failed("reliability", exc)
+    full = ds
+    try:
+        tables["qc_flags"] = fit_qc_flags(full, options=cfg["qc"])
+        if not len(tables["qc_flags"]):
+            tables["qc_flags"] = pd.DataFrame([{"note": "no scan flagged"}])
+    except StatsError as exc:
+        tables["qc_flags"] = _failed("QC flags", exc)
+    ds = visits_only(full)
     has_gt = "gt_volume_mm3" in ds and bool(np.isfinite(ds["gt_volume_mm3"].values).any())
     if has_gt:
         try:
@@ -188,7 +224,33 @@ def _run(ds: xr.Dataset, cfg: dict) -> tuple[dict[str, pd.DataFrame], xr.Dataset
         tables["longitudinal"]["harmonised"] = work is not ds
     except StatsError as exc:
         tables["longitudinal"] = _failed("longitudinal", exc)
+    try:
+        tables["atrophy_recovery"] = fit_atrophy_recovery(ds, side=side, alpha=alpha, as_frame=True)
+        if not len(tables["atrophy_recovery"]):
+            tables["atrophy_recovery"] = pd.DataFrame([{"note": "fewer than 3 subjects with ground truth at baseline and follow-up"}])
+    except StatsError as exc:
+        tables["atrophy_recovery"] = _failed("atrophy recovery", exc)
+    try:
+        rel = _trial_reliability(full, side, alpha) if "method" in tables["reliability"] else None
+        tables["trial_design"] = fit_trial_design(work, reliability=rel, side=side, options=cfg["trial"],
+                                                  as_frame=True)
+        if not len(tables["trial_design"]):
+            tables["trial_design"] = pd.DataFrame([{"note": "fewer than 3 patients with a follow-up (no annualised change to power a trial on)"}])
+    except StatsError as exc:
+        tables["trial_design"] = _failed("trial design", exc)
     return {k: tables[k] for k in STATS_TABLES}, (work if work is not ds else None)
+
+
+def _trial_reliability(full: xr.Dataset, side, alpha) -> pd.DataFrame:
+    """The scan error a trial sees: same-site repeat pairs (a trial scans a patient on one
+    scanner) where a method has ≥ 3 of them, else all its pairs; ``pairs`` says which."""
+    every = fit_reliability(full, side=side, alpha=alpha, as_frame=True).assign(pairs="all repeats")
+    same = fit_reliability(full, side=side, alpha=alpha, same_site=True, as_frame=True).assign(
+        pairs="same-site repeats")
+    keys = ["method", "contrast", "side"]
+    rest = every.merge(same[keys], on=keys, how="left", indicator=True)
+    rest = every[(rest["_merge"] == "left_only").to_numpy()]
+    return pd.concat([same, rest], ignore_index=True)
 
 
 def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
@@ -235,11 +297,13 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
         check_may_write(folder / f"{name}.csv")  # a file thaldask did not write
     tables, harmonised = _run(ds, cfg)
     paths = {}
+    full = ds
+    ds = visits_only(ds)
     for name, df in tables.items():
         p = folder / f"{name}.csv" if folder is not None else table_file(store_path, name)
         paths[name] = write_text(p, df.to_csv(index=False), storage_options=st.storage_options)
     sds = tables_to_dataset(tables, {"thaldask_version": __version__, "source": "results"})
-    sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg)], combine_attrs="override")
+    sds = xr.merge([sds, *_per_subject(ds, harmonised, tables, cfg, full)], combine_attrs="override")
     if is_remote(st.path) or os.access(os.fspath(st.path), os.W_OK):
         st.write_results(sds, name="stats")
     else:  # a read-only store (an archive, another group's data): the tables are the output
@@ -248,11 +312,17 @@ def write_stats(store_path, *, out=None, config=None) -> dict[str, Path | str]:
     return paths
 
 
-def _per_subject(ds: xr.Dataset, harmonised: xr.Dataset | None, tables, cfg) -> list[xr.Dataset]:
+def _per_subject(ds: xr.Dataset, harmonised: xr.Dataset | None, tables, cfg, full=None) -> list[xr.Dataset]:
     """The per-scan numbers behind the tables, stored beside them so the report draws them
     instead of recomputing: the per-subject annualised change that ``longitudinal.csv``
-    summarises (from the volumes its models used), and the ComBat-harmonised volumes."""
+    summarises (from the volumes its models used), the ComBat-harmonised volumes, the
+    test-retest pairs behind ``reliability.csv`` and the ground-truth change behind
+    ``atrophy_recovery.csv``."""
     parts = []
+    if full is not None and "method" in tables["reliability"]:
+        parts.append(retest_pairs(full, side=cfg["side"]))
+    if "method" in tables["atrophy_recovery"]:
+        parts.append(reference_change(ds, side=cfg["side"]).to_dataset())
     if harmonised is not None:
         h = harmonised["volume_mm3"].rename("harmonised_volume_mm3")
         h.attrs = {"units": "mm³", "harmonisation": harmonised.attrs.get("harmonisation", "ComBat")}
@@ -280,6 +350,25 @@ def _label(row) -> str:
     return f"{row['method']} ({row['contrast']})"
 
 
+def _n(row) -> str:
+    n = float(row.get("n", np.nan))
+    return str(int(n)) if np.isfinite(n) else "n/a"
+
+
+def _ci(row, prefix: str, fmt: str, lo_col=None, hi_col=None) -> str:
+    """`` [lo, hi]`` of a row's CI columns, or `` (no CI)`` where they are missing (too
+    few subjects), so a line never shows a blank or ``nan`` interval."""
+    lo = row.get(lo_col or f"{prefix}_lower", np.nan)
+    hi = row.get(hi_col or f"{prefix}_upper", np.nan)
+    try:
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        lo = hi = np.nan
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return " (no CI)"
+    return f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
 def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
     """One-line headline findings from the stage's tables (printed by the demo).
 
@@ -296,7 +385,24 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         d = df[df["side"] == "total"]
         return d if len(d) else None
 
-    def compare_alt(d, col, pick, what, fmt):
+    mc = tables.get("method_comparison")
+    paired = None
+    if mc is not None and "test" in mc and "p_holm" in mc:
+        paired = mc[(mc["test"] == "wilcoxon") & (mc["side"] == "total")]
+
+    def paired_p(metric, a, b) -> float:
+        """Holm-corrected Wilcoxon p of the paired comparison of a and b on ``metric``."""
+        if paired is None or metric is None:
+            return np.nan
+        pa, pb = (a["method"], a["contrast"]), (b["method"], b["contrast"])
+        for _, r in paired[paired["metric"] == metric].iterrows():
+            if {(r["method_a"], r["contrast_a"]), (r["method_b"], r["contrast_b"])} == {pa, pb}:
+                return float(r["p_holm"])
+        return np.nan
+
+    def compare_alt(d, col, pick, what, fmt, metric=None):
+        """Whether R1/ensembles change the answer: a claim of a difference only when the
+        paired test (Wilcoxon, Holm-corrected) of ``metric`` finds one."""
         best = pick(d, col)
         base = d[~d["contrast"].map(_is_alt)]
         if best is None or not d["contrast"].map(_is_alt).any() or not len(base):
@@ -304,9 +410,17 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         b0 = pick(base, col)
         if b0 is None:
             return ""
-        if _is_alt(best["contrast"]):
-            return f"; R1/ensembles change it (best without them: {_label(b0)}, {fmt(b0)})"
-        return "; R1/ensembles do not change it"
+        if not _is_alt(best["contrast"]):
+            return "; R1/ensembles do not change it"
+        other = f"{_label(b0)}, {fmt(b0)}"
+        p = paired_p(metric, best, b0)
+        if not np.isfinite(p):
+            return (f"; an R1/ensemble method ranks first, but no paired test compares them "
+                    f"(best without R1/ensembles: {other})")
+        if p < 0.05:
+            return f"; R1/ensembles change it (best without them: {other}; paired Wilcoxon, Holm p {_fmt_p(p)})"
+        return (f"; no detectable difference from the best without R1/ensembles ({other}; paired "
+                f"Wilcoxon, Holm p {_fmt_p(p)})")
 
     def argmax(d, col):
         d = d[np.isfinite(d[col].astype(float))]
@@ -323,18 +437,19 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
         if b is not None:
             f = lambda r: f"Dice {r['dice_mean']:.3f}"  # noqa: E731
             lines.append(
-                f"Best Dice: {_label(b)}, mean {b['dice_mean']:.3f} "
-                f"[{b['dice_mean_ci_lower']:.3f}, {b['dice_mean_ci_upper']:.3f}]"
-                + compare_alt(ag, "dice_mean", argmax, "Dice", f)
+                f"Best Dice: {_label(b)}, mean {b['dice_mean']:.3f}"
+                + _ci(b, "dice_mean_ci", "{:.3f}") + f", n = {_n(b)}"
+                + compare_alt(ag, "dice_mean", argmax, "Dice", f, "dice")
             )
         b = argmin_abs(ag, "bias_mm3")
         if b is not None:
             f = lambda r: f"bias {r['bias_mm3']:+.0f} mm³"  # noqa: E731
             lines.append(
-                f"Least volume bias: {_label(b)}, {b['bias_mm3']:+.0f} mm³ "
-                f"[{b['bias_mm3_ci_lower']:+.0f}, {b['bias_mm3_ci_upper']:+.0f}], limits of agreement "
-                f"{b['loa_lower_mm3']:+.0f} to {b['loa_upper_mm3']:+.0f} mm³"
-                + compare_alt(ag, "bias_mm3", argmin_abs, "bias", f)
+                f"Least volume bias: {_label(b)}, {b['bias_mm3']:+.0f} mm³"
+                + _ci(b, "bias_mm3_ci", "{:+.0f}") + ", limits of agreement "
+                + (f"{b['loa_lower_mm3']:+.0f} to {b['loa_upper_mm3']:+.0f} mm³"
+                   if np.isfinite(float(b["loa_lower_mm3"])) else "n/a")
+                + compare_alt(ag, "bias_mm3", argmin_abs, "bias", f, "abs_volume_error_mm3")
             )
         pb = ag[ag.get("prop_bias", False) == True]  # noqa: E712
         if len(pb):
@@ -356,8 +471,8 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             f = lambda r: f"β {r['beta_std']:+.3f}"  # noqa: E731
             lines.append(
                 f"Strongest {outcome.upper()} association: {_label(r)}, standardised β "
-                f"{r['beta_std']:+.3f} [{r['beta_std_ci_lower']:+.3f}, {r['beta_std_ci_upper']:+.3f}], "
-                f"FDR q {_fmt_p(r['p_fdr'])}, n = {int(r['n'])}"
+                f"{r['beta_std']:+.3f}" + _ci(r, "beta_std_ci", "{:+.3f}") + ", "
+                f"FDR q {_fmt_p(r['p_fdr'])}, n = {_n(r)}"
                 + compare_alt(b, "absb", argmax, outcome, f)
             )
     lo = total(tables.get("longitudinal"))
@@ -369,10 +484,32 @@ def headline_findings(tables: dict[str, pd.DataFrame]) -> list[str]:
             f = lambda r: f"OR {r['estimate']:.2f}"  # noqa: E731
             lines.append(
                 f"Strongest atrophy–EDSS worsening link: {_label(r)}, OR per 1 %/year "
-                f"{r['estimate']:.2f} [{r['ci_lower']:.2f}, {r['ci_upper']:.2f}], p {_fmt_p(r['p'])}, "
+                f"{r['estimate']:.2f}" + _ci(r, "ci", "{:.2f}", "ci_lower", "ci_upper") + f", p {_fmt_p(r['p'])}, "
                 f"AUC {r['auc']:.2f}, {int(r['n_events'])}/{int(r['n'])} worsened"
                 + compare_alt(d, "strength", argmax, "OR", f)
             )
+    rel = total(tables.get("reliability"))
+    if rel is not None and "sdc_pct" in rel:
+        r = argmin_abs(rel, "sdc_pct")
+        if r is not None:
+            lines.append(
+                f"Most repeatable (scan-rescan): {_label(r)}, smallest detectable change "
+                f"{r['sdc_pct']:.1f} % ({r['sdc_mm3']:.0f} mm³), wCV {r['wcv_pct']:.2f} %, ICC "
+                f"{r['icc']:.3f}" + _ci(r, "icc_ci", "{:.3f}") + f", n = {_n(r)} pairs"
+            )
+    td = total(tables.get("trial_design"))
+    if td is not None and "n_per_arm" in td:
+        d = td[(td["effect"] == "to_control_rate") & (td["power"].astype(float) == 0.8)]
+        if len(d):
+            d = d[d["years"].astype(float) == d["years"].astype(float).max()]
+            r = argmin_abs(d, "n_per_arm")
+            if r is not None:
+                lines.append(
+                    f"Smallest trial to slow atrophy to the control rate ({float(r['years']):g} years, "
+                    f"80 % power): {_label(r)}, {int(r['n_per_arm'])} patients per arm"
+                    + _ci(r, "n_per_arm_ci", "{:.0f}")
+                    + f", from {int(r['n_patients'])} patients and {int(r['n_controls'])} controls"
+                )
     hm = tables.get("harmonisation")
     if hm is not None and "site_p_before" in hm:
         t = hm[hm["side"] == "total"] if "side" in hm else hm

@@ -136,17 +136,34 @@ def _conformed_labels(geom, aff, shape, caff, cshape, pose, thr) -> np.ndarray:
     return out
 
 
-def _maybe_fail(sides: np.ndarray, spec: dict, key: list) -> np.ndarray:
-    """With probability ``failure_rate`` a method misses one whole side (an empty label)."""
+def _maybe_fail(sides: np.ndarray, spec: dict, key: list, voxel_mm=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, str]:
+    """Planted failures of one simulated mask, each with its own probability (default 0):
+    ``failure_rate`` misses one whole side (an empty label), ``swap_rate`` swaps the left and
+    right labels, ``misregistration_rate`` shifts the whole mask by ``misregistration_mm``
+    (default 6 mm) along a random axis. Returns the mask and what was planted (``""``: none;
+    else ``missed_side``, ``swapped_sides`` or ``misregistered``)."""
+    kind = ""
     rate = float(spec.get("failure_rate", 0.0))
-    if rate <= 0:
-        return sides
-    rng = np.random.default_rng(key)
-    if rng.random() >= rate:
-        return sides
-    out = sides.copy()
-    out[out == 1 + int(rng.integers(2))] = 0
-    return out
+    if rate > 0:
+        rng = np.random.default_rng(key)
+        if rng.random() < rate:
+            sides = sides.copy()
+            sides[sides == 1 + int(rng.integers(2))] = 0
+            return sides, "missed_side"
+    if float(spec.get("swap_rate", 0.0)) > 0:
+        rng = np.random.default_rng([*key, 1])
+        if rng.random() < float(spec["swap_rate"]):
+            out = sides.copy()
+            out[sides == 1], out[sides == 2] = 2, 1
+            return out, "swapped_sides"
+    if float(spec.get("misregistration_rate", 0.0)) > 0:
+        rng = np.random.default_rng([*key, 2])
+        if rng.random() < float(spec["misregistration_rate"]):
+            axis = int(rng.integers(3))
+            step = int(round(float(spec.get("misregistration_mm", 6.0)) / float(np.asarray(voxel_mm)[axis])))
+            step *= 1 if rng.random() < 0.5 else -1
+            return np.roll(sides, step, axis=axis), "misregistered"
+    return sides, kind
 
 
 def _pose(rng: np.random.Generator, rot_deg: float, trans_mm: float) -> np.ndarray:
@@ -172,11 +189,13 @@ def _mask_rel(method: str, sub: str, tp: str, contrast: str) -> str:
 
 
 def render_subject(
-    out: str, rows: list[dict], site: dict, params: dict, shape: str, seed: int
+    out: str, rows: list[dict], site: dict, params: dict, shape: str, seed: int, sites=None
 ) -> list[dict]:
     """Render every scan of one subject; returns one record per scan (truth + manifest rows).
 
-    Deterministic in (seed, subject index); safe to run on any worker.
+    ``site`` is the subject's site; with ``sites`` (every site, by ``site_index``) each row
+    uses its own row's site, as scan-rescan repeats on another scanner do. Deterministic in
+    (seed, subject index, timepoint index); safe to run on any worker.
     """
     out = Path(out)
     first = rows[0]
@@ -194,10 +213,6 @@ def render_subject(
     )
     tissue = draw_tissue(rng_subj, params["contrasts"]["tissue_jitter"])
     jac = [geom.jacobian_at(geom.thalamus_centroid(s)) for s in (0, 1)]
-    voxel = np.asarray(site["voxel_mm"], dtype=float)
-    aff, grid_shape = _grid(shape, voxel)
-    # the voxel volume a reader of the file computes (NIfTI stores the affine as float32)
-    vvox = float(abs(np.linalg.det(aff[:3, :3].astype(np.float32).astype(np.float64))))
     caff, cshape = _conformed_grid(shape)
     r1_voxel = params["contrasts"]["r1"].get("voxel_mm")
     r1_aff = r1_shape = r1_vvox = None
@@ -207,6 +222,12 @@ def render_subject(
         r1_vvox = float(abs(np.linalg.det(r1_aff[:3, :3].astype(np.float32).astype(np.float64))))
     records = []
     for row in rows:
+        # a repeat can be acquired with another site's settings (its own voxel grid)
+        site = sites[int(row["site_index"])] if sites is not None else site
+        voxel = np.asarray(site["voxel_mm"], dtype=float)
+        aff, grid_shape = _grid(shape, voxel)
+        # the voxel volume a reader of the file computes (NIfTI stores the affine as float32)
+        vvox = float(abs(np.linalg.det(aff[:3, :3].astype(np.float32).astype(np.float64))))
         k = int(row["timepoint_index"])
         sub, tp = row["subject"], row["timepoint"]
         rng = np.random.default_rng([int(seed), i, 2, k])
@@ -259,6 +280,7 @@ def render_subject(
                 }
             )
         method_volumes = {}
+        planted_failures = {}
         ref = params["methods"]["reference_volume_mm3"]
         prep = prepare_truth(labels, voxel)
         preps = {}
@@ -279,7 +301,7 @@ def render_subject(
                         site_shift_mm=site["volume_shift_mm"],
                         rng=mrng,
                     )
-                    sides = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
+                    sides, failed = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
                     data = encode_labels(sides, method, clab)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_mgz(out / rel, data, caff)
@@ -296,11 +318,13 @@ def render_subject(
                         site_shift_mm=site["volume_shift_mm"],
                         rng=mrng,
                     )
-                    sides = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci])
+                    sides, failed = _maybe_fail(sides, spec, [int(seed), i, 5, k, mi, ci], g_voxel)
                     data = encode_labels(sides, method)
                     rel = _mask_rel(method, sub, tp, contrast)
                     _save_nifti(out / rel, data, g_aff)
                     method_volumes[f"{method}/{contrast}"] = _side_volumes(sides, g_vvox)
+                if failed:
+                    planted_failures[f"{method}/{contrast}"] = failed
                 manifest.append(
                     {
                         "kind": "mask",
@@ -330,7 +354,9 @@ def render_subject(
                 },
                 "thalamus_mm3": _side_volumes(gt, vvox),
                 "method_volume_mm3": method_volumes,
+                "planted_failures": planted_failures,
                 "has_gt": bool(row["has_gt"]),
+                "repeat_of": row.get("repeat_of", "") or None,
                 "manifest": manifest,
             }
         )
@@ -398,7 +424,7 @@ def make_cohort(
     sites = make_sites(n_sites, np.random.default_rng([int(seed), 0, 9]))
     by_subject = [grp.to_dict("records") for _, grp in table.groupby("subject_index", sort=True)]
     args = [
-        (str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed))
+        (str(out), rows, sites[int(rows[0]["site_index"])], p, shape, int(seed), sites)
         for rows in by_subject
     ]
     batches = run_batches(_render_batch, [[a] for a in args], client=client, label="synth",
@@ -411,7 +437,10 @@ def make_cohort(
 
     manifest = pd.DataFrame([m for r in records for m in r["manifest"]])[MANIFEST_COLUMNS]
     write_text(out / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
-    write_text(out / "clinical.csv", table[CLINICAL_COLUMNS].to_csv(index=False, lineterminator="\n"))
+    columns = list(CLINICAL_COLUMNS)
+    if (table["repeat_of"] != "").any():  # scan-rescan repeats: the column that declares them
+        columns.append("repeat_of")
+    write_text(out / "clinical.csv", table[columns].to_csv(index=False, lineterminator="\n"))
     truth = _truth(table, records, sites, p, seed, shape, n_subjects, n_timepoints, n_sites)
     write_text(out / "truth.json", json.dumps(_clean(truth), indent=1, sort_keys=True) + "\n")
     return SynthCohort(

@@ -120,6 +120,16 @@ _DEFAULTS: dict = {
         "disease_duration_mean": 8.0,
         "missing_rate": 0.05,  # edss and sdmt, each, missing completely at random
     },
+    # scan-rescan repeats: the same anatomy on the same day with new noise, bias field, head
+    # position and method errors (on another site's scanner for a share of them). A repeat of
+    # visit V is timepoint "V-rescan" with clinical column repeat_of = V (same clinical values
+    # and years_since_baseline as V); it never has ground truth unless "gt" is true
+    "repeats": {
+        "fraction": 0.0,  # share of subjects rescanned at each listed visit
+        "timepoints": ["baseline"],
+        "other_site_fraction": 0.0,  # share of rescans acquired with another site's settings
+        "gt": False,
+    },
     # manual ground truth: a share of patients (controls too if asked) at the listed
     # timepoints ("all" for every visit)
     "ground_truth": {
@@ -147,7 +157,10 @@ _DEFAULTS: dict = {
         #   sdt + roughness_mm * noise(scale_mm) < offset_mm + wm_offset_mm * WM_nearby
         #                                           + prop_bias_mm * (V / V_ref - 1) + jitter
         # where sdt is the signed distance to the true boundary (mm, negative inside)
-        # optional per method: "failure_rate" (share of scans where one side is missed)
+        # optional per method, planted failures (truth.json lists them per scan under
+        # planted_failures): "failure_rate" (share of scans where one side is missed),
+        # "swap_rate" (left and right labels swapped), "misregistration_rate" (the whole mask
+        # shifted by "misregistration_mm", default 6 mm, along a random axis)
         "reference_volume_mm3": 5800.0,
         "freesurfer-sim": {
             "contrasts": ["T1w"],

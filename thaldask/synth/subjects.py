@@ -15,10 +15,21 @@ import pandas as pd
 
 from thaldask.cohort.clinical import GROUPS
 from thaldask.errors import ConfigError
+from thaldask.schema import RESCAN_SUFFIX
 from thaldask.synth.anatomy import list_templates
 from thaldask.synth.params import SITE_PRESETS, merge_params
 
-__all__ = ["CLINICAL_COLUMNS", "make_sites", "make_subject_table", "timepoint_names"]
+__all__ = [
+    "CLINICAL_COLUMNS",
+    "RESCAN_SUFFIX",
+    "REPEAT_INDEX",
+    "make_sites",
+    "make_subject_table",
+    "timepoint_names",
+]
+
+#: ``timepoint_index`` of the repeat of visit k is ``REPEAT_INDEX + k`` (its own random draws)
+REPEAT_INDEX = 100
 
 CLINICAL_COLUMNS = [
     "subject",
@@ -98,7 +109,8 @@ def make_subject_table(
     (fraction per year), ``thalamus_{left,right,total}_mm3`` (planted volumes),
     ``thalamus_z`` (thalamic volume adjusted for age and head size, in control SDs),
     ``icv_true_mm3``, ``template``, ``has_gt``, ``edss_true``/``sdmt_true`` (before missingness),
-    ``worsened`` (confirmed EDSS worsening since the previous visit).
+    ``worsened`` (confirmed EDSS worsening since the previous visit), ``repeat_of`` (the
+    visit a scan-rescan repeat repeats, ``""`` for visits; see ``params["repeats"]``).
     """
     if n_subjects < 1 or n_timepoints < 1 or n_sites < 1:
         raise ConfigError(
@@ -261,8 +273,41 @@ def make_subject_table(
                     "edss_true": float(edss[i]),
                     "sdmt_true": float(sdmt[i]),
                     "worsened": bool(worsened[i]),
+                    "repeat_of": "",
                 }
             )
+    rows += _repeat_rows(rows, p["repeats"], n, n_sites, ss)
     df = pd.DataFrame(rows)
     df = df.sort_values(["subject_index", "timepoint_index"], kind="stable").reset_index(drop=True)
     return df
+
+
+def _repeat_rows(rows: list[dict], rep: dict, n: int, n_sites: int, ss) -> list[dict]:
+    """Scan-rescan repeats of a share of subjects at the listed visits: the visit's row
+    (same volumes, clinical values and years) as timepoint ``<visit>-rescan``, on another
+    site's scanner for ``other_site_fraction`` of them. Drawn from their own random stream,
+    so a cohort without repeats is unchanged."""
+    frac = float(rep.get("fraction", 0.0) or 0.0)
+    if frac <= 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=(7,)))
+    chosen = np.zeros(n, bool)
+    chosen[rng.permutation(n)[: int(round(frac * n))]] = True
+    other = rng.random(n) < float(rep.get("other_site_fraction", 0.0) or 0.0)
+    visits = set(rep.get("timepoints") or ["baseline"])
+    out = []
+    for r in rows:
+        i = r["subject_index"]
+        if not chosen[i] or r["timepoint"] not in visits:
+            continue
+        site_index = (r["site_index"] + 1) % n_sites if other[i] and n_sites > 1 else r["site_index"]
+        out.append(r | {
+            "timepoint": r["timepoint"] + RESCAN_SUFFIX,
+            "timepoint_index": REPEAT_INDEX + r["timepoint_index"],
+            "repeat_of": r["timepoint"],
+            "site_index": int(site_index),
+            "site": f"site-{site_index + 1}",
+            "has_gt": bool(r["has_gt"] and rep.get("gt", False)),
+            "worsened": False,
+        })
+    return out
