@@ -15,7 +15,7 @@ from scipy import stats
 from thaldask.stats import _data
 from thaldask.stats._select import at_scans, gt_scans
 from thaldask.stats._tables import as_result
-from thaldask.stats.kernels import ols_batched
+from thaldask.stats.kernels import ols_batched, retest_batched
 
 __all__ = ["fit_agreement", "bland_altman", "icc_a1", "lin_ccc", "pearson"]
 
@@ -121,38 +121,16 @@ def bland_altman(x, y, *, alpha: float = 0.05, prop_alpha: float = 0.05) -> dict
 
 def icc_a1(x, y, *, alpha: float = 0.05) -> tuple[float, float, float]:
     """ICC(A,1): two-way model, absolute agreement, single measurement (McGraw & Wong 1996;
-    Shrout & Fleiss ICC(2,1)), with its exact-F-approximation CI.
+    Shrout & Fleiss ICC(2,1)), with its exact-F-approximation CI: the two-scan case of
+    :func:`~thaldask.stats.kernels.retest_batched`.
 
     Returns ``(icc, ci_lower, ci_upper)``; NaN with fewer than 3 complete pairs.
 
     >>> round(icc_a1([1.0, 2, 3, 4, 5], [1.1, 2.0, 2.9, 4.2, 5.1])[0], 4)
     0.9973
     """
-    data = np.c_[np.asarray(x, float), np.asarray(y, float)]
-    data = data[np.isfinite(data).all(axis=1)]
-    n, k = data.shape
-    if n < 3:
-        return (np.nan, np.nan, np.nan)
-    grand = data.mean()
-    ssr = k * ((data.mean(axis=1) - grand) ** 2).sum()
-    ssc = n * ((data.mean(axis=0) - grand) ** 2).sum()
-    sst = ((data - grand) ** 2).sum()
-    sse = sst - ssr - ssc
-    msr = ssr / (n - 1)
-    msc = ssc / (k - 1)
-    mse = sse / ((n - 1) * (k - 1))
-    icc = (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
-    # McGraw & Wong (1996), case 2A: Satterthwaite degrees of freedom (for icc = 1, perfect
-    # agreement, they are undefined and so is the interval: NaN, without numpy's warnings)
-    with np.errstate(all="ignore"):
-        a = k * icc / (n * (1 - icc))
-        b = 1 + k * icc * (n - 1) / (n * (1 - icc))
-        v = (a * msc + b * mse) ** 2 / ((a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1)))
-        f_lo = stats.f.ppf(1 - alpha / 2, n - 1, v)
-        f_hi = stats.f.ppf(1 - alpha / 2, v, n - 1)
-        lo = n * (msr - f_lo * mse) / (f_lo * (k * msc + (k * n - k - n) * mse) + n * msr)
-        hi = n * (f_hi * msr - mse) / (k * msc + (k * n - k - n) * mse + n * f_hi * msr)
-    return (float(icc), float(lo), float(hi))
+    r = retest_batched(np.asarray(x, float), np.asarray(y, float), alpha=alpha)
+    return (float(r["icc"]), float(r["icc_ci_lower"]), float(r["icc_ci_upper"]))
 
 
 def lin_ccc(x, y, *, alpha: float = 0.05) -> tuple[float, float, float]:
