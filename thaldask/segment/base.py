@@ -31,10 +31,15 @@ class Prediction:
 
     labels : uint8 array (X, Y, Z), 0 background / 1 left / 2 right thalamus, input grid.
     prob : float32 array (2, X, Y, Z) of left/right probabilities, or None.
+    volume_sd : float array (2,) or None
+        The segmenter's own uncertainty of the left and right volume, in mm^3 (one standard
+        deviation; for example the spread of test-time augmentations), or None when it has
+        none. Stored with the mask; quality control flags scans with a large one.
     """
 
     labels: np.ndarray
     prob: np.ndarray | None = None
+    volume_sd: np.ndarray | None = None
 
 
 class Segmenter:
