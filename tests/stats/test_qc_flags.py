@@ -21,15 +21,18 @@ def _clean(rng, n=60, methods=("a", "b", "c")):
     T, M = 2, len(methods)
     vol = np.empty((n, T, M, 1, 3))
     dice = np.empty((n, T, M, 1, 3))
+    cons = np.empty((n, T, M, 1, 3))
     for k in range(M):
         for t in range(T):
             tot = tv * (1 + r * t / 100) * (1 + 0.1 * k) * (1 + rng.normal(0, 0.01, n))
             sh = share + rng.normal(0, 0.005, n)
             vol[:, t, k, 0] = np.c_[tot * sh, tot * (1 - sh), tot]
             dice[:, t, k, 0] = 0.88 + rng.normal(0, 0.01, (n, 3))
+            cons[:, t, k, 0] = 0.85 + rng.normal(0, 0.015, (n, 3))
     ds = xr.Dataset(
         {"volume_mm3": (("subject", "timepoint", "method", "contrast", "side"), vol),
          "dice": (("subject", "timepoint", "method", "contrast", "side"), dice),
+         "consensus_dice": (("subject", "timepoint", "method", "contrast", "side"), cons),
          "pred_empty": (("subject", "timepoint", "method", "contrast", "side"), np.zeros_like(vol)),
          "years_since_baseline": (("subject", "timepoint"), np.tile([0.0, 1.0], (n, 1))),
          "age": (("subject", "timepoint"), np.repeat(rng.normal(45, 10, n)[:, None], 2, 1))},
@@ -55,7 +58,7 @@ def test_each_planted_failure_raises_its_flag():
     ds = _clean(0)
     b0 = {"timepoint": "baseline", "contrast": "T1w"}
     v = ds["volume_mm3"]
-    # s00 / a: 40 % too large on both sides (disagreement with b, c; volume outlier)
+    # s00 / a: 40 % too large on both sides (volume disagreement with b, c; volume outlier)
     _set(ds, "volume_mm3", {"subject": "s00", "method": "a", **b0}, v.sel({"subject": "s00", "method": "a", **b0}).values * 1.4)
     # s01 / b: left side missed
     _set(ds, "volume_mm3", {"subject": "s01", "method": "b", "side": "left", **b0}, 0.0)
@@ -74,10 +77,18 @@ def test_each_planted_failure_raises_its_flag():
     _set(ds, "volume_mm3", sel, v.sel({**sel, "timepoint": "baseline"}).values * 0.88)
     # s06 / b: Dice 0.3
     _set(ds, "dice", {"subject": "s06", "method": "b", "side": "total", **b0}, 0.3)
+    # s07 / a: a misplaced mask, no ground truth: overlaps the other methods' masks poorly
+    _set(ds, "dice", {"subject": "s07", "method": "a", **b0}, np.nan)
+    _set(ds, "consensus_dice", {"subject": "s07", "method": "a", **b0}, 0.35)
+    # s08 / c: sides swapped, no ground truth: per-side Dice with the other methods ~0
+    _set(ds, "dice", {"subject": "s08", "method": "c", **b0}, np.nan)
+    _set(ds, "consensus_dice", {"subject": "s08", "method": "c", "side": "left", **b0}, 0.02)
+    _set(ds, "consensus_dice", {"subject": "s08", "method": "c", "side": "right", **b0}, 0.03)
     f = fit_qc_flags(ds)
     assert list(f.columns) == QC_COLUMNS
     got = set(zip(f.subject, f.timepoint, f.method, f.flag, strict=True))
-    for want in [("s00", "baseline", "a", "method_disagreement"), ("s00", "baseline", "a", "volume_outlier"),
+    for want in [("s00", "baseline", "a", "volume_disagreement"), ("s07", "baseline", "a", "method_disagreement"),
+                 ("s08", "baseline", "c", "side_swap"), ("s00", "baseline", "a", "volume_outlier"),
                  ("s01", "baseline", "b", "empty_side"), ("s02", "baseline", "c", "missing_mask"),
                  ("s03", "baseline", "a", "side_swap"), ("s04", "baseline", "b", "asymmetry_outlier"),
                  ("s05", "m12", "c", "implausible_change"), ("s06", "baseline", "b", "low_dice")]:
@@ -85,7 +96,11 @@ def test_each_planted_failure_raises_its_flag():
     assert (f[f.flag.isin(["empty_side", "missing_mask", "side_swap"])].severity == "error").all()
     assert f.severity.iloc[0] == "error"  # errors first
     # the planted scans account for almost every flag
-    planted = {("s00", "a"), ("s01", "b"), ("s02", "c"), ("s03", "a"), ("s04", "b"), ("s05", "c"), ("s06", "b")}
+    planted = {("s00", "a"), ("s01", "b"), ("s02", "c"), ("s03", "a"), ("s04", "b"), ("s05", "c"), ("s06", "b"),
+               ("s07", "a"), ("s08", "c")}
+    # a swap is not also reported as a disagreement, and with ground truth the GT rule decides
+    assert not ((f.subject == "s08") & (f.flag == "method_disagreement")).any()
+    assert ((f.subject == "s07") & (f.flag == "method_disagreement") & (f.severity == "error")).any()
     stray = [r for r in f.itertuples() if (r.subject, r.method) not in planted]
     assert len(stray) <= 0.02 * ds.sizes["subject"] * 2 * 3
 

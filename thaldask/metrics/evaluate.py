@@ -38,6 +38,7 @@ from thaldask import __version__, config
 from thaldask._shared.compute import run_batches
 from thaldask._shared.paths import check_may_write, check_writable_dir, is_remote, write_text
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
+from thaldask.metrics.consensus import consensus_block, consensus_jobs
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
 from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
 from thaldask.store.format import (
@@ -78,6 +79,8 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
     the next run retries it, and one bad scan never stops the others.
     """
     (job,) = batch
+    if job.get("kind") == "consensus":
+        return consensus_block(job, store_path=store_path, storage_options=storage_options)
     idx, spacing, token, todo = job["idx"], job["spacing"], job["token"], job["todo"]
     gt_name, pred_names, caches = job["gt_name"], job["pred_names"], job["caches"]
     n, k = len(idx), len(pred_names)
@@ -223,12 +226,13 @@ def _plan(st, *, surface: bool):
                 "method": m,
                 "contrast": c,
                 "has": has_pred,
+                "volume_sd": st.volume_sd(m, c) if m != "gt" else None,
                 "gt": choice,
                 "tokens": _tokens(parts),
                 "cache": (metrics_cache(m, c), metrics_array(m, c, "raw"), metrics_array(m, c, "token")),
             }
         )
-    return entries, _choose_gt("", has_gt, n, reference)
+    return entries, _choose_gt("", has_gt, n, reference), hashes
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -298,6 +302,8 @@ def _assemble(st, entries, gt_main, *, synthetic):
     shape5 = (len(subjects), len(timepoints), len(methods), len(contrasts), 3)
     met = np.full(shape5 + (len(METRIC_FIELDS),), np.nan)
     gt_used = np.full(shape5[:4], "", dtype=object)
+    cons = np.full(shape5, np.nan)
+    sds = np.full(shape5, np.nan)
     for e in preds:
         raw = np.where(e["has"][:, None, None], e["raw"], np.nan)
         d = derive_metrics(raw, vv)
@@ -305,6 +311,11 @@ def _assemble(st, entries, gt_main, *, synthetic):
         have = e["has"]
         met[si[have], ti[have], mi, ci] = d[have]
         gt_used[si[have], ti[have], mi, ci] = e["gt"][have]
+        if "consensus" in e:
+            cons[si[have], ti[have], mi, ci] = e["consensus"][have]
+        sd = e.get("volume_sd")
+        if sd is not None and np.isfinite(sd).any():  # (left, right) -> (left, right, total)
+            sds[si[have], ti[have], mi, ci] = np.c_[sd, sd.sum(axis=1)][have]
     # ground-truth volume: the scan's main GT (reference contrast, else first)
     gvol = np.full((len(subjects), len(timepoints), 3), np.nan)
     for e in entries:
@@ -319,6 +330,10 @@ def _assemble(st, entries, gt_main, *, synthetic):
     # the GT each comparison used can differ per contrast; gt_volume_mm3 is the first GT's
     data_vars["gt_volume_mm3"] = (("subject", "timepoint", "side"), gvol)
     data_vars["gt_contrast"] = (dims5[:4], gt_used.astype(str))
+    # agreement with the other methods on the scan (metrics.consensus; no ground truth needed)
+    data_vars["consensus_dice"] = (dims5, cons)
+    if np.isfinite(sds).any():  # the segmenter's own uncertainty; total = left + right (an upper bound)
+        data_vars["volume_sd_mm3"] = (dims5, sds)
     ds = xr.Dataset(
         data_vars,
         coords={
@@ -483,17 +498,27 @@ def evaluate(
         check_writable_dir(os.path.dirname(os.path.abspath(csv_path)), create=False)
         check_may_write(csv_path)
     block = int(config.get("metrics.scans-per-task") or 4)
-    entries, gt_main = _plan(st, surface=surface)
+    entries, gt_main, hashes = _plan(st, surface=surface)
     jobs = _jobs(st, entries, block=block)
+    preds = [e for e in entries if e["method"] != "gt"]
+    pred_names = [mask_array(e["method"], e["contrast"]) for e in preds]
+    has = np.stack([e["has"] for e in preds], axis=1) if preds else np.zeros((st.n_scans, 0), bool)
+    cjobs, consensus = consensus_jobs(st, pred_names, has, [hashes[a] for a in pred_names], block=block)
+    n_main = len(jobs)
+    jobs += cjobs
     results = run_batches(
         _eval_block, [[j] for j in jobs], client=client, label="evaluate", unit="rows",
-        size=lambda b: int(b[0]["todo"].sum()), progress=progress,
+        size=lambda b: int(b[0]["todo"].sum() if "todo" in b[0] else b[0]["has"].sum()), progress=progress,
         kwargs={"store_path": st.path, "surface": surface,
                 "storage_options": st.storage_options or None},
     )
     n_computed = n_failed = 0
     pv = RAW_FIELDS.index("pred_voxels")
-    for job, res in zip(jobs, results, strict=True):
+    for job, res in zip(jobs[n_main:], results[n_main:], strict=True):
+        consensus[job["idx"]] = res
+    for k, e in enumerate(preds):
+        e["consensus"] = consensus[:, k]
+    for job, res in zip(jobs[:n_main], results[:n_main], strict=True):
         for j, k in enumerate(job["ks"]):
             rows = job["todo"][:, j]
             entries[k]["raw"][job["idx"][rows]] = res[rows, j]

@@ -50,7 +50,8 @@ def run_scans(items, store_path, model, options, device, overwrite=False):
                 imgs = [st.load_image(p, i) for p in parts]
                 image = imgs[0] if len(imgs) == 1 else np.stack(imgs)
                 pred = seg.predict(image, st.affines[i], contrast=contrast)
-                status = st.write_mask(model, contrast, i, pred.labels, prob=pred.prob, overwrite=overwrite)
+                status = st.write_mask(model, contrast, i, pred.labels, prob=pred.prob,
+                                       volume_sd=getattr(pred, "volume_sd", None), overwrite=overwrite)
                 cache[contrast] = (pred.labels, pred.prob)
                 row.update(status=status)
             except Exception as exc:  # noqa: BLE001 - one bad scan never stops the cohort

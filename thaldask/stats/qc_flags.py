@@ -11,13 +11,23 @@ Flags (thresholds: :data:`QC_DEFAULTS`, the stats config's ``qc`` section):
 * ``missing_mask`` (error): the scan has masks of other methods on this contrast but not
   this one's, although the method ran on other scans;
 * ``empty_mask`` / ``empty_side`` (error): the mask is empty, or one side of it is;
-* ``method_disagreement``: the volume differs from the median of the other methods on the
+* ``method_disagreement``: the mask overlaps the other methods' masks of the same scan less
+  than usual: its consensus Dice (median Dice with the others,
+  :mod:`thaldask.metrics.consensus`) is below ``dice_min`` (error) or has a robust z below
+  ``-z_warning`` and lies ``min_dice_drop`` below the method's median (a shifted or
+  misplaced mask; no ground truth needed);
+* ``volume_disagreement``: the volume differs from the median of the other methods on the
   same scan by more than usual for this method (robust z of the log ratio);
 * ``volume_outlier``: residual of log volume on site, group, age and log ICV (those present);
 * ``asymmetry_outlier``: left–right asymmetry index ``200 (L − R) / (L + R)``;
+* ``model_uncertainty`` (when the segmenter reports one, ``volume_sd_mm3``): the larger
+  side's volume uncertainty as % of its volume is above ``uncertainty_warning_pct``
+  (``uncertainty_error_pct``: error), or unusual for the method (robust z, at least
+  ``min_uncertainty_pct`` above its median);
 * ``implausible_change``: annualised % change baseline → follow-up (the follow-up is flagged);
-* ``side_swap`` (error, needs ground truth): per-side Dice below ``swap_dice`` on both sides
-  while the total Dice is at least ``swap_total_dice`` (left and right labels exchanged);
+* ``side_swap`` (error): per-side Dice below ``swap_dice`` on both sides while the total Dice
+  is at least ``swap_total_dice`` (left and right labels exchanged): against ground truth
+  where the scan has it, else against the other methods (consensus Dice);
 * ``low_dice`` (needs ground truth): Dice below ``dice_min`` (error) or robust z below
   ``-z_warning``.
 
@@ -54,11 +64,14 @@ QC_DEFAULTS = {
     "min_asymmetry_pct": 5.0,  # asymmetry index points from the method's median
     "min_change_pct_per_year": 2.0,  # annualised change, % per year from the median
     "min_dice_drop": 0.05,  # Dice below the method's median
+    "uncertainty_warning_pct": 5.0,  # the segmenter's own volume SD, % of the side's volume
+    "uncertainty_error_pct": 10.0,
+    "min_uncertainty_pct": 2.0,  # robust-z flags: points above the method's median
 }
 
 QC_COLUMNS = ["subject", "timepoint", "method", "contrast", "flag", "severity", "value", "z", "reason"]
-QC_FLAGS = ("missing_mask", "empty_mask", "empty_side", "method_disagreement", "volume_outlier",
-            "asymmetry_outlier", "implausible_change", "side_swap", "low_dice")
+QC_FLAGS = ("missing_mask", "empty_mask", "empty_side", "method_disagreement", "volume_disagreement", "volume_outlier",
+            "asymmetry_outlier", "model_uncertainty", "implausible_change", "side_swap", "low_dice")
 
 
 def robust_z(x, *, axis: int = 0, min_n: int = 8) -> np.ndarray:
@@ -185,9 +198,27 @@ def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame
             warnings.simplefilter("ignore", RuntimeWarning)
             excess = ratio - np.nanmedian(ratio)  # beyond this method's usual difference
         sev = _severity(z, opt, np.abs(excess) > np.log1p(opt["min_volume_pct"] / 100))
-        add(sev != "", m, c, "method_disagreement", sev, 100 * (np.exp(excess) - 1), z,
+        add(sev != "", m, c, "volume_disagreement", sev, 100 * (np.exp(excess) - 1), z,
             lambda val, z: f"volume {val:+.1f} % off the other methods on this scan, beyond this "
                            f"method's usual difference (robust z {z:+.1f})")
+        # overlap with the other methods' masks of the same scan (no ground truth needed)
+        gt_d = (ds["dice"].transpose(*vol.dims).values[:, :, mi, ci] if "dice" in ds
+                else np.full(V.shape[:2] + (3,), np.nan))
+        if "consensus_dice" in ds:
+            cd = ds["consensus_dice"].transpose(*vol.dims).values[:, :, mi, ci]
+            cl, cr, ct = (cd[..., sides.index(s)] for s in ("left", "right", "total"))
+            no_gt = ~np.isfinite(gt_d[..., sides.index("total")])
+            swap_c = no_gt & (cl < opt["swap_dice"]) & (cr < opt["swap_dice"]) & (ct >= opt["swap_total_dice"])
+            add(swap_c, m, c, "side_swap", "error", ct, np.nan,
+                lambda val, z: f"left and right Dice with the other methods both below {opt['swap_dice']:g} "
+                               f"but total Dice {val:.2f}: sides swapped")
+            ct = np.where(swap_c | ~ok, np.nan, ct)
+            zc = robust_z(ct.ravel(), min_n=min_n).reshape(S, T)
+            low = np.isfinite(ct) & ((ct < opt["dice_min"]) | ((zc < -opt["z_warning"]) & (_off_median(ct) > opt["min_dice_drop"])))
+            sev = np.where(ct < opt["dice_min"], "error", np.where(zc < -opt["z_error"], "error", "warning"))
+            add(low, m, c, "method_disagreement", sev, ct, zc,
+                lambda val, z: f"Dice {val:.2f} with the other methods' masks of this scan"
+                               + (f" (robust z {z:+.1f})" if np.isfinite(z) else ""))
         # volume outlier for site / group / age / head size
         flat = clin.reset_index(drop=True)
         zr, res = _residual_z(np.where(ok, logtot[:, :, mi, ci], np.nan).ravel(), flat, opt["covariates"], min_n)
@@ -203,9 +234,22 @@ def fit_qc_flags(ds: xr.Dataset, *, options: dict | None = None) -> pd.DataFrame
         sev = _severity(za, opt, _off_median(ai) > opt["min_asymmetry_pct"])
         add(sev != "", m, c, "asymmetry_outlier", sev, ai, za,
             lambda val, z: f"left-right asymmetry {val:+.1f} % (robust z {z:+.1f})")
+        # the segmenter's own uncertainty of the volume, per side
+        if "volume_sd_mm3" in ds:
+            sd = ds["volume_sd_mm3"].transpose(*vol.dims).values[:, :, mi, ci]
+            with np.errstate(all="ignore"):
+                rel = 100 * np.fmax(sd[..., sides.index("left")] / L, sd[..., sides.index("right")] / R)
+            rel = np.where(ok, rel, np.nan)
+            zu = robust_z(rel.ravel(), min_n=min_n).reshape(S, T)
+            unusual = _off_median(rel) > opt["min_uncertainty_pct"]
+            err = (rel > opt["uncertainty_error_pct"]) | ((zu > opt["z_error"]) & unusual)
+            warn = (rel > opt["uncertainty_warning_pct"]) | ((zu > opt["z_warning"]) & unusual)
+            add(warn | err, m, c, "model_uncertainty", np.where(err, "error", "warning"), rel, np.nan_to_num(zu, nan=np.nan),
+                lambda val, z: f"the segmenter's own volume uncertainty is {val:.1f} % of a side's volume"
+                               + (f" (robust z {z:+.1f})" if np.isfinite(z) else ""))
         # ground truth: swapped sides, low Dice
         if "dice" in ds:
-            d = ds["dice"].transpose(*vol.dims).values[:, :, mi, ci]
+            d = gt_d
             dl, dr, dt = (d[..., sides.index(s)] for s in ("left", "right", "total"))
             swap = (dl < opt["swap_dice"]) & (dr < opt["swap_dice"]) & (dt >= opt["swap_total_dice"])
             add(swap, m, c, "side_swap", "error", dt, np.nan,

@@ -61,7 +61,7 @@ DEFAULTS = {
     # control_groups, patient_groups; see thaldask.stats.trial.TRIAL_DEFAULTS
     "trial": {},
     # QC flags (qc_flags.csv): z_warning, z_error, min_n, dice_min, swap_dice,
-    # swap_total_dice, covariates; see thaldask.stats.qc_flags.QC_DEFAULTS
+    # swap_total_dice, covariates, min_*, uncertainty_*; see thaldask.stats.qc_flags.QC_DEFAULTS
     "qc": {},
 }
 

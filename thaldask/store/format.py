@@ -45,6 +45,8 @@ __all__ = [
     "results_group",
     "metrics_cache",
     "metrics_array",
+    "consensus_array",
+    "volume_sd_array",
 ]
 
 #: version of the layout below; a store of another version is refused on opening
@@ -120,6 +122,12 @@ def record_array(name: str) -> str:
     return f"{META}/{name}/record"
 
 
+def volume_sd_array(method: str, contrast: str) -> str:
+    """``_meta/masks/<method>/<contrast>/volume_sd``: the segmenter's own per-scan left and
+    right volume uncertainty (mm³, one SD; NaN where it gave none)."""
+    return f"{META}/{mask_array(method, contrast)}/volume_sd"
+
+
 def hash_array(name: str) -> str:
     """``_meta/<name>/hash``: the per-scan file and content digests of array ``name``."""
     return f"{META}/{name}/hash"
@@ -145,6 +153,14 @@ def metrics_array(method: str, contrast: str, field: str) -> str:
     if field not in METRICS_FIELDS:
         raise ValueError(f"metrics cache field must be one of {METRICS_FIELDS}, not {field!r}")
     return f"{metrics_cache(method, contrast)}/{field}"
+
+
+def consensus_array(field: str) -> str:
+    """``_metrics/_consensus/<field>``: evaluate's cache of every mask's agreement with the
+    other methods on its scan, field ``raw`` or ``token``."""
+    if field not in METRICS_FIELDS:
+        raise ValueError(f"consensus cache field must be one of {METRICS_FIELDS}, not {field!r}")
+    return f"{METRICS}/_consensus/{field}"
 
 
 def is_per_scan(name: str) -> bool:

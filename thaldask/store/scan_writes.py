@@ -32,6 +32,7 @@ from thaldask.store.format import (
     mask_array,
     prob_array,
     record_array,
+    volume_sd_array,
 )
 from thaldask.store.nifti import content_hash
 
@@ -219,12 +220,16 @@ class ScanWriter:
         labels: np.ndarray,
         *,
         prob: np.ndarray | None = None,
+        volume_sd: np.ndarray | None = None,
         overwrite: bool = False,
     ) -> str:
         """Write scan ``i``'s mask (0/1/2, shape ``shapes[i]`` or ``grid_shape``), idempotent.
 
         Creates ``masks/<method>/<contrast>`` on first use. ``prob``: float (2, *shape)
         left/right probabilities in [0, 1], stored quantised to uint8 (1/255 steps).
+        ``volume_sd``: the segmenter's (left, right) volume uncertainty in mm³, stored
+        beside the mask's record (:func:`~thaldask.store.format.volume_sd_array`) once the
+        mask is written or found already there.
         Returns ``"written"`` or ``"skipped"`` (same content already there).
 
         Raises
@@ -249,6 +254,8 @@ class ScanWriter:
         lab = lab.astype(np.uint8)
         if lab.size and lab.max() > 2:
             raise ValueError("write_mask: labels must be 0 background, 1 left, 2 right")
+        if volume_sd is not None and np.size(volume_sd) != 2:
+            raise ValueError(f"write_mask: volume_sd must hold (left, right); got {np.size(volume_sd)} values")
         name = mask_array(method, contrast)
         self.ensure_array(name, dtype="uint8")
         extra = {}
@@ -273,7 +280,7 @@ class ScanWriter:
         else:
             parts = [full] + [np.ascontiguousarray(a) for a in h_parts[1:]]
             digest = content_hash(np.concatenate([a.ravel() for a in parts]), self.affines[i])
-        return self.write_scan_array(
+        status = self.write_scan_array(
             name,
             i,
             lab,
@@ -282,6 +289,37 @@ class ScanWriter:
             overwrite=overwrite,
             extra=extra,
         )
+        if volume_sd is not None:  # after the mask: a refused write never changes it
+            self._write_volume_sd(method, contrast, i, volume_sd)
+        elif overwrite and status == "written" and self.has_array(volume_sd_array(method, contrast)):
+            self._write_volume_sd(method, contrast, i, [np.nan, np.nan])  # not the replaced mask's
+        return status
+
+    def _write_volume_sd(self, method: str, contrast: str, i: int, volume_sd) -> None:
+        import zarr
+
+        sd = np.asarray(volume_sd, dtype=np.float32).reshape(2)
+        name = volume_sd_array(method, contrast)
+        try:
+            z = self.zarr_array(name, mode="r+")
+        except KeyError:
+            try:
+                z = zarr.create_array(store=self._zstore, name=name, shape=(self.n_scans, 2), chunks=(1, 2),
+                                      dtype="float32", fill_value=np.nan, overwrite=False)
+            except zarr.errors.ContainsArrayError:  # created concurrently by another task
+                z = self.zarr_array(name, mode="r+")
+        z[int(i)] = sd
+
+    def volume_sd(self, method: str, contrast: str) -> np.ndarray:
+        """(scan, 2) float: the segmenter's left and right volume uncertainty (mm³, one SD)
+        of each written mask; NaN where the mask is missing or its segmenter gave none."""
+        try:
+            sd = np.asarray(self.zarr_array(volume_sd_array(method, contrast))[...], dtype=np.float64)
+        except KeyError:
+            return np.full((self.n_scans, 2), np.nan)
+        if sd.shape[0] < self.n_scans:  # scans appended since: not segmented yet
+            sd = np.vstack([sd, np.full((self.n_scans - sd.shape[0], 2), np.nan)])
+        return np.where(self.has_mask(method, contrast)[:, None], sd, np.nan)
 
     def recode_as_float(self, name: str, *, layout: dict | None = None) -> int:
         """Re-encode a decimal array (:func:`~thaldask.store.codecs.decimal_scale`) as plain
