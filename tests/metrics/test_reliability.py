@@ -30,7 +30,7 @@ def _tokens_done(path):
     done = total = 0
     root = zarr.open_group(path, mode="r")
     for name, node in root[METRICS].members(max_depth=None):
-        if name.endswith("token") and hasattr(node, "shape"):
+        if name.endswith("token") and not name.startswith("_consensus") and hasattr(node, "shape"):
             t = np.asarray(node[...])
             done += int((t != 0).any(axis=1).sum())
             total += t.shape[0]

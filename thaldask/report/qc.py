@@ -124,7 +124,10 @@ def plot_scan_qc(
         Method contours in sky blue (solid), ground truth in yellow (dashed).
     """
     rows = rows or [("image", None)]
-    fig, axes = new_figure(7.2, 2.35 * len(rows) + 0.5, len(rows), 3)
+    height = 2.35 * len(rows) + 0.5
+    fig, axes = new_figure(7.2, height, len(rows), 3, layout=None)
+    fig.subplots_adjust(left=0.07, right=0.995, bottom=0.1 / height, top=1 - 0.85 / height,
+                        wspace=0.04, hspace=0.3 / 2.35 * 2)
     any_gt = gt is not None or (gts is not None and any(g is not None for g in gts))
     for r, (label, lab) in enumerate(rows):
         img = image if images is None or images[r] is None else images[r]
