@@ -104,4 +104,25 @@ def verify_command(store):
     click.echo(f"{store}: every stored scan is whole")
 
 
+@store_group.command("migrate")
+@click.argument("store")
+@handle_errors
+def migrate_command(store):
+    """Bring a store written by an older thaldask to the current layout, in place.
+
+    Only the store's own tables move (into columns); images, masks and results stay as they
+    are. A store already in the current layout is left alone."""
+    from thaldask.store import open_store
+    from thaldask.store.create import migrate_store
+    from thaldask.store.lock import store_lock
+
+    open_store(store)  # a one-line error, and no lock beside a folder that is not a store
+    with store_lock(store, what="migrate"):
+        before, after = migrate_store(store)
+    if before == after:
+        click.echo(f"{store}: already store format {after}; nothing to do")
+    else:
+        click.echo(f"{store}: store format {before} migrated to {after}")
+
+
 COMMANDS = [ingest_command, export_command, store_group]

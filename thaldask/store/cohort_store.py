@@ -20,9 +20,9 @@ from thaldask.errors import StoreError, StoreNotFoundError
 from thaldask.store.backend import make_zarr_store, quiet_zarr, set_zarr_concurrency
 from thaldask.store.format import (
     BINARY,
-    FORMAT_VERSION,
     HAS_PROB,
     NAN_REPLACED,
+    READABLE_FORMATS,
     RECORD_LEN,
     RESAMPLED,
     ROOT_ATTR,
@@ -37,6 +37,7 @@ from thaldask.store.format import (
     scan_meta_array,
 )
 from thaldask.store.scan_writes import ScanWriter
+from thaldask.store.tables import read_clinical, read_scan_column, v1_tables
 
 __all__ = [
     "CohortStore",
@@ -88,8 +89,11 @@ class CohortStore(ScanWriter):
             raise StoreError(f"{self.path}: a Zarr group but not a thaldask cohort store")
         self._attrs = attrs
         fmt = attrs[ROOT_ATTR].get("format")
-        if fmt != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: store format {fmt}; this thaldask reads {FORMAT_VERSION}")
+        if fmt not in READABLE_FORMATS:
+            raise StoreError(f"{self.path}: store format {fmt}; this thaldask reads "
+                             f"{', '.join(map(str, READABLE_FORMATS))}")
+        #: the store's layout version (1: tables in the root attributes; see tables.py)
+        self.format = int(fmt)
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -116,16 +120,18 @@ class CohortStore(ScanWriter):
     @cached_property
     def scans(self) -> pd.DataFrame:
         """DataFrame indexed by ``scan`` (0..n-1) with columns subject, timepoint, site."""
-        s = self._attrs["scans"]
-        df = pd.DataFrame(
-            {k: pd.Series(s[k], dtype=object).astype(str) for k in ("subject", "timepoint", "site")}
-        )
+        if self.format < 2:
+            df = v1_tables(self._attrs)[0]
+        else:
+            df = pd.DataFrame({k: read_scan_column(self._zstore, k) for k in ("subject", "timepoint", "site")})
         df.index.name = "scan"
         return df
 
     @property
     def n_scans(self) -> int:
-        return len(self._attrs["scans"]["subject"])
+        if self.format < 2:
+            return len(self._attrs["scans"]["subject"])
+        return int(self._attrs["n_scans"])
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:
@@ -160,10 +166,12 @@ class CohortStore(ScanWriter):
         """(scan, 3, 2): nibabel orientation taking the original voxel axes to RAS."""
         return np.asarray(self.zarr_array(scan_meta_array("orig_ornt"))[...], dtype=np.float64)
 
-    @property
+    @cached_property
     def reference(self) -> list[str]:
         """Contrast whose grid each scan uses."""
-        return list(self._attrs.get("reference", []))
+        if self.format < 2:
+            return list(self._attrs.get("reference", []))
+        return list(read_scan_column(self._zstore, "reference"))
 
     def orig_header(self, i: int) -> tuple[int, bytes]:
         """(format code, scrubbed header bytes) of scan ``i``'s reference file."""
@@ -181,10 +189,12 @@ class CohortStore(ScanWriter):
         """Chunking and codec settings the store was created with (see ``codecs``)."""
         return dict(self._attrs.get("layout") or {})
 
-    @property
+    @cached_property
     def orig_axcodes(self) -> list[str]:
         """Orientation code of each scan's reference file, e.g. ``'LIA'``."""
-        return list(self._attrs.get("orig_axcodes", []))
+        if self.format < 2:
+            return list(self._attrs.get("orig_axcodes", []))
+        return list(read_scan_column(self._zstore, "orig_axcodes"))
 
     def scan_meta(self, key: str) -> np.ndarray:
         """Scan-level metadata array ``scan/<key>`` (eager), e.g. ``affine``."""
@@ -216,7 +226,12 @@ class CohortStore(ScanWriter):
             raise StoreError(f"{self.path}: store opened read-only")
         self._group.attrs.update(attrs)
         self._attrs.update(attrs)
-        self.__dict__.pop("scans", None)
+        self.forget_tables()
+
+    def forget_tables(self) -> None:
+        """Drop the tables read so far (they are read again on next use)."""
+        for key in ("scans", "reference", "orig_axcodes", "shapes", "spacing", "affines"):
+            self.__dict__.pop(key, None)
 
     def _members(self, prefix: str) -> list[str]:
         try:
@@ -398,13 +413,9 @@ class CohortStore(ScanWriter):
         c = self._attrs.get("clinical")
         if not c:
             return None
-        df = pd.DataFrame(c["data"], columns=c["columns"])
-        for col, dt in c["dtypes"].items():
-            if dt.startswith(("float", "int")):
-                df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-            else:
-                df[col] = df[col].astype(object)
-        return df
+        if self.format < 2:
+            return v1_tables(self._attrs)[3]
+        return read_clinical(self._zstore, c)
 
     def write_results(self, ds, name: str = "results") -> None:
         """Persist an xarray Dataset under ``results/<name>`` (replacing an older one)."""

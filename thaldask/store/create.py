@@ -19,7 +19,7 @@ import pandas as pd
 
 from thaldask import __version__
 from thaldask._shared.paths import is_remote
-from thaldask.errors import NotAStoreError, StoreConflictError
+from thaldask.errors import NotAStoreError, StoreConflictError, StoreError
 from thaldask.store.backend import make_zarr_store
 from thaldask.store.codecs import default_layout
 from thaldask.store.cohort_store import CohortStore, write_scan_meta
@@ -36,9 +36,11 @@ from thaldask.store.format import (
     is_per_scan,
     record_array,
 )
+from thaldask.store.tables import v1_tables, write_clinical, write_scan_table
 
 __all__ = [
     "create_store",
+    "migrate_store",
     "append_scans",
     "grow_grid",
     "regrid_scans",
@@ -145,8 +147,8 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _scans_attr(scans: pd.DataFrame) -> dict:
-    return {k: [str(v) for v in scans[k]] for k in ("subject", "timepoint", "site")}
+def _scan_frame(scans: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({k: [str(v) for v in scans[k]] for k in ("subject", "timepoint", "site")})
 
 
 def create_store(
@@ -178,18 +180,18 @@ def create_store(
     if check_store_target(path, storage_options=storage_options):
         raise StoreConflictError(f"'{path}' is already a thaldask store; open it instead")
     zs = make_zarr_store(path, storage_options=storage_options)
+    scans = _scan_frame(scans)
     attrs = {
         ROOT_ATTR: {"format": FORMAT_VERSION, "version": __version__, "created": _now()},
-        "scans": _scans_attr(scans),
+        "n_scans": int(len(scans)),
         "grid_shape": [int(v) for v in grid_shape],
-        "reference": list(reference),
-        "orig_axcodes": list(orig_axcodes),
         "layout": {**default_layout(), **(layout or {})},
         "clinical": None,
     }
     # the target was just checked to be new or an empty folder
     zarr.open_group(store=zs, mode="w", zarr_format=3, attributes=json.loads(json.dumps(attrs)))
     write_scan_meta(zs, scan_meta)
+    write_scan_table(zs, scans, reference, orig_axcodes)
     return CohortStore(path, storage_options=storage_options)
 
 
@@ -202,12 +204,11 @@ def append_scans(st: CohortStore, scans: pd.DataFrame, scan_meta: dict, referenc
     for name, node in st.array_members():
         if is_per_scan(name) and node.shape and node.shape[0] == n_old:
             node.resize((n,) + tuple(node.shape[1:]))
+    if st.format < 2:
+        raise StoreError(f"{st.path}: a format-{st.format} store; run 'thaldask store migrate {st.path}' first")
     st.write_scan_meta(scan_meta)
-    st.update_attrs({
-        "scans": _scans_attr(scans),
-        "reference": list(reference),
-        "orig_axcodes": list(orig_axcodes),
-    })
+    write_scan_table(st._zstore, _scan_frame(scans), reference, orig_axcodes)
+    st.update_attrs({"n_scans": int(n)})
 
 
 def _spatial(name: str) -> bool:
@@ -266,20 +267,31 @@ def regrid_scans(st: CohortStore, scans) -> list[str]:
 
 
 def set_clinical(st: CohortStore, df: pd.DataFrame | None) -> None:
-    """Store a validated clinical table in the root attributes (JSON, NaN as null)."""
+    """Store a validated clinical table: its columns as arrays (:mod:`~thaldask.store.tables`),
+    their names and dtypes in the root attribute ``clinical``."""
+    if st.format < 2:
+        raise StoreError(f"{st.path}: a format-{st.format} store; run 'thaldask store migrate {st.path}' first")
     if df is None:
         st.update_attrs({"clinical": None})
         return
-    data = df.astype(object).where(pd.notna(df), None).values.tolist()
-    payload = {
-        "columns": [str(c) for c in df.columns],
-        "dtypes": {str(c): str(df[c].dtype) for c in df.columns},
-        "data": json.loads(json.dumps(data, default=_json_default)),
-    }
-    st.update_attrs({"clinical": payload})
+    st.update_attrs({"clinical": write_clinical(st._zstore, df)})
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
+def migrate_store(path: str, *, storage_options: dict | None = None) -> tuple[int, int]:
+    """Bring a store to the current format in place; returns (format before, after).
+
+    Format 1 → 2 writes the scan and clinical tables as columns, then replaces the root
+    attributes by their format-2 form in one write (an interrupted migration leaves a
+    format-1 store that opens as before and migrates again). Everything else is untouched."""
+    st = CohortStore(path, storage_options=storage_options)
+    before = st.format
+    if before >= FORMAT_VERSION:
+        return before, before
+    scans, reference, orig_axcodes, clin = v1_tables(st._attrs)
+    write_scan_table(st._zstore, scans, reference, orig_axcodes)
+    attrs = {k: v for k, v in st._attrs.items() if k not in ("scans", "reference", "orig_axcodes", "clinical")}
+    attrs[ROOT_ATTR] = {**attrs[ROOT_ATTR], "format": FORMAT_VERSION, "migrated_from": before}
+    attrs["n_scans"] = int(len(scans))
+    attrs["clinical"] = write_clinical(st._zstore, clin) if clin is not None else None
+    st._group.attrs.put(json.loads(json.dumps(attrs)))
+    return before, FORMAT_VERSION

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_FORMATS",
     "ROOT_ATTR",
     "image_array",
     "mask_array",
@@ -49,8 +50,11 @@ __all__ = [
     "volume_sd_array",
 ]
 
-#: version of the layout below; a store of another version is refused on opening
-FORMAT_VERSION = 1
+#: version of the layout below; a store of another version is refused on opening, except
+#: those in READABLE_FORMATS (format 1 held the scan and clinical tables in the root
+#: attributes; ``thaldask store migrate`` moves them into columns, see ``tables.py``)
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 #: root attribute that marks a Zarr group as a thaldask store ({"format", "version", "created"})
 ROOT_ATTR = "thaldask"
 #: the root metadata file of a Zarr v3 group (its presence with ROOT_ATTR marks a store)
@@ -63,6 +67,7 @@ SCAN = "scan"
 META = "_meta"
 METRICS = "_metrics"
 RESULTS = "results"
+TABLES = "_tables"
 INGEST_REPORT = "ingest_report.csv"
 #: the source file of every stored (array, scan), one row each (columnar, see sources.py)
 SOURCES = "sources.csv"
@@ -168,7 +173,7 @@ def is_per_scan(name: str) -> bool:
 
     Every array has ``scan`` as its first axis; those under ``scan/`` are rewritten whole
     when scans are appended and datasets under ``results/`` are not per scan."""
-    return not name.startswith(f"{SCAN}/") and not name.startswith(RESULTS)
+    return not name.startswith((f"{SCAN}/", f"{TABLES}/", RESULTS))
 
 
 def is_listed(name: str) -> bool:

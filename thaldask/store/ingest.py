@@ -34,11 +34,13 @@ from thaldask.store.create import (
     check_store_target,
     create_store,
     grow_grid,
+    migrate_store,
     regrid_scans,
     set_clinical,
 )
 from thaldask.store.format import (
     BINARY,
+    FORMAT_VERSION,
     INGEST_REPORT,
     NAN_REPLACED,
     RESAMPLED,
@@ -410,6 +412,10 @@ def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_o
     st = None
     if is_store:  # a thaldask store: new scans are appended, nothing stored is dropped
         st = open_store(store, storage_options=storage_options)
+        if st.format < FORMAT_VERSION:  # an older layout: its tables move into columns first
+            before, after = migrate_store(store, storage_options=storage_options)
+            print(f"thaldask: {store}: store format {before} migrated to {after}", file=sys.stderr)
+            st = open_store(store, storage_options=storage_options)
         fit = merge_plan(st, plan, overwrite=overwrite)
         if fit.plan is None:
             raise StoreConflictError(
