@@ -63,7 +63,7 @@ def read_scan_column(zstore, key: str) -> np.ndarray:
     import zarr
 
     z = zarr.open_array(store=zstore, path=f"{SCAN}/{key}", mode="r", zarr_format=3)
-    return np.asarray([str(v) for v in z[...]], dtype=object)
+    return np.asarray(z[...]).astype(object)  # numpy strings -> Python str, in C
 
 
 def write_clinical(zstore, df: pd.DataFrame) -> dict:
@@ -98,7 +98,9 @@ def read_clinical(zstore, payload: dict) -> pd.DataFrame:
         if dt.startswith(("float", "int")):
             out[col] = np.asarray(v, dtype="float64")
         else:
-            out[col] = pd.Series([None if x == "" else str(x) for x in v], dtype=object)
+            col_v = np.asarray(v).astype(object)
+            col_v[col_v == ""] = None
+            out[col] = pd.Series(col_v, dtype=object)
     df = pd.DataFrame(out, columns=payload["columns"])
     if len(df) != int(payload["n"]):
         raise ValueError(f"clinical table has {len(df)} rows; its description says {payload['n']}")
