@@ -26,9 +26,12 @@ def make_zarr_store(path: str, *, read_only: bool = False, storage_options: dict
 
     path = str(path)
     if is_remote(path):
-        return zarr.storage.FsspecStore.from_url(
-            path, storage_options=storage_options or None, read_only=read_only
-        )
+        opts = dict(storage_options or {})
+        if path.startswith(("s3://", "s3a://")):
+            # s3fs sizes every whole-object read with a HEAD first when it may split it into
+            # concurrent ranges; chunks are small, so one GET each (half the requests)
+            opts.setdefault("max_concurrency", 1)
+        return zarr.storage.FsspecStore.from_url(path, storage_options=opts or None, read_only=read_only)
     if path.startswith("file://"):
         path = path[len("file://") :]
     return zarr.storage.LocalStore(path, read_only=read_only)

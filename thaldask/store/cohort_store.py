@@ -108,13 +108,21 @@ class CohortStore(ScanWriter):
         Opened for writing, it writes every chunk of a region, also all-zero ones (an
         absent chunk inside a scan's true shape then always means lost data).
 
+        Handles are kept for the life of this store object (one metadata read per array, not
+        one per call; on object storage that is one request per scan and array saved), and
+        dropped when this handle grows the store (:meth:`forget_tables`).
+
         Raises KeyError when the store has no such array."""
         import zarr
 
-        try:
-            z = zarr.open_array(store=self._zstore, path=name, mode=mode, zarr_format=3)
-        except (FileNotFoundError, KeyError) as exc:
-            raise KeyError(name) from exc
+        cache = self.__dict__.setdefault("_handles", {})
+        z = cache.get((name, mode))
+        if z is None:
+            try:
+                z = zarr.open_array(store=self._zstore, path=name, mode=mode, zarr_format=3)
+            except (FileNotFoundError, KeyError) as exc:
+                raise KeyError(name) from exc  # never cached: it may be created later
+            cache[(name, mode)] = z
         return z if mode == "r" else z.with_config({"write_empty_chunks": True})
 
     @cached_property
@@ -214,11 +222,18 @@ class CohortStore(ScanWriter):
             members = list(self._group.members(max_depth=None))
         return [(name, node) for name, node in members if hasattr(node, "shape")]
 
+    def forget_array(self, name: str) -> None:
+        """Drop the kept handles of array ``name`` (its metadata changed)."""
+        for mode in ("r", "r+"):
+            self.__dict__.get("_handles", {}).pop((name, mode), None)
+
     def write_scan_meta(self, scan_meta: dict) -> None:
         """Rewrite scan-level metadata arrays whole (:func:`write_scan_meta`)."""
         if self.read_only:
             raise StoreError(f"{self.path}: store opened read-only")
         write_scan_meta(self._zstore, scan_meta)
+        for key in scan_meta:
+            self.forget_array(scan_meta_array(key))
 
     def update_attrs(self, attrs: dict) -> None:
         """Update root attributes (JSON values) in the store and in this handle."""
@@ -230,7 +245,7 @@ class CohortStore(ScanWriter):
 
     def forget_tables(self) -> None:
         """Drop the tables read so far (they are read again on next use)."""
-        for key in ("scans", "reference", "orig_axcodes", "shapes", "spacing", "affines"):
+        for key in ("scans", "reference", "orig_axcodes", "shapes", "spacing", "affines", "_handles"):
             self.__dict__.pop(key, None)
 
     def _members(self, prefix: str) -> list[str]:
@@ -393,6 +408,7 @@ class CohortStore(ScanWriter):
                 store=self._zstore, name=name, shape=shape, chunks=(1,) + shape[1:], dtype=dtype,
                 fill_value=fill_value, overwrite=True,
             )
+            self.forget_array(name)
         return np.asarray(z[...])
 
     def read_derived(self, name: str) -> np.ndarray | None:

@@ -335,4 +335,7 @@ class ScanWriter:
         if decimal_scale(z) is None:
             return 0
         lay = {**default_layout(), **(layout or self.layout or {})}
-        return recode_as_float(z, np.flatnonzero(self.written(name)), lay)
+        try:
+            return recode_as_float(z, np.flatnonzero(self.written(name)), lay)
+        finally:
+            self.forget_array(name)  # its metadata changed
