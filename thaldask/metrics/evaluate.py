@@ -503,7 +503,8 @@ def evaluate(
     preds = [e for e in entries if e["method"] != "gt"]
     pred_names = [mask_array(e["method"], e["contrast"]) for e in preds]
     has = np.stack([e["has"] for e in preds], axis=1) if preds else np.zeros((st.n_scans, 0), bool)
-    cjobs, consensus = consensus_jobs(st, pred_names, has, [hashes[a] for a in pred_names], block=block)
+    # reading a few uint8 masks per scan is cheap: larger blocks keep tasks at >= ~100 ms
+    cjobs, consensus = consensus_jobs(st, pred_names, has, [hashes[a] for a in pred_names], block=4 * block)
     n_main = len(jobs)
     jobs += cjobs
     results = run_batches(
