@@ -75,7 +75,7 @@ def test_evaluate_worker_sigkilled_midrun_completes_equal_to_clean_run(tmp_path)
 _CHILD = """
 import sys, dask
 from thaldask.metrics.evaluate import evaluate
-with dask.config.set({"thaldask.metrics.scans-per-task": 1}):
+with dask.config.set({"thaldask.metrics.scans-per-task": 1, "thaldask.metrics.cache-write-seconds": 0}):
     evaluate(sys.argv[1], progress=False, csv_path="")
 """
 

@@ -96,6 +96,7 @@ def run_batches(
     done: int = 0,
     args: tuple = (),
     kwargs: dict | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
 ) -> list:
     """Run ``func(batch, *args, **kwargs)`` once per batch; results in batch order.
 
@@ -116,6 +117,8 @@ def run_batches(
         ``dask.config`` names, else ``"threads"``); ``"sync"`` runs one batch after the
         other, e.g. for a model that should be in memory once
     done : units already done before this call (shown as done, counted in the total)
+    on_result : ``on_result(i, result)`` is called in this process as each batch ``i``
+        finishes (not for failed ones), e.g. to write results as they arrive
     """
     kwargs = dict(kwargs or {})
     batches = [list(b) for b in batches]
@@ -143,6 +146,8 @@ def run_batches(
                     results[i] = fut.result()
                 except Exception as exc:  # the task raised, or its worker died too often
                     results[i] = _Failed(exc)
+                if on_result is not None and not isinstance(results[i], _Failed):
+                    on_result(i, results[i])
                 bar.advance(size(batches[i]))
         else:
             import dask
@@ -157,6 +162,8 @@ def run_batches(
             class _Advance(Callback):
                 def _posttask(self, key, result, dsk, state, id):
                     if key in names:
+                        if on_result is not None and not isinstance(result, _Failed):
+                            on_result(names[key], result)
                         bar.advance(size(batches[names[key]]))
 
             with _Advance():

@@ -11,7 +11,8 @@ failed method does not pull the others down; NaN when the scan has no other pred
 Cached like evaluate's metrics: one row per scan (``_metrics/_consensus/raw``, (scan, K, 3)
 for the K stored predictions) with a token of the content hashes of the masks it was
 computed from (``_metrics/_consensus/token``); a re-run recomputes only scans whose masks
-changed. Tasks read their own masks, one scan at a time.
+changed. Tasks read their own masks, one scan at a time, and return their rows; the client
+writes them (:mod:`thaldask.metrics.rowcache`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import warnings
 import numpy as np
 
 from thaldask.metrics.kernels import side_dice
-from thaldask.store.cohort_store import open_array, write_derived_rows
+from thaldask.metrics.rowcache import CACHE_CHUNK
+from thaldask.store.cohort_store import open_array
 from thaldask.store.format import consensus_array, scan_meta_array
 from thaldask.store.verify import read_scan
 
@@ -102,8 +104,10 @@ def consensus_jobs(st, names: list[str], has: np.ndarray, hashes: list, *, block
     caller fills the jobs' results into it.
     """
     k = len(names)
-    raw = st.ensure_derived(consensus_array("raw"), row_shape=(k, 3), dtype="float64", fill_value=np.nan)
-    tok = st.ensure_derived(consensus_array("token"), row_shape=(TOKEN_LEN,), dtype="uint8", fill_value=0)
+    raw = st.ensure_derived(consensus_array("raw"), row_shape=(k, 3), dtype="float64", fill_value=np.nan,
+                            chunk_scans=CACHE_CHUNK)
+    tok = st.ensure_derived(consensus_array("token"), row_shape=(TOKEN_LEN,), dtype="uint8", fill_value=0,
+                            chunk_scans=CACHE_CHUNK)
     token = _tokens(names, has, hashes)
     stale = (has.sum(axis=1) >= 2) & ~np.all(tok == token, axis=1)
     idx_all = np.flatnonzero(stale).astype(np.int64)
@@ -113,28 +117,25 @@ def consensus_jobs(st, names: list[str], has: np.ndarray, hashes: list, *, block
     return jobs, raw
 
 
-def consensus_block(job: dict, *, store_path: str, storage_options=None) -> np.ndarray:
-    """Compute and cache the consensus rows of one job's scans; returns (scans, K, 3).
+def consensus_block(job: dict, *, store_path: str, storage_options=None) -> tuple[np.ndarray, np.ndarray]:
+    """Compute the consensus rows of one job's scans; returns (rows (scans, K, 3), ok (scans,)).
 
-    A scan whose masks cannot be read stays NaN without a token (retried next run)."""
+    The client caches the rows that succeeded; a scan whose masks cannot be read stays NaN
+    without a token (retried next run)."""
     idx, has, names = job["idx"], job["has"], job["pred_names"]
     out = np.full((len(idx), len(names), 3), np.nan)
+    ok = np.zeros(len(idx), bool)
     if not len(idx):
-        return out
+        return out, ok
     arrays = [open_array(store_path, a, storage_options=storage_options) for a in names]
     lo = int(idx.min())
     shapes = open_array(store_path, scan_meta_array("shape"), storage_options=storage_options)[lo:int(idx.max()) + 1]
-    done = []
     for i, s in enumerate(idx):
         try:
             masks = [read_scan(z, int(s), shapes[int(s) - lo]) if has[i, k] else None
                      for k, z in enumerate(arrays)]
             out[i] = consensus_dice(masks)
-            done.append(i)
+            ok[i] = True
         except Exception as exc:  # a lost chunk or bad labels: this scan only
             log.warning("evaluate: consensus of scan %d failed: %s", int(s), exc)
-    write_derived_rows(store_path, consensus_array("raw"), {int(idx[i]): out[i] for i in done},
-                       storage_options=storage_options)
-    write_derived_rows(store_path, consensus_array("token"), {int(idx[i]): job["token"][i] for i in done},
-                       storage_options=storage_options)  # tokens last: a token marks its row complete
-    return out
+    return out, ok

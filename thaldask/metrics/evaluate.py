@@ -7,17 +7,18 @@ contrast if the scan has one, else with the ground truth of the scan's reference
 scan share one voxel grid). ``gt_contrast`` in the results records the choice. A scan without any ground
 truth still gets its volumes; its overlap and surface metrics are NaN.
 
-Resumable and incremental: each scan's raw numbers are written to a small per-scan cache
-(derived store arrays named by :func:`thaldask.store.format.metrics_array`) by the task
-that computed them, together with a token of what they were computed from (the stored
-content hashes of both masks, the GT contrast, the voxel size and the kernel version). A
-re-run recomputes only scans whose token is missing (interrupted run) or different (a mask
-changed); the rest is read back.
+Resumable and incremental: each scan's raw numbers are kept in a cache (derived store
+arrays named by :func:`thaldask.store.format.metrics_array`, a few objects per cohort:
+:mod:`thaldask.metrics.rowcache`), together with a token of what they were computed from
+(the stored content hashes of both masks, the GT contrast, the voxel size and the kernel
+version). Tasks return their rows and the client writes them every few seconds as they
+arrive; a re-run recomputes only scans whose token is missing (interrupted run) or
+different (a mask changed); the rest is read back.
 
 Tasks: rows are grouped by (GT contrast, scan set); each group is split into blocks of
 ``thaldask.metrics.scans-per-task`` scans, and one task per block (nothing else: no
 loading tasks, no data tasks) reads each scan's GT once, every prediction compared with
-it, computes, and writes its rows. Tasks receive the store path and open it themselves;
+it, computes, and returns its rows. Tasks receive the store path and open it themselves;
 no mask travels through the scheduler, and a worker's memory is bounded by the scans it
 is scoring, not by the cohort.
 """
@@ -40,8 +41,10 @@ from thaldask._shared.paths import check_may_write, check_writable_dir, is_remot
 from thaldask.cohort.clinical import NUMERIC_COLUMNS, STRING_COLUMNS
 from thaldask.metrics.consensus import consensus_block, consensus_jobs
 from thaldask.metrics.kernels import METRIC_FIELDS, RAW_FIELDS, SIDES, derive_metrics, pair_raw
-from thaldask.store.cohort_store import open_array, open_store, write_derived_rows
+from thaldask.metrics.rowcache import CACHE_CHUNK, RowWriter
+from thaldask.store.cohort_store import open_array, open_store
 from thaldask.store.format import (
+    consensus_array,
     hash_array,
     mask_array,
     metrics_array,
@@ -65,8 +68,8 @@ CLINICAL_FLOATS = NUMERIC_COLUMNS
 
 # --------------------------------------------------------------------------- tasks
 def _eval_block(batch, *, store_path, surface, storage_options=None):
-    """Read and score one block of scans for every prediction sharing this GT, and write
-    each (scan, prediction) row to its per-scan cache. ``batch`` is one job of
+    """Read and score one block of scans for every prediction sharing this GT, and return
+    each (scan, prediction) row for the cache. ``batch`` is one job of
     :func:`_jobs`: ``idx`` (scans), ``todo`` (scan, prediction: which rows to score),
     ``spacing``, ``token`` (scan, prediction, 32),
     ``gt_name`` (the GT mask array; None: volumes only), ``pred_names`` and ``caches``
@@ -75,19 +78,21 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
     One Dask task per block reads its own masks, one scan at a time: a worker holds the
     masks of the scan it is scoring, never blocks waiting for another task, so memory is
     bounded by the tasks in flight whatever the cohort's size. Returns (scan, prediction,
-    side, field). A row that fails (a lost chunk, bad labels) stays NaN without a token, so
-    the next run retries it, and one bad scan never stops the others.
+    side, field) rows and which of them succeeded: the client caches those
+    (:class:`~thaldask.metrics.rowcache.RowWriter`). A row that fails (a lost chunk, bad
+    labels) stays NaN without a token, so the next run retries it, and one bad scan never
+    stops the others.
     """
     (job,) = batch
     if job.get("kind") == "consensus":
         return consensus_block(job, store_path=store_path, storage_options=storage_options)
-    idx, spacing, token, todo = job["idx"], job["spacing"], job["token"], job["todo"]
+    idx, spacing, todo = job["idx"], job["spacing"], job["todo"]
     gt_name, pred_names, caches = job["gt_name"], job["pred_names"], job["caches"]
     n, k = len(idx), len(pred_names)
     out = np.full((n, k, 3, len(RAW_FIELDS)), np.nan)
     ok = np.zeros((n, k), bool)
     if not n:
-        return out
+        return out, ok
     pv = RAW_FIELDS.index("pred_voxels")
     arrays = [open_array(store_path, a, storage_options=storage_options)
               for a in ([gt_name] if gt_name else []) + list(pred_names)]
@@ -117,14 +122,7 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
                 ok[i, j] = True
             except Exception as exc:
                 log.warning("evaluate: scan %d of %s failed: %s", int(s), caches[j][0], exc)
-    for j, (_, raw_name, token_name) in enumerate(caches):
-        done = [i for i in range(n) if ok[i, j]]
-        write_derived_rows(store_path, raw_name, {int(idx[i]): out[i, j] for i in done},
-                           storage_options=storage_options)
-        # tokens last: a token marks its row complete
-        write_derived_rows(store_path, token_name, {int(idx[i]): token[i, j] for i in done},
-                           storage_options=storage_options)
-    return out
+    return out, ok
 
 
 def _content_hashes(st, name: str) -> np.ndarray | None:
@@ -152,8 +150,9 @@ def _ensure_cache(st, cache) -> tuple[np.ndarray, np.ndarray]:
     """Create the cache arrays of one (method, contrast) if needed; return raw and tokens."""
     _, raw_name, token_name = cache
     raw = st.ensure_derived(raw_name, row_shape=(3, len(RAW_FIELDS)), dtype="float64",
-                            fill_value=np.nan)
-    tok = st.ensure_derived(token_name, row_shape=(TOKEN_LEN,), dtype="uint8", fill_value=0)
+                            fill_value=np.nan, chunk_scans=CACHE_CHUNK)
+    tok = st.ensure_derived(token_name, row_shape=(TOKEN_LEN,), dtype="uint8", fill_value=0,
+                            chunk_scans=CACHE_CHUNK)
     return raw, tok
 
 
@@ -488,8 +487,9 @@ def evaluate(
     Notes
     -----
     Eager: this is the stage that computes. Each task handles ``thaldask.metrics.scans-per-task``
-    scans of one (method, contrast) and writes their rows to the per-scan cache, so killed
-    workers only cost their own tasks, and an interrupted call resumes where it stopped.
+    scans and returns their rows, which this process writes to the cache as they arrive, so
+    killed workers only cost their own tasks, and an interrupted call resumes where it
+    stopped (losing at most the last few seconds of rows).
     """
     st = open_store(store_path, storage_options=storage_options)
     if csv_path is None:
@@ -507,24 +507,40 @@ def evaluate(
     cjobs, consensus = consensus_jobs(st, pred_names, has, [hashes[a] for a in pred_names], block=4 * block)
     n_main = len(jobs)
     jobs += cjobs
-    results = run_batches(
-        _eval_block, [[j] for j in jobs], client=client, label="evaluate", unit="rows",
-        size=lambda b: int(b[0]["todo"].sum() if "todo" in b[0] else b[0]["has"].sum()), progress=progress,
-        kwargs={"store_path": st.path, "surface": surface,
-                "storage_options": st.storage_options or None},
-    )
+    writer = RowWriter(st, every=float(config.get("metrics.cache-write-seconds", 5)))
+
+    def cache(i, res):  # in this process, as each task finishes: its rows into the caches
+        job, (out, ok) = jobs[i], res
+        if i >= n_main:
+            writer.add(consensus_array("raw"), consensus_array("token"),
+                       {int(s): (out[r], job["token"][r]) for r, s in enumerate(job["idx"]) if ok[r]})
+            return
+        for j, (_, raw_name, token_name) in enumerate(job["caches"]):
+            writer.add(raw_name, token_name, {int(s): (out[r, j], job["token"][r, j])
+                                              for r, s in enumerate(job["idx"]) if ok[r, j]})
+
+    try:
+        results = run_batches(
+            _eval_block, [[j] for j in jobs], client=client, label="evaluate", unit="rows",
+            size=lambda b: int(b[0]["todo"].sum() if "todo" in b[0] else b[0]["has"].sum()), progress=progress,
+            kwargs={"store_path": st.path, "surface": surface,
+                    "storage_options": st.storage_options or None},
+            on_result=cache,
+        )
+    finally:
+        writer.flush()  # what finished is kept, also when a task error stops the run
     n_computed = n_failed = 0
     pv = RAW_FIELDS.index("pred_voxels")
-    for job, res in zip(jobs[n_main:], results[n_main:], strict=True):
-        consensus[job["idx"]] = res
+    for job, (out, _) in zip(jobs[n_main:], results[n_main:], strict=True):
+        consensus[job["idx"]] = out
     for k, e in enumerate(preds):
         e["consensus"] = consensus[:, k]
-    for job, res in zip(jobs[:n_main], results[:n_main], strict=True):
+    for job, (out, _) in zip(jobs[:n_main], results[:n_main], strict=True):
         for j, k in enumerate(job["ks"]):
             rows = job["todo"][:, j]
-            entries[k]["raw"][job["idx"][rows]] = res[rows, j]
+            entries[k]["raw"][job["idx"][rows]] = out[rows, j]
             n_computed += int(rows.sum())
-            n_failed += int(np.isnan(res[rows, j, 2, pv]).sum())
+            n_failed += int(np.isnan(out[rows, j, 2, pv]).sum())
     n_rows = int(sum(e["has"].sum() for e in entries))
     ds = _assemble(
         st, entries, gt_main, synthetic=_is_synthetic(st) if synthetic is None else synthetic

@@ -388,9 +388,9 @@ class CohortStore(ScanWriter):
         return q.astype(np.float32) / np.float32(255)
 
     # ------------------------------------------------------------------ derived arrays
-    def ensure_derived(self, name: str, *, row_shape, dtype, fill_value) -> np.ndarray:
-        """Create derived per-scan array ``name`` (``(scan, *row_shape)``, one scan per
-        chunk) unless it exists with that shape; return its contents (eager).
+    def ensure_derived(self, name: str, *, row_shape, dtype, fill_value, chunk_scans: int = 1) -> np.ndarray:
+        """Create derived per-scan array ``name`` (``(scan, *row_shape)``, ``chunk_scans``
+        scans per chunk) unless it exists with that shape; return its contents (eager).
 
         Derived arrays are caches computed from the store (``format.metrics_array``); one
         whose shape no longer matches (scans were appended) is created afresh."""
@@ -405,7 +405,8 @@ class CohortStore(ScanWriter):
             if self.read_only:
                 raise StoreError(f"{self.path}: store opened read-only") from None
             z = zarr.create_array(
-                store=self._zstore, name=name, shape=shape, chunks=(1,) + shape[1:], dtype=dtype,
+                store=self._zstore, name=name, shape=shape,
+                chunks=(max(1, min(int(chunk_scans), shape[0])),) + shape[1:], dtype=dtype,
                 fill_value=fill_value, overwrite=True,
             )
             self.forget_array(name)
