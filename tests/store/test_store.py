@@ -204,25 +204,39 @@ def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
     np.testing.assert_array_equal(chunk[:sx, :sy, :sz], st.load_image("T1w", 2))
 
 
-def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path):
+@pytest.mark.parametrize("record_chunk", [1, 4])
+def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path, record_chunk):
     from concurrent.futures import ThreadPoolExecutor
 
+    import dask
     from helpers.store import make_cohort
 
-    man = make_cohort(tmp_path / "in", [{"subject": f"s{k}", "timepoint": "b", "shape": (12, 10, 8)} for k in range(6)])
+    from thaldask.store.cohort_store import owned_batches
+
+    man = make_cohort(tmp_path / "in", [{"subject": f"s{k}", "timepoint": "b", "shape": (12, 10, 8)} for k in range(10)])
     store = str(tmp_path / "c.zarr")
-    ingest(man, store, progress=False)
+    with dask.config.set({"thaldask.store.record-chunk": record_chunk}):
+        ingest(man, store, progress=False)
+    assert open_store(store).record_chunk == record_chunk
 
-    def work(i):
-        st = open_store(store)  # as a worker would: from the path
-        lab = st.load_mask("gt", "T1w", i)
-        return st.write_mask("net", "T1w", i, lab, prob=np.stack([lab == 1, lab == 2]).astype(float))
+    def work(scans):  # as a worker would: from the path, the scans of whole record chunks
+        st = open_store(store)
+        out = []
+        for i in scans:
+            lab = st.load_mask("gt", "T1w", i)
+            out.append(st.write_mask("net", "T1w", i, lab, prob=np.stack([lab == 1, lab == 2]).astype(float)))
+        return out
 
-    with ThreadPoolExecutor(6) as ex:
-        assert list(ex.map(work, range(6))) == ["written"] * 6
+    chunk = open_store(store).write_chunk(["masks/net/T1w"])
+    assert chunk == record_chunk
+    groups = owned_batches(list(range(10)), lambda i: i, chunk, 1)
+    assert len(groups) == -(-10 // record_chunk)
+    with ThreadPoolExecutor(len(groups)) as ex:
+        assert [s for r in ex.map(work, groups) for s in r] == ["written"] * 10
     st = open_store(store)
     assert st.has_mask("net", "T1w").all()
-    for i in range(6):
+    assert st.zarr_array("_meta/masks/net/T1w/record").chunks[0] == record_chunk
+    for i in range(10):
         np.testing.assert_array_equal(st.load_mask("net", "T1w", i), st.load_mask("gt", "T1w", i))
 
 

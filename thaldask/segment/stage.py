@@ -28,6 +28,8 @@ from thaldask.segment.registry import (
 )
 from thaldask.segment.tool_stage import COLUMNS, segment_report, segment_store_tool
 from thaldask.store import open_store
+from thaldask.store.cohort_store import owned_batches
+from thaldask.store.format import mask_array
 
 __all__ = ["segment_store"]
 
@@ -250,9 +252,13 @@ def segment_store(
                      error=reason)
                 for item in batch for c in item["contrasts"] + item["ensembles"]]
 
+    # a task owns whole chunks of the write records of every array it writes
+    methods = [model if k == "mean" else f"{model}-vote" for k in kinds]
+    written = [mask_array(model, c) for c in contrasts] + [mask_array(m, e) for e in ensembles for m in methods]
+    chunk = st.write_chunk(written)
     results = run_batches(
         run_scans,
-        [items[k : k + batch_size] for k in range(0, len(items), batch_size)],
+        owned_batches(items, lambda it: it["scan"], chunk, batch_size),
         client=client,
         label=f"segment {model}",
         progress=progress,

@@ -25,6 +25,7 @@ from thaldask.segment.base import split_contrast
 from thaldask.segment.external import run_tool, tool_unavailable
 from thaldask.segment.presets import tool_definitions, tool_spec
 from thaldask.store import open_store
+from thaldask.store.cohort_store import owned_batches
 from thaldask.store.format import mask_array
 
 __all__ = ["segment_store_tool", "check_workers", "worker_resources", "fit_resources"]
@@ -34,25 +35,28 @@ COLUMNS = ["scan", "subject", "timepoint", "method", "contrast", "status", "seco
 
 def run_tool_scan(items, store_path, name, definition, options, device, overwrite=False,
                   keep_work=False):
-    """Worker side: run tool ``name`` on one (scan, contrast); returns its status row.
+    """Worker side: run tool ``name`` on each (scan, contrast) of ``items`` (one, unless
+    their masks' write records share a chunk); returns their status rows.
 
     Raises the tool's error (so that Dask retries the task)."""
-    (item,) = items
     st = open_store(store_path)
     spec = tool_spec(name, definition)
-    i, contrast = int(item["scan"]), item["contrast"]
-    parts = split_contrast(contrast)
-    t0 = time.perf_counter()
-    images = [st.load_image(p, i) for p in parts]
-    subject = f"{st.scans.subject[i]}_{st.scans.timepoint[i]}"
-    lab, prob, info = run_tool(
-        spec, images, st.affines[i], parts, subject=subject, threads=options.get("threads"),
-        device=device, labels=options.get("labels"), keep_work=keep_work,
-    )
-    status = st.write_mask(name, contrast, i, lab, prob=prob, overwrite=overwrite)
-    return dict(scan=i, method=name, contrast=contrast, status=status,
-                seconds=time.perf_counter() - t0, error=None, tool_seconds=info["seconds"],
-                version=info["version"], command=info["command"], work=info.get("work"))
+    rows = []
+    for item in items:
+        i, contrast = int(item["scan"]), item["contrast"]
+        parts = split_contrast(contrast)
+        t0 = time.perf_counter()
+        images = [st.load_image(p, i) for p in parts]
+        subject = f"{st.scans.subject[i]}_{st.scans.timepoint[i]}"
+        lab, prob, info = run_tool(
+            spec, images, st.affines[i], parts, subject=subject, threads=options.get("threads"),
+            device=device, labels=options.get("labels"), keep_work=keep_work,
+        )
+        status = st.write_mask(name, contrast, i, lab, prob=prob, overwrite=overwrite)
+        rows.append(dict(scan=i, method=name, contrast=contrast, status=status,
+                         seconds=time.perf_counter() - t0, error=None, tool_seconds=info["seconds"],
+                         version=info["version"], command=info["command"], work=info.get("work")))
+    return rows
 
 
 def why_not_here(name, definition) -> str:
@@ -221,12 +225,19 @@ def segment_store_tool(
 
     def failed(batch, exc):
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return dict(scan=batch[0]["scan"], method=name, contrast=batch[0]["contrast"], status="failed",
-                    seconds=np.nan, error=reason)
+        return [dict(scan=it["scan"], method=name, contrast=it["contrast"], status="failed",
+                     seconds=np.nan, error=reason) for it in batch]
 
+    # a tool takes minutes per scan: one task per scan, so its masks' write records get one
+    # scan per chunk (an array stored before with larger record chunks: a task per chunk)
+    batches = []
+    for c in contrasts:
+        st.ensure_array(mask_array(name, c), dtype="uint8", record_chunk=1)
+        chunk = st.write_chunk([mask_array(name, c)])
+        batches += owned_batches([it for it in items if it["contrast"] == c], lambda it: it["scan"], chunk, 1)
     rows = run_batches(
         run_tool_scan,
-        [[it] for it in items],
+        batches,
         client=client,
         label=f"segment {name}",
         progress=progress,
@@ -238,6 +249,7 @@ def segment_store_tool(
         args=(st.path, name, definition, options, device),
         kwargs={"overwrite": overwrite, "keep_work": keep_work},
     )
+    rows = [r for batch_rows in rows for r in batch_rows]
     for c in contrasts:
         _record_provenance(st, name, c, [r for r in rows if r["contrast"] == c], spec)
     return segment_report(st, rows, extra=("tool_seconds", "version", "command", "work"))

@@ -53,6 +53,9 @@ DEFAULT_LAYOUT = {
     "float_codec": "auto",
     "float_shuffle": "shuffle",
     "pcodec_level": 4,  # 0-12: level 2 is ~8 % faster and 5-11 % larger, level 8 the reverse
+    # scans per chunk of the write records, digests and uncertainties: every writing task owns
+    # whole chunks of them (stores without the key: 1)
+    "record_chunk": 16,
 }
 FLOAT_CODECS = ("auto", "blosc", "pcodec")
 
@@ -73,6 +76,7 @@ def default_layout() -> dict:
         "float_codec": config.get("store.float-codec") or DEFAULT_LAYOUT["float_codec"],
         "float_shuffle": config.get("store.float-shuffle") or DEFAULT_LAYOUT["float_shuffle"],
         "pcodec_level": int(config.get("store.pcodec-level", DEFAULT_LAYOUT["pcodec_level"])),
+        "record_chunk": int(config.get("store.record-chunk") or DEFAULT_LAYOUT["record_chunk"]),
     }
 
 

@@ -28,7 +28,7 @@ from thaldask.errors import (
 from thaldask.schema import GT_METHOD
 from thaldask.store import fastcopy, nifti
 from thaldask.store.codecs import choose_decimals, decode_decimal, default_layout, n_decimals
-from thaldask.store.cohort_store import CohortStore, open_store
+from thaldask.store.cohort_store import CohortStore, open_store, owned_batches
 from thaldask.store.create import (
     append_scans,
     check_store_target,
@@ -146,12 +146,13 @@ BATCH_VOXELS = 24_000_000
 BATCH_SCANS = 16
 
 
-def batches(specs: list[ScanSpec], *, voxels: int = BATCH_VOXELS, scans: int = BATCH_SCANS):
-    """Group consecutive scans into tasks of at least ``voxels`` voxels or ``scans`` scans."""
+def batches(specs: list[ScanSpec], *, voxels: int = BATCH_VOXELS, scans: int = BATCH_SCANS, chunk: int = 1):
+    """Group scans into tasks of at least ``voxels`` voxels or ``scans`` scans, each task
+    holding whole record chunks (``scan // chunk``): no two tasks write one chunk."""
     out, cur, n = [], [], 0
-    for sp in specs:
-        cur.append(sp)
-        n += sp.voxels
+    for grp in owned_batches(list(specs), lambda sp: sp.scan, chunk, 1):  # one chunk each
+        cur += grp
+        n += sum(sp.voxels for sp in grp)
         if n >= voxels or len(cur) >= scans:
             out.append(cur)
             cur, n = [], 0
@@ -560,7 +561,9 @@ def _run(store, specs, *, client, progress, kwargs, done=0):
     client = active_client(client)
     # at least two tasks per thread when the cohort allows, so that all workers stay busy
     per_task = -(-len(specs) // (2 * n_slots(client)))
-    groups = batches(specs, scans=max(1, min(BATCH_SCANS, per_task)))
+    st = open_store(store, storage_options=kwargs.get("storage_options"))
+    chunk = st.write_chunk(sorted({e.array for sp in specs for e in sp.entries}))
+    groups = batches(specs, scans=max(1, min(BATCH_SCANS, per_task)), chunk=chunk)
 
     def failed(grp, exc):  # the task crashed or its worker died twice: its scans failed
         return [r for sp in grp for r in _failed_rows(sp, f"task failed: {_reason(exc)}")]

@@ -1,9 +1,14 @@
 """Idempotent per-scan writes into the cohort store: arrays, their records and digests.
 
 :class:`ScanWriter` is the writing half of :class:`~thaldask.store.cohort_store.CohortStore`
-(which inherits it): each call touches only the chunks of one scan, so independent tasks
-can write different scans of one array; a scan's record is written last, so an interrupted
-write reads as "not written".
+(which inherits it): each call touches the data chunks of one scan and its row of the
+write record and digests, which hold :attr:`~CohortStore.record_chunk` scans per chunk
+(16 in new stores: few files per scan). Independent tasks can therefore write different
+scans of one array when each owns whole record chunks: batch scans with
+:func:`~thaldask.store.cohort_store.owned_batches` and
+:meth:`~CohortStore.write_chunk` (every thaldask stage does); two writers of one record
+chunk at once would lose each other's rows. A scan's record is written last, so an
+interrupted write reads as "not written".
 """
 
 from __future__ import annotations
@@ -52,12 +57,15 @@ class ScanWriter:
 
     # ------------------------------------------------------------------ writes
     def ensure_array(
-        self, name: str, *, dtype, extra_dims: tuple[int, ...] = (), layout=None, decimals=None
+        self, name: str, *, dtype, extra_dims: tuple[int, ...] = (), layout=None, decimals=None,
+        record_chunk: int | None = None,
     ):
         """Create a per-scan array (and its record/hash arrays) unless it exists.
 
         ``decimals`` = (d, integer dtype) stores a float array as integers value * 10**d
-        (the caller has checked that its data have d decimals; see ``array_codecs``)."""
+        (the caller has checked that its data have d decimals; see ``array_codecs``).
+        ``record_chunk``: scans per chunk of its write records and digests (default: the
+        store's; 1 for arrays whose writers run one task per scan)."""
         import zarr
 
         if self.read_only:
@@ -65,13 +73,14 @@ class ScanWriter:
         layout = layout or self.layout or default_layout()
         g = self.grid_shape
         n = self.n_scans
+        rc = int(record_chunk or self.record_chunk)  # exactly: tasks own whole chunks of it
         shape = (n,) + tuple(extra_dims) + g
         chunks = (1,) + tuple(extra_dims) + spatial_chunks(g, layout)
         dims = ("scan",) + tuple(f"dim{k}" for k in range(len(extra_dims))) + ("x", "y", "z")
         specs = [
             (name, shape, chunks, dtype, array_codecs(dtype, layout, decimals), dims),
-            (record_array(name), (n, RECORD_LEN), (1, RECORD_LEN), "float64", None, None),
-            (hash_array(name), (n, HASH_LEN), (1, HASH_LEN), "uint8", None, None),
+            (record_array(name), (n, RECORD_LEN), (rc, RECORD_LEN), "float64", None, None),
+            (hash_array(name), (n, HASH_LEN), (rc, HASH_LEN), "uint8", None, None),
         ]
         for path, shp, chk, dt, codec, dn in specs:
             try:
@@ -230,7 +239,8 @@ class ScanWriter:
         ``volume_sd``: the segmenter's (left, right) volume uncertainty in mm³, stored
         beside the mask's record (:func:`~thaldask.store.format.volume_sd_array`) once the
         mask is written or found already there.
-        Returns ``"written"`` or ``"skipped"`` (same content already there).
+        Returns ``"written"`` or ``"skipped"`` (same content already there). Writers running
+        at once must write scans of different record chunks (see the module docstring).
 
         Raises
         ------
@@ -304,7 +314,8 @@ class ScanWriter:
             z = self.zarr_array(name, mode="r+")
         except KeyError:
             try:
-                z = zarr.create_array(store=self._zstore, name=name, shape=(self.n_scans, 2), chunks=(1, 2),
+                z = zarr.create_array(store=self._zstore, name=name, shape=(self.n_scans, 2),
+                                      chunks=(self.write_chunk([mask_array(method, contrast)]), 2),
                                       dtype="float32", fill_value=np.nan, overwrite=False)
             except zarr.errors.ContainsArrayError:  # created concurrently by another task
                 z = self.zarr_array(name, mode="r+")
