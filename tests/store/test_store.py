@@ -211,7 +211,7 @@ def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path,
     import dask
     from helpers.store import make_cohort
 
-    from thaldask.store.cohort_store import owned_batches
+    from thaldask._shared.compute import owned_batches
 
     man = make_cohort(tmp_path / "in", [{"subject": f"s{k}", "timepoint": "b", "shape": (12, 10, 8)} for k in range(10)])
     store = str(tmp_path / "c.zarr")

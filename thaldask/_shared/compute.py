@@ -20,7 +20,7 @@ from typing import Any
 
 from thaldask._shared.progress import Progress
 
-__all__ = ["active_client", "n_slots", "split_batches", "run_batches"]
+__all__ = ["active_client", "n_slots", "split_batches", "run_batches", "owned_batches"]
 
 
 def active_client(client=None):
@@ -180,3 +180,28 @@ def run_batches(
     if errors:
         raise errors[0]
     return results
+
+
+def owned_batches(items: list, scan_of, chunk: int, size: int) -> list[list]:
+    """Split ``items`` into batches of about ``size`` such that the scans of one record chunk
+    (``scan // chunk``) are all in one batch: no two tasks then write the same chunk of a
+    write record or digest. A chunk's items are never split, so a batch may exceed
+    ``size`` by up to a chunk; order is kept within a chunk.
+
+    >>> owned_batches(list(range(10)), lambda s: s, 4, 2)
+    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    >>> owned_batches([5, 1, 9, 2], lambda s: s, 1, 3)
+    [[1, 2, 5], [9]]
+    """
+    groups: dict[int, list] = {}
+    for it in items:
+        groups.setdefault(int(scan_of(it)) // max(1, int(chunk)), []).append(it)
+    out, cur = [], []
+    for key in sorted(groups):
+        if cur and len(cur) + len(groups[key]) > max(1, int(size)):
+            out.append(cur)
+            cur = []
+        cur = cur + groups[key]
+    if cur:
+        out.append(cur)
+    return out

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from thaldask import config
-from thaldask._shared.compute import active_client, run_batches
+from thaldask._shared.compute import active_client, owned_batches, run_batches
 from thaldask.errors import SegmenterError, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.ensemble import ensemble_average, ensemble_vote
@@ -28,7 +28,6 @@ from thaldask.segment.registry import (
 )
 from thaldask.segment.tool_stage import COLUMNS, segment_report, segment_store_tool
 from thaldask.store import open_store
-from thaldask.store.cohort_store import owned_batches
 from thaldask.store.format import mask_array
 
 __all__ = ["segment_store"]

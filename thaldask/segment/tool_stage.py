@@ -19,13 +19,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from thaldask._shared.compute import active_client, run_batches
+from thaldask._shared.compute import active_client, owned_batches, run_batches
 from thaldask.errors import SegmenterError, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.external import run_tool, tool_unavailable
 from thaldask.segment.presets import tool_definitions, tool_spec
 from thaldask.store import open_store
-from thaldask.store.cohort_store import owned_batches
 from thaldask.store.format import mask_array
 
 __all__ = ["segment_store_tool", "check_workers", "worker_resources", "fit_resources"]

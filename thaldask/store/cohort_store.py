@@ -40,7 +40,6 @@ from thaldask.store.scan_writes import ScanWriter
 from thaldask.store.tables import read_clinical, read_scan_column, v1_tables
 
 __all__ = [
-    "owned_batches",
     "CohortStore",
     "open_store",
     "open_array",
@@ -202,7 +201,7 @@ class CohortStore(ScanWriter):
     def record_chunk(self) -> int:
         """Scans per chunk of the write records, digests and uncertainties (1 in stores
         made before the setting). Tasks that write scans own whole chunks of them: batch
-        scans with :func:`owned_batches`."""
+        scans with :func:`thaldask._shared.compute.owned_batches`."""
         return max(1, int(self.layout.get("record_chunk", 1)))
 
     def write_chunk(self, names) -> int:
@@ -549,31 +548,6 @@ def open_store(
     return CohortStore(
         path, storage_options=storage_options, consolidated=consolidated, read_only=read_only
     )
-
-
-def owned_batches(items: list, scan_of, chunk: int, size: int) -> list[list]:
-    """Split ``items`` into batches of about ``size`` such that the scans of one record chunk
-    (``scan // chunk``) are all in one batch: no two tasks then write the same chunk of a
-    write record or digest. A chunk's items are never split, so a batch may exceed
-    ``size`` by up to a chunk; order is kept within a chunk.
-
-    >>> owned_batches(list(range(10)), lambda s: s, 4, 2)
-    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    >>> owned_batches([5, 1, 9, 2], lambda s: s, 1, 3)
-    [[1, 2, 5], [9]]
-    """
-    groups: dict[int, list] = {}
-    for it in items:
-        groups.setdefault(int(scan_of(it)) // max(1, int(chunk)), []).append(it)
-    out, cur = [], []
-    for key in sorted(groups):
-        if cur and len(cur) + len(groups[key]) > max(1, int(size)):
-            out.append(cur)
-            cur = []
-        cur = cur + groups[key]
-    if cur:
-        out.append(cur)
-    return out
 
 
 def open_array(path: str, name: str, *, storage_options: dict | None = None):

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from thaldask._shared.compute import active_client, n_slots, run_batches
+from thaldask._shared.compute import active_client, n_slots, owned_batches, run_batches
 from thaldask._shared.paths import is_remote, write_text
 from thaldask.cohort.clinical import validate_clinical
 from thaldask.cohort.labels import check_sides, label_values, parse_labels, split_binary_by_midline
@@ -28,7 +28,7 @@ from thaldask.errors import (
 from thaldask.schema import GT_METHOD
 from thaldask.store import fastcopy, nifti
 from thaldask.store.codecs import choose_decimals, decode_decimal, default_layout, n_decimals
-from thaldask.store.cohort_store import CohortStore, open_store, owned_batches
+from thaldask.store.cohort_store import CohortStore, open_store
 from thaldask.store.create import (
     append_scans,
     check_store_target,

@@ -5,7 +5,7 @@
 write record and digests, which hold :attr:`~CohortStore.record_chunk` scans per chunk
 (16 in new stores: few files per scan). Independent tasks can therefore write different
 scans of one array when each owns whole record chunks: batch scans with
-:func:`~thaldask.store.cohort_store.owned_batches` and
+:func:`~thaldask._shared.compute.owned_batches` and
 :meth:`~CohortStore.write_chunk` (every thaldask stage does); two writers of one record
 chunk at once would lose each other's rows. A scan's record is written last, so an
 interrupted write reads as "not written".
