@@ -215,6 +215,9 @@ def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path,
 
     man = make_cohort(tmp_path / "in", [{"subject": f"s{k}", "timepoint": "b", "shape": (12, 10, 8)} for k in range(10)])
     store = str(tmp_path / "c.zarr")
+    from thaldask import config
+
+    config.get("store.record-chunk")  # defaults loaded before the override (dask restores on exit)
     with dask.config.set({"thaldask.store.record-chunk": record_chunk}):
         ingest(man, store, progress=False)
     assert open_store(store).record_chunk == record_chunk

@@ -39,6 +39,11 @@ def run_scans(items, store_path, model, options, device, overwrite=False):
     """Segment the scans in ``items``; returns one status row per output."""
     st = open_store(store_path)
     seg = loaded_segmenter(model, options, device)
+    with st.record_batch():  # the task owns its scans' record chunks: one write per chunk
+        return _segment_items(st, seg, items, model, overwrite)
+
+
+def _segment_items(st, seg, items, model, overwrite):
     rows = []
     for item in items:
         i = item["scan"]

@@ -395,7 +395,7 @@ class CohortStore(ScanWriter):
         """Scan ``i``'s left/right probabilities, float32 (2, *shape) in [0, 1], or None."""
         name = prob_array(method, contrast)
         try:
-            flags = int(self.zarr_array(record_array(mask_array(method, contrast)))[int(i), 0])
+            flags = int(self._row("record", mask_array(method, contrast), i)[0])
             z = self.zarr_array(name)
         except KeyError:
             return None

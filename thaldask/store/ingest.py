@@ -135,8 +135,9 @@ def ingest_batch(specs: list[ScanSpec], store_path: str, **kwargs) -> list[dict]
     """:func:`ingest_scan` for a few scans in one task (the store opened once)."""
     st = open_store(store_path, storage_options=kwargs.get("storage_options"))
     rows: list[dict] = []
-    for sp in specs:
-        rows.extend(ingest_scan(store_path, sp, store=st, **kwargs))
+    with st.record_batch():  # the task owns its scans' record chunks: one write per chunk
+        for sp in specs:
+            rows.extend(ingest_scan(store_path, sp, store=st, **kwargs))
     return rows
 
 

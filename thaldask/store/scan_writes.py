@@ -13,6 +13,8 @@ interrupted write reads as "not written".
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from thaldask.errors import StoreConflictError, StoreError
@@ -54,6 +56,58 @@ class ScanWriter:
         if name not in cache:
             cache[name] = decimal_scale(self.zarr_array(name))
         return cache[name]
+
+    # ------------------------------------------------------------------ record batches
+    @contextlib.contextmanager
+    def record_batch(self):
+        """Within the block, write records and digests of first-time writes once per chunk.
+
+        For a task that owns whole record chunks (see the module docstring): each chunk of
+        a record or digest array is read once, first-time writes update it in memory, and
+        on leaving the block (also after an error) every changed chunk is written, digests
+        before records. A scan whose data were written but whose record was not (the task
+        was killed) reads as not written and is written again next run. Overwrites of a
+        stored scan still mark it not written at once, before its data change."""
+        self.__dict__["_record_batch"] = batch = {}
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_record_batch", None)
+            for kind in ("hash", "record"):  # digests first: a record marks its scan written
+                for (name, k), (rows, dirty) in batch.items():
+                    if dirty and k[0] == kind:
+                        arr = self.zarr_array(name, mode="r+")
+                        lo = k[1] * arr.chunks[0]
+                        arr[lo:lo + len(rows)] = rows
+
+    def _row(self, kind: str, name: str, i: int) -> np.ndarray:
+        """Row ``i`` of the record (``kind`` "record") or digests ("hash") of array ``name``;
+        inside :meth:`record_batch`, read a chunk at a time and kept."""
+        path = record_array(name) if kind == "record" else hash_array(name)
+        batch = self.__dict__.get("_record_batch")
+        z = self.zarr_array(path)
+        if batch is None:
+            return np.asarray(z[int(i)])
+        c = int(i) // z.chunks[0]
+        key = (path, (kind, c))
+        if key not in batch:
+            lo = c * z.chunks[0]
+            batch[key] = [np.array(z[lo:min(lo + z.chunks[0], z.shape[0])]), False]
+        return batch[key][0][int(i) - c * z.chunks[0]]
+
+    def _defer_rows(self, name: str, i: int, rec: np.ndarray, h: np.ndarray) -> bool:
+        """Queue scan ``i``'s digests and record in the open batch; False without one."""
+        batch = self.__dict__.get("_record_batch")
+        if batch is None:
+            return False
+        for kind, row in (("hash", h), ("record", rec)):
+            self._row(kind, name, i)  # its chunk is in the batch now
+            path = record_array(name) if kind == "record" else hash_array(name)
+            z = self.zarr_array(path)
+            entry = batch[(path, (kind, int(i) // z.chunks[0]))]
+            entry[0][int(i) % z.chunks[0]] = row
+            entry[1] = True
+        return True
 
     # ------------------------------------------------------------------ writes
     def ensure_array(
@@ -151,9 +205,9 @@ class ScanWriter:
             data = k
         rec_z = self.zarr_array(record_array(name), mode="r+")
         hash_z = self.zarr_array(hash_array(name), mode="r+")
-        old_flags = int(rec_z[i, 0])
+        old_flags = int(self._row("record", name, i)[0])
         if old_flags & WRITTEN:
-            old_hash = bytes(np.asarray(hash_z[i], dtype=np.uint8))[32:]
+            old_hash = bytes(np.asarray(self._row("hash", name, i), dtype=np.uint8))[32:]
             if callable(content_sha256):
                 content_sha256 = content_sha256()
             if old_flags & FILE_DIGEST_ONLY or not any(old_hash):  # hash what is stored
@@ -171,6 +225,7 @@ class ScanWriter:
                 )
             # mark unwritten first so that an interrupted overwrite is redone on re-run
             rec_z[i, 0] = 0.0
+            self._row("record", name, i)[0] = 0.0  # (the batch's copy, if one is open)
         stored = dec[1] if dec is not None else z.dtype
         if tuple(data.shape) == tuple(z.shape[1:]) and data.dtype == stored:
             full = data
@@ -199,8 +254,13 @@ class ScanWriter:
         # the content slot changes exactly when the stored content does (caches key on it)
         h[32:] = np.frombuffer(file_sha256 if lazy else content_sha256, dtype=np.uint8) if (
             file_sha256 or not lazy) else 0
-        hash_z[i] = h
-        rec_z[i] = rec  # written flag last: a crash before this line means "not written"
+        if old_flags & WRITTEN or not self._defer_rows(name, i, rec, h):
+            hash_z[i] = h
+            rec_z[i] = rec  # written flag last: a crash before this line means "not written"
+            batch = self.__dict__.get("_record_batch")
+            for kind, row in (("hash", h), ("record", rec)):  # keep the batch's copy current
+                if batch is not None:
+                    self._row(kind, name, i)[...] = row
         return "written"
 
     def content_tokens(self, name: str) -> np.ndarray:
@@ -214,12 +274,12 @@ class ScanWriter:
     def stored_file_hash(self, name: str, i: int) -> bytes | None:
         """Source-file sha256 of a written scan array, else None."""
         try:
-            rec = self.zarr_array(record_array(name))[int(i), 0]
+            rec = self._row("record", name, i)[0]
         except KeyError:
             return None
         if not int(rec) & WRITTEN:
             return None
-        return bytes(np.asarray(self.zarr_array(hash_array(name))[int(i)][:32], dtype=np.uint8))
+        return bytes(np.asarray(self._row("hash", name, i)[:32], dtype=np.uint8))
 
     def write_mask(
         self,
