@@ -171,8 +171,12 @@ class ThalNet:
             c = (ijk * wv[:, None]).sum(0) / wv.sum()
         return (box @ np.append(c, 1))[:3]
 
-    def predict_roi(self, channels: list[torch.Tensor | None], affine: np.ndarray, center) -> tuple:
-        """Probabilities (3, *roi_shape) on the 1 mm box centred at ``center`` (world mm)."""
+    def predict_roi(self, channels: list[torch.Tensor | None], affine: np.ndarray, center, *,
+                    tta: bool | None = None, passes: list | None = None) -> tuple:
+        """Probabilities (3, *roi_shape) on the model's box centred at ``center`` (world mm).
+
+        With ``tta`` (default: the model's setting) the left-right mirrored prediction is
+        averaged in; ``passes``, when a list, receives each pass' probabilities."""
         shape = self.roi_shape
         spacing = float(self.meta["roi_spacing"])
         box = box_affine(center, shape, spacing)
@@ -183,11 +187,16 @@ class ThalNet:
             pooled, paff = _pool_to(img, affine, spacing)
             x[s] = normalise(_resample(pooled, paff, box, shape))
         x = x[None].to(self.device)
+        tta = self.tta if tta is None else tta
         with torch.no_grad():
             prob = self.roi_net(x).float().softmax(1)
-            if self.tta:
-                flipped = self.roi_net(x.flip(2)).float().softmax(1).flip(2)
-                prob = 0.5 * (prob + flipped[:, [0, 2, 1]])
+            if passes is not None:
+                passes.append(prob[0].cpu())
+            if tta:
+                flipped = self.roi_net(x.flip(2)).float().softmax(1).flip(2)[:, [0, 2, 1]]
+                if passes is not None:
+                    passes.append(flipped[0].cpu())
+                prob = 0.5 * (prob + flipped)
         return prob[0].cpu(), box
 
     def head_region(self, img: torch.Tensor, affine: np.ndarray):
@@ -252,6 +261,10 @@ class ThalNet:
         affine : (4, 4) array
             vox->world (RAS mm) affine shared by the channels.
         """
+        out = self.predict(channels, affine)
+        return (out["labels"], out["prob"]) if return_prob else out["labels"]
+
+    def _inputs(self, channels, affine):
         present = [c for c in channels if c is not None]
         if not present:
             raise ScanError("no image given")
@@ -273,31 +286,60 @@ class ThalNet:
         ref = next(t for t in tens if t is not None)
         if float(ref.max()) == float(ref.min()):
             raise ScanError("image is constant (empty or blank scan)")
+        return tens, ref, affine, shape
+
+    def find_center(self, tens, ref, affine, shape):
+        """World centre (mm) of the box for the final pass: the localiser's answer, checked
+        (and recentred) by one pass of the ROI network; the search over the head region
+        only when that pass does not show a plausible thalamus pair."""
+        spacing = float(self.meta["roi_spacing"])
         extent = np.sqrt((affine[:3, :3] ** 2).sum(0)) * np.asarray(shape)
         if extent.min() < 110:
             # a small field of view (already around the deep grey matter): start at its centre
             center = (affine @ np.append((np.asarray(shape) - 1) / 2, 1))[:3]
         else:
             center = self.localise(ref, affine)
-            # the ROI network finds the thalami best, but it also sees thalamus-like pairs
-            # elsewhere in a head: search it over the region where the thalami can be
-            # (50-100 mm below the top of the head, near its middle), the localiser's
-            # answer included when it falls there
+        prob, box = self.predict_roi(tens, affine, center, tta=False)
+        if extent.min() >= 110 and _pair_score(prob, spacing) < MIN_SIDE_VOXELS:
+            # the localiser missed (or found a thalamus-like pair elsewhere): search the ROI
+            # network over the region where the thalami can be (50-100 mm below the top of
+            # the head, near its middle), the localiser's answer included when it falls there
             region = self.head_region(ref, affine)
             if region is not None:
                 best = self.search(tens, affine, region, extra=center)
                 if best is not None:
-                    center = best
-        prob, box = self.predict_roi(tens, affine, center)
-        # refine: recentre on the predicted thalami once if the localiser was off
+                    return best
+        # recentre on the predicted thalami
         fg = (prob[1] + prob[2]).numpy() > 0.5
         if fg.sum() > 50:
-            c_vox = np.argwhere(fg).mean(0)
-            new_center = (box @ np.append(c_vox, 1))[:3]
-            if np.linalg.norm(new_center - center) > 3.0:
-                center = new_center
-                prob, box = self.predict_roi(tens, affine, center)
-        return self._to_input_grid(prob, box, affine, shape, return_prob)
+            center = (box @ np.append(np.argwhere(fg).mean(0), 1))[:3]
+        return center
+
+    def predict(self, channels: list[np.ndarray | None], affine: np.ndarray) -> dict:
+        """Segment one scan: a dict with ``labels`` (uint8 0/1/2, input grid), ``prob``
+        (left/right probabilities (2, X, Y, Z), input grid), ``volume_mm3`` (left, right; of
+        the labels), ``soft_volume_mm3`` (sum of probabilities times voxel volume),
+        ``volume_sd`` (left, right uncertainty in mm³, one SD) and ``center`` (world mm).
+
+        ``volume_sd`` combines the disagreement of the plain and the left-right mirrored pass
+        (half their difference in soft volume) with the gap between the soft and the hard
+        volume (how much of the thalamus lies in voxels of intermediate probability), in
+        quadrature; both grow when the boundary is hard to see.
+        """
+        tens, ref, affine, shape = self._inputs(channels, affine)
+        center = self.find_center(tens, ref, affine, shape)
+        passes = []
+        prob, box = self.predict_roi(tens, affine, center, passes=passes)
+        labels, full = self._to_input_grid(prob, box, affine, shape, True)
+        voxel = float(abs(np.linalg.det(affine[:3, :3])))
+        box_voxel = float(self.meta["roi_spacing"]) ** 3
+        hard = np.array([np.count_nonzero(labels == s) for s in (1, 2)], float) * voxel
+        soft = full.reshape(2, -1).sum(1).astype(float) * voxel
+        pv = np.array([[float(p[s].sum()) * box_voxel for s in (1, 2)] for p in passes])
+        tta_sd = 0.5 * np.abs(pv[0] - pv[-1]) if len(pv) > 1 else np.zeros(2)
+        sd = np.sqrt(tta_sd**2 + (soft - hard) ** 2)
+        return dict(labels=labels, prob=full, volume_mm3=hard, soft_volume_mm3=soft, volume_sd=sd,
+                    center=np.asarray(center, float))
 
     def _to_input_grid(self, prob, box, affine, shape, return_prob):
         roi_shape = prob.shape[1:]

@@ -49,7 +49,7 @@ class TrainConfig:
     seed: int = 0
     batch: int = 2
     lr: float = 1e-3
-    loc_every: int = 2
+    loc_every: int = 4
     n_holdout: int = 3
     roi_base: int = 16
     loc_base: int = 8
@@ -183,7 +183,7 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
         geom = augment.sample_geometry(gen, max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
                                      max_elastic_mm=0, max_shift_mm=a["roi_shift_mm"] / 2)
     vol = maps.roi[i]
-    if deform and _uniform(gen, 0, 1) < a.get("thal_resize_prob", 0.0):
+    if deform and a.get("thal_resize_prob", 0.0) > 0 and _uniform(gen, 0, 1) < a["thal_resize_prob"]:
         lo, hi = a["thal_resize_factor"]
         vol = maps.resized_roi(i, (_uniform(gen, lo, hi), _uniform(gen, lo, hi)))
     idx = augment.sample_labels(vol, 1.0, maps.roi_center[i], ROI_SHAPE, ROI_SPACING, geom)
@@ -380,6 +380,8 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
     hashes = []  # SHA-256 of the exported weights at every checkpoint (reproducibility)
     ckpt_path = out / "checkpoint.pt"
     gen = torch.Generator().manual_seed(cfg.seed)
+    # the weights a run starts from are part of its recipe (checked on resume too)
+    init_sha = hashlib.sha256(Path(init).read_bytes()).hexdigest() if init is not None else None
     if ckpt_path.exists():
         # loaded on the CPU (the generator state must be); load_state_dict moves to the device
         ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
@@ -411,6 +413,7 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
             loc_spacing=LOC_SPACING,
             slots=SLOTS,
             validation=val,
+            **({"init_sha256": init_sha} if init_sha else {}),
         )
 
     roi_net.train()
