@@ -140,6 +140,10 @@ class ThalNet:
     meta: dict
     device: torch.device
     tta: bool = True
+    #: ``"auto"``: the head-region search only when the localiser's box shows no plausible
+    #: thalamus pair; ``"always"``: search every whole-head scan (the earlier behaviour,
+    #: kept for comparison)
+    search_mode: str = "auto"
 
     @property
     def roi_shape(self):
@@ -299,8 +303,9 @@ class ThalNet:
             center = (affine @ np.append((np.asarray(shape) - 1) / 2, 1))[:3]
         else:
             center = self.localise(ref, affine)
-        prob, box = self.predict_roi(tens, affine, center, tta=False)
-        if extent.min() >= 110 and _pair_score(prob, spacing) < MIN_SIDE_VOXELS:
+        always = self.search_mode == "always"
+        prob, box = (None, None) if always else self.predict_roi(tens, affine, center, tta=False)
+        if extent.min() >= 110 and (always or _pair_score(prob, spacing) < MIN_SIDE_VOXELS):
             # the localiser missed (or found a thalamus-like pair elsewhere): search the ROI
             # network over the region where the thalami can be (50-100 mm below the top of
             # the head, near its middle), the localiser's answer included when it falls there
@@ -309,6 +314,8 @@ class ThalNet:
                 best = self.search(tens, affine, region, extra=center)
                 if best is not None:
                     return best
+        if prob is None:
+            prob, box = self.predict_roi(tens, affine, center, tta=False)
         # recentre on the predicted thalami
         fg = (prob[1] + prob[2]).numpy() > 0.5
         if fg.sum() > 50:

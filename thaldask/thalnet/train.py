@@ -86,6 +86,9 @@ class TrainConfig:
             # that thalamus size varies independently of its surroundings
             thal_resize_prob=0.8,
             thal_resize_factor=(0.65, 1.2),
+            # optional "pv_supersample": N (absent = 1): labels sampled N times finer than the
+            # ROI grid, intensities averaged over each voxel (partial volume), targets the
+            # fraction of each class (``thaldask train --pv-supersample N``)
         )
     )
 
@@ -168,7 +171,8 @@ def _uniform(gen, lo, hi):
 
 def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainConfig, *, slots=None,
                     contrasts=None, deform=True):
-    """One training pair: image (3, *ROI_SHAPE) and target (ROI_SHAPE) in {0, 1, 2}."""
+    """One training pair: image (3, *ROI_SHAPE) and target: labels (ROI_SHAPE) in {0, 1, 2},
+    or with ``pv_supersample`` > 1 class fractions (3, *ROI_SHAPE)."""
     a = cfg.augmentation
     geom = None
     if deform:
@@ -186,13 +190,17 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
     if deform and a.get("thal_resize_prob", 0.0) > 0 and _uniform(gen, 0, 1) < a["thal_resize_prob"]:
         lo, hi = a["thal_resize_factor"]
         vol = maps.resized_roi(i, (_uniform(gen, lo, hi), _uniform(gen, lo, hi)))
-    idx = augment.sample_labels(vol, 1.0, maps.roi_center[i], ROI_SHAPE, ROI_SPACING, geom)
+    ss = int(a.get("pv_supersample", 1))
+    idx = augment.sample_labels(vol, 1.0, maps.roi_center[i], tuple(n * ss for n in ROI_SHAPE),
+                                ROI_SPACING / ss, geom)
     flip = deform and _uniform(gen, 0, 1) < a["lr_flip_prob"]
     if flip:
         idx = idx.flip(0)
     target = maps.bank.sides(idx)
     if flip:
         target = torch.where(target > 0, 3 - target, target)
+    if ss > 1:  # soft target: the share of each class in every ROI voxel
+        target = F.avg_pool3d(F.one_hot(target, 3).permute(3, 0, 1, 2).float()[None], ss)[0]
     if slots is None:
         if _uniform(gen, 0, 1) < cfg.single_fraction:
             slots = (0,)
@@ -207,7 +215,8 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
         else:
             contrast = None
         image[s] = augment.render_image(idx, maps.bank, gen, spacing=ROI_SPACING, contrast=contrast,
-                                      prior_prob=a["prior_prob"], skull_strip_prob=a["skull_strip_prob"])
+                                      prior_prob=a["prior_prob"], skull_strip_prob=a["skull_strip_prob"],
+                                      supersample=ss)
     return image, target
 
 
@@ -246,7 +255,10 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, volume_weight: float = 
     """
     ce = F.cross_entropy(logits, target)
     prob = logits.softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    if target.is_floating_point():  # class fractions (batch, classes, ...)
+        onehot = target
+    else:
+        onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
     dims = (0, 2, 3, 4)
     inter = (prob * onehot).sum(dims)
     denom = prob.sum(dims) + onehot.sum(dims)
@@ -260,7 +272,10 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, volume_weight: float = 
 
 
 def dice_sides(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Left and right Dice of two label volumes (tensors on the CPU)."""
+    """Left and right Dice of two label volumes (tensors on the CPU; class fractions
+    (3, ...) count as their most likely class)."""
+    if target.is_floating_point():
+        target = target.argmax(0)
     left, right, _ = side_dice(target.numpy(), pred.numpy())
     return float(left), float(right)
 
