@@ -149,11 +149,28 @@ class ThalNet:
     def roi_shape(self):
         return tuple(self.meta["roi_shape"])
 
+    #: localiser box: the trained one (``"full"``) or the scan's extent plus a margin
+    #: (``"fit"``, at most the trained one; fewer voxels through the network)
+    loc_box: str = "fit"
+
+    def _loc_shape(self, affine, shape) -> tuple:
+        full = tuple(int(n) for n in self.meta["loc_shape"])
+        if self.loc_box != "fit":
+            return full
+        spacing = float(self.meta["loc_spacing"])
+        m = self.loc_net.multiple
+        # world extent of the scan along each axis (any orientation), plus 2 voxels a side
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+        world = np.asarray(affine)[:3, :3] @ corners
+        ext = world.max(1) - world.min(1)
+        fit = [int(np.ceil((e / spacing + 4) / m) * m) for e in ext]
+        return tuple(min(f, n) for f, n in zip(fit, full, strict=True))
+
     # ---------------------------------------------------------------- steps
     def localise(self, img: torch.Tensor, affine: np.ndarray) -> np.ndarray:
         """World (RAS mm) centre of the thalami, from the 4 mm localiser."""
         spacing = float(self.meta["loc_spacing"])
-        shape = tuple(self.meta["loc_shape"])
+        shape = self._loc_shape(affine, img.shape)
         fov_center = affine @ np.append((np.asarray(img.shape) - 1) / 2, 1)
         pooled, paff = _pool_to(img, affine, spacing)
         box = box_affine(fov_center[:3], shape, spacing)
