@@ -72,3 +72,21 @@ def test_volume_sd_is_finite_and_larger_for_a_degraded_scan(name, small_scans):
         sds.append(sd)
     clean, degraded = sds
     assert (degraded > clean).all(), (clean, degraded)
+
+
+def test_partial_volume_samples_have_class_fractions_that_keep_the_volume(maps):
+    """Rendered twice as fine and averaged: the target is the share of each class per voxel
+    (summing to one), and its thalamus volume is that of the same sample without partial volume."""
+    cfg = TrainConfig()
+    cfg.augmentation.update(pv_supersample=2, thal_resize_prob=0.0)
+    image, target = make_roi_sample(maps, 0, torch.Generator().manual_seed(3), cfg, deform=False)
+    assert target.shape == (3, *image.shape[1:]) and target.is_floating_point()
+    torch.testing.assert_close(target.sum(0), torch.ones(image.shape[1:]))
+    assert float(target.min()) >= 0 and float(target.max()) <= 1
+    partial = ((target[1:] > 0) & (target[1:] < 1)).sum()
+    assert partial > 100  # boundary voxels hold fractions
+    cfg1 = TrainConfig()
+    cfg1.augmentation.update(thal_resize_prob=0.0)
+    _, hard = make_roi_sample(maps, 0, torch.Generator().manual_seed(3), cfg1, deform=False)
+    for side in (1, 2):
+        assert float(target[side].sum()) == pytest.approx(int((hard == side).sum()), rel=0.03)

@@ -56,9 +56,12 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
             channels[SLOTS.index(p)] = im
         res = model.predict(channels, aff)
         voxel = float(abs(np.linalg.det(np.asarray(aff)[:3, :3])))
-        log(f"  {contrast} {np.shape(img)}: {time.perf_counter() - t0:.1f} s")
+        searched.append(bool(res["searched"]))
+        log(f"  {contrast} {np.shape(img)}: {time.perf_counter() - t0:.1f} s"
+            + (" (head-region search)" if res["searched"] else ""))
         return dict(labels=res["labels"], soft_voxels=res["soft_volume_mm3"] / voxel)
 
+    searched = []
     contrasts = ("T1w", "FLAIR", "R1", "T1w+FLAIR+R1")
     rows = evaluate_segmenter(predict, maps(), contrasts=contrasts)
     df = pd.DataFrame(rows)
@@ -75,6 +78,7 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     out["overall_soft_volume_error_pct"] = float(df["soft_volume_error"].mean())
     out["per_scan"] = rows
     out["volume_response"] = {c: _response(predict, maps, c) for c in contrasts}
+    out["head_region_search"] = dict(scans=len(searched), searched=int(sum(searched)))
     return out
 
 
@@ -254,6 +258,10 @@ def _markdown(card: dict) -> str:
             lines.append(f"Overall mean volume error (predicted - true): "
                          f"{f['overall_volume_error_pct']:+.1f} % (mask), "
                          f"{f.get('overall_soft_volume_error_pct', float('nan')):+.1f} % (soft)")
+        if "head_region_search" in f:
+            h = f["head_region_search"]
+            lines.append(f"Head-region search needed (localiser's box without a plausible thalamus "
+                         f"pair): {h['searched']} of {h['scans']} scans")
         if "volume_response" in f:
             resp = f["volume_response"]
             if "slope" in resp:  # one contrast (older cards)

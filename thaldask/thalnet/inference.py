@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from thaldask.errors import ModelWeightsError, ScanError, SegmenterError
 from thaldask.thalnet.assets import SLOTS, card_beside, model_card, models_dir, sha256, weights_path
 from thaldask.thalnet.network import build_network
-from thaldask.thalnet.postprocess import labels_from_prob, largest_component
+from thaldask.thalnet.postprocess import labels_from_prob, labels_of_volume, largest_component
 
 __all__ = [
     "SLOTS",
@@ -152,6 +152,9 @@ class ThalNet:
     #: localiser box: the trained one (``"full"``) or the scan's extent plus a margin
     #: (``"fit"``, at most the trained one; fewer voxels through the network)
     loc_box: str = "fit"
+    #: what the returned mask's volume is: ``"mask"`` (voxels where a side beats the rest)
+    #: or ``"soft"`` (the most probable voxels up to the sum of probabilities)
+    volumes: str = "mask"
 
     def _loc_shape(self, affine, shape) -> tuple:
         full = tuple(int(n) for n in self.meta["loc_shape"])
@@ -328,6 +331,7 @@ class ThalNet:
             # the head, near its middle), the localiser's answer included when it falls there
             region = self.head_region(ref, affine)
             if region is not None:
+                self._searched = True
                 best = self.search(tens, affine, region, extra=center)
                 if best is not None:
                     return best
@@ -343,7 +347,8 @@ class ThalNet:
         """Segment one scan: a dict with ``labels`` (uint8 0/1/2, input grid), ``prob``
         (left/right probabilities (2, X, Y, Z), input grid), ``volume_mm3`` (left, right; of
         the labels), ``soft_volume_mm3`` (sum of probabilities times voxel volume),
-        ``volume_sd`` (left, right uncertainty in mm³, one SD) and ``center`` (world mm).
+        ``volume_sd`` (left, right uncertainty in mm³, one SD), ``center`` (world mm) and
+        ``searched`` (whether the head-region search ran).
 
         ``volume_sd`` combines the disagreement of the plain and the left-right mirrored pass
         (half their difference in soft volume) with the gap between the soft and the hard
@@ -351,6 +356,7 @@ class ThalNet:
         quadrature; both grow when the boundary is hard to see.
         """
         tens, ref, affine, shape = self._inputs(channels, affine)
+        self._searched = False
         center = self.find_center(tens, ref, affine, shape)
         passes = []
         prob, box = self.predict_roi(tens, affine, center, passes=passes)
@@ -359,14 +365,17 @@ class ThalNet:
         box_voxel = float(self.meta["roi_spacing"]) ** 3
         hard = np.array([np.count_nonzero(labels == s) for s in (1, 2)], float) * voxel
         soft = full.reshape(2, -1).sum(1).astype(float) * voxel
+        # the uncertainty looks at the mask where a side beats the rest, whatever is returned
+        mask = self._mask_voxels * voxel if self.volumes == "soft" else hard
         pv = np.array([[float(p[s].sum()) * box_voxel for s in (1, 2)] for p in passes])
         tta_sd = 0.5 * np.abs(pv[0] - pv[-1]) if len(pv) > 1 else np.zeros(2)
-        sd = np.sqrt(tta_sd**2 + (soft - hard) ** 2)
+        sd = np.sqrt(tta_sd**2 + (soft - mask) ** 2)
         return dict(labels=labels, prob=full, volume_mm3=hard, soft_volume_mm3=soft, volume_sd=sd,
-                    center=np.asarray(center, float))
+                    center=np.asarray(center, float), searched=self._searched)
 
     def _to_input_grid(self, prob, box, affine, shape, return_prob):
         roi_shape = prob.shape[1:]
+        self._mask_voxels = np.zeros(2)  # voxels per side of the plain mask (before "soft")
         # input voxels that the box covers: map the box corners into input voxel space
         corners = np.array(np.meshgrid(*[[0, n - 1] for n in roi_shape], indexing="ij")).reshape(3, -1)
         world = box @ np.vstack([corners, np.ones(corners.shape[1])])
@@ -384,6 +393,9 @@ class ThalNet:
         p = F.grid_sample(prob[None, 1:], grid, mode="bilinear", padding_mode="zeros",
                           align_corners=True)[0].numpy()
         out = labels_from_prob(p)
+        if self.volumes == "soft":  # the mask holds as many voxels as the probabilities sum to
+            self._mask_voxels = np.array([np.count_nonzero(out == s) for s in (1, 2)], float)
+            out = labels_of_volume(p, p.reshape(2, -1).sum(1))
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
         labels[sl] = out
         if return_prob:
