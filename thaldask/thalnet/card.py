@@ -25,7 +25,7 @@ from thaldask._shared.paths import write_bytes, write_text
 from thaldask.errors import ModelWeightsError
 from thaldask.thalnet.assets import SLOTS, sha256
 from thaldask.thalnet.inference import load_thalnet
-from thaldask.thalnet.validate import evaluate_segmenter, response_slope, volume_response
+from thaldask.thalnet.validate import crop_around_thalami, evaluate_segmenter, response_slope, volume_response
 
 __all__ = ["write_model_card", "heldout_dice"]
 
@@ -77,7 +77,11 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     out["overall_volume_error_pct"] = float(df["volume_error"].mean())
     out["overall_soft_volume_error_pct"] = float(df["soft_volume_error"].mean())
     out["per_scan"] = rows
-    out["volume_response"] = {c: _response(predict, maps, c) for c in contrasts}
+    def crops():  # the volume response on 112 x 112 x 96 mm around the thalami (faster renders)
+        for n, lab, aff in maps():
+            yield (n, *crop_around_thalami(lab, aff))
+
+    out["volume_response"] = {c: _response(predict, crops, c) for c in contrasts}
     out["head_region_search"] = dict(scans=len(searched), searched=int(sum(searched)))
     return out
 
@@ -268,7 +272,8 @@ def _markdown(card: dict) -> str:
                 resp = {resp.get("contrast", "T1w"): resp}
             factors = list(next(iter(resp.values()))["volume_error_pct"])
             lines += ["", "Atrophy and growth: each held-out thalamus scaled by a factor (the exposed",
-                      "rim takes the neighbouring labels), rendered at 1 mm and segmented. Slope of",
+                      "rim takes the neighbouring labels), rendered at 1 mm (112 x 112 x 96 mm around the",
+                      "thalami: the ROI network's response, without the localiser) and segmented. Slope of",
                       "measured on true volume (1 = every change measured) and mean volume error per",
                       "factor, of the mask (what the segmenter returns) and of the soft volume (sum of",
                       "probabilities).", "",
