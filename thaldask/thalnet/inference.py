@@ -131,6 +131,13 @@ def _pair_score(prob, spacing: float = 1.5) -> float:
     return min(n1, n2) * conf
 
 
+def _plausible(center, region) -> bool:
+    """Whether a thalamic centre (world mm) lies where the thalami can be in a head region
+    (x centre, y centre, top z): 50-100 mm below its top, near its middle."""
+    xc, yc, top = region
+    return abs(center[0] - xc) <= 20 and abs(center[1] - yc) <= 35 and 50 <= top - center[2] <= 100
+
+
 @dataclass
 class ThalNet:
     """Loaded localiser + region-of-interest networks of the built-in model."""
@@ -325,11 +332,12 @@ class ThalNet:
             center = self.localise(ref, affine)
         always = self.search_mode == "always"
         prob, box = (None, None) if always else self.predict_roi(tens, affine, center, tta=False)
-        if extent.min() >= 110 and (always or _pair_score(prob, spacing) < MIN_SIDE_VOXELS):
+        region = self.head_region(ref, affine) if extent.min() >= 110 else None
+        if region is not None and (always or _pair_score(prob, spacing) < MIN_SIDE_VOXELS
+                                   or not _plausible(self._recentre(prob, box, center), region)):
             # the localiser missed (or found a thalamus-like pair elsewhere): search the ROI
             # network over the region where the thalami can be (50-100 mm below the top of
             # the head, near its middle), the localiser's answer included when it falls there
-            region = self.head_region(ref, affine)
             if region is not None:
                 self._searched = True
                 best = self.search(tens, affine, region, extra=center)
@@ -337,11 +345,15 @@ class ThalNet:
                     return best
         if prob is None:
             prob, box = self.predict_roi(tens, affine, center, tta=False)
-        # recentre on the predicted thalami
+        return self._recentre(prob, box, center)
+
+    @staticmethod
+    def _recentre(prob, box, center):
+        """Centre (world mm) of the thalami predicted in a box, or ``center`` if none."""
         fg = (prob[1] + prob[2]).numpy() > 0.5
         if fg.sum() > 50:
-            center = (box @ np.append(np.argwhere(fg).mean(0), 1))[:3]
-        return center
+            return (box @ np.append(np.argwhere(fg).mean(0), 1))[:3]
+        return np.asarray(center, float)
 
     def predict(self, channels: list[np.ndarray | None], affine: np.ndarray) -> dict:
         """Segment one scan: a dict with ``labels`` (uint8 0/1/2, input grid), ``prob``
