@@ -25,7 +25,12 @@ from thaldask._shared.paths import write_bytes, write_text
 from thaldask.errors import ModelWeightsError
 from thaldask.thalnet.assets import SLOTS, sha256
 from thaldask.thalnet.inference import load_thalnet
-from thaldask.thalnet.validate import crop_around_thalami, evaluate_segmenter, response_slope, volume_response
+from thaldask.thalnet.validate import (
+    crop_around_thalami,
+    evaluate_segmenter,
+    response_slope,
+    volume_response,
+)
 
 __all__ = ["write_model_card", "heldout_dice"]
 
