@@ -131,7 +131,8 @@ def main(argv=None):
     ap.add_argument("--shape", default="small", choices=("small", "full"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", action="append", default=[], help="extra thalnet weights to compare")
-    ap.add_argument("--keep", default=None, help="write the cohort here (default: a temporary folder)")
+    ap.add_argument("--keep", default=None,
+                    help="keep the cohort in this folder (default: a temporary one); reused when it is there")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -147,15 +148,16 @@ def main(argv=None):
         "ground_truth": {"fraction_of_patients": 1.0, "include_controls": True, "timepoints": "all"},
     }
     with tempfile.TemporaryDirectory(prefix="thaldask-atrophy-") as tmp:
-        out = Path(args.keep or tmp) / "cohort"
+        out = Path(args.keep or tmp) / f"cohort-{args.subjects}-{args.seed}-{args.shape}-{args.ms_share:g}"
         t0 = time.time()
-        cohort = make_cohort(out, n_subjects=args.subjects, n_timepoints=2, seed=args.seed, shape=args.shape,
-                             params=params, progress=False)
+        if not (out / "truth.json").exists():
+            make_cohort(out, n_subjects=args.subjects, n_timepoints=2, seed=args.seed, shape=args.shape,
+                        params=params, progress=False)
         gen_s = time.time() - t0
-        truth = json.loads(Path(cohort.truth).read_text())
-        vols, seconds = segment_cohort(out, cohort.manifest)
+        truth = json.loads((out / "truth.json").read_text())
+        vols, seconds = segment_cohort(out, out / "manifest.csv")
         for w in args.weights:
-            v, _ = segment_cohort(out, cohort.manifest, weights=w, label=f"thalnet[{Path(w).name}]")
+            v, _ = segment_cohort(out, out / "manifest.csv", weights=w, label=f"thalnet[{Path(w).name}]")
             vols += v
     table, errors = analyse(truth, vols)
 
