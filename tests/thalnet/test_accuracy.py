@@ -112,14 +112,14 @@ def test_thalamus_resizer_scales_each_side_and_leaves_the_rest(anatomy):
 
 def test_thalnet_measures_planted_thalamic_atrophy(thalnet, anatomy):
     """Shrinking the held-out thalami by 30 % (the rim becomes neighbouring tissue) shows up
-    as a clear loss of volume. thalnet measures about three quarters of a planted change (slope
-    0.74 in the model card; 1 would be all of it): it leans on the typical thalamic shape
-    where the boundary is faint. The bounds hold it to at least that."""
+    as a clear loss of volume. The model card measures a slope of about 0.91 on T1w (1 would
+    be all of the change; 0.74 before thalamus-size augmentation); the bounds hold it to
+    well above that earlier figure."""
     labels, affine = crop_around_thalami(*anatomy)
     rows = volume_response(lambda img, aff, c: thalnet.predict(img, aff, contrast=c).labels,
                            [("heldout", labels, affine)], factors=(0.7, 1.0))
     slope = response_slope(rows)
     pred = {(r["factor"], r["side"]): r["pred_voxels"] for r in rows}
     measured = [pred[(0.7, s)] / pred[(1.0, s)] for s in ("left", "right")]
-    assert slope > 0.6, (slope, rows)
-    assert max(measured) < 0.85, rows  # more than half of the planted 30 % loss is measured
+    assert slope > 0.8, (slope, rows)
+    assert max(measured) < 0.8, rows  # most of the planted 30 % loss is measured

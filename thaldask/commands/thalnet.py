@@ -22,12 +22,18 @@ __all__ = ["COMMANDS"]
               help="Start from these weights (default for --manifest: the shipped ones).")
 @click.option("--threads", default=1, show_default=True,
               help="torch threads (the shipped weights were trained with 1).")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate (default: 1e-3 from label maps, 2e-4 fine-tuning).")
+@click.option("--pv-supersample", type=int, default=None,
+              help="Render the ROI samples this many times finer and average (partial volume); "
+                   "targets become class fractions.")
 @click.option("--stop-after", type=int, default=None,
               help="Checkpoint and stop after this many steps; the same command resumes.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when available), cpu or cuda; the shipped weights are reproduced on cpu.")
 @handle_errors
-def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_after, device):
+def train_command(label_maps, manifest, out, steps, seed, init, threads, lr, pv_supersample, stop_after,
+                  device):
     """Train the built-in thalnet model (reproduces the shipped weights) or fine-tune it."""
     if bool(label_maps) == bool(manifest):
         fail("give exactly one of --label-maps DIR or --manifest FILE")
@@ -35,7 +41,10 @@ def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_af
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if label_maps:
-        cfg = train.TrainConfig(steps=steps or train.TrainConfig.steps, seed=seed, threads=threads)
+        cfg = train.TrainConfig(steps=steps or train.TrainConfig.steps, seed=seed, threads=threads,
+                                lr=lr or train.TrainConfig.lr)
+        if pv_supersample and pv_supersample > 1:
+            cfg.augmentation["pv_supersample"] = int(pv_supersample)
         res = train.train_model(label_maps, out, cfg, init=init, log=log, stop_after=stop_after,
                                 device=device)
         if res["stopped"]:
@@ -45,7 +54,7 @@ def train_command(label_maps, manifest, out, steps, seed, init, threads, stop_af
         if stop_after is not None:
             fail("--stop-after applies to training from --label-maps")
         res = train.finetune_manifest(manifest, out, steps=steps or 300, seed=seed, init=init,
-                                      threads=threads, log=log, device=device)
+                                      threads=threads, log=log, device=device, lr=lr or 2e-4)
     click.echo(f"weights: {res['weights']}\nsha256: {res['sha256']}")
 
 

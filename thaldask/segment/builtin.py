@@ -68,8 +68,8 @@ class ThalNetSegmenter(Segmenter):
         parts = self.check_contrast(contrast)
         channels = self._channels(image, parts)
         with _LOCK:  # one scan at a time per process: torch already uses every thread
-            labels, prob = self.model.segment(channels, affine, return_prob=True)
-        return Prediction(labels, prob)
+            out = self.model.predict(channels, affine)
+        return Prediction(out["labels"], out["prob"], out["volume_sd"])
 
 
 class ThalNetMultiSegmenter(ThalNetSegmenter):

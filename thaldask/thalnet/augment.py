@@ -208,6 +208,7 @@ def render_image(
     prior_prob: float = 0.4,
     skull_strip_prob: float = 0.25,
     degrade: bool = True,
+    supersample: int = 1,
 ) -> torch.Tensor:
     """Random-contrast image (X, Y, Z) float32 in [0, 1] from an index volume.
 
@@ -222,6 +223,10 @@ def render_image(
         Voxel size in mm of ``idx`` (scales blur and slice thickness).
     degrade : bool
         Apply bias field, gamma, blur, thick slices and noise.
+    supersample : int
+        ``idx`` is ``supersample`` times finer than the output along each axis: intensities
+        are drawn there and averaged over each output voxel (partial volume), then degraded
+        on the output grid of ``spacing`` mm.
     """
 
     def u(lo, hi):
@@ -246,8 +251,10 @@ def render_image(
         stds[bank.extra] = float(stds[0])
     li = idx.long()
     img = means[li] + stds[li] * torch.randn(idx.shape, generator=gen)
+    if supersample > 1:
+        img = F.avg_pool3d(img[None, None], supersample)[0, 0]
     if degrade:
-        shape = tuple(idx.shape)
+        shape = tuple(img.shape)
         # blur (partial volume / scanner PSF), in voxels of this grid
         sig = [u(0.0, 0.6) / spacing for _ in range(3)]
         if u(0, 1) < 0.5:  # thick slices along one axis

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from thaldask.errors import ModelWeightsError, ScanError, SegmenterError
 from thaldask.thalnet.assets import SLOTS, card_beside, model_card, models_dir, sha256, weights_path
 from thaldask.thalnet.network import build_network
-from thaldask.thalnet.postprocess import labels_from_prob, largest_component
+from thaldask.thalnet.postprocess import labels_from_prob, labels_of_volume, largest_component
 
 __all__ = [
     "SLOTS",
@@ -131,6 +131,13 @@ def _pair_score(prob, spacing: float = 1.5) -> float:
     return min(n1, n2) * conf
 
 
+def _plausible(center, region) -> bool:
+    """Whether a thalamic centre (world mm) lies where the thalami can be in a head region
+    (x centre, y centre, top z): 50-100 mm below its top, near its middle."""
+    xc, yc, top = region
+    return abs(center[0] - xc) <= 20 and abs(center[1] - yc) <= 35 and 50 <= top - center[2] <= 100
+
+
 @dataclass
 class ThalNet:
     """Loaded localiser + region-of-interest networks of the built-in model."""
@@ -140,16 +147,40 @@ class ThalNet:
     meta: dict
     device: torch.device
     tta: bool = True
+    #: ``"auto"``: the head-region search only when the localiser's box shows no plausible
+    #: thalamus pair; ``"always"``: search every whole-head scan (the earlier behaviour,
+    #: kept for comparison)
+    search_mode: str = "auto"
 
     @property
     def roi_shape(self):
         return tuple(self.meta["roi_shape"])
 
+    #: localiser box: the trained one (``"full"``) or the scan's extent plus a margin
+    #: (``"fit"``, at most the trained one; fewer voxels through the network)
+    loc_box: str = "fit"
+    #: what the returned mask's volume is: ``"mask"`` (voxels where a side beats the rest)
+    #: or ``"soft"`` (the most probable voxels up to the sum of probabilities)
+    volumes: str = "mask"
+
+    def _loc_shape(self, affine, shape) -> tuple:
+        full = tuple(int(n) for n in self.meta["loc_shape"])
+        if self.loc_box != "fit":
+            return full
+        spacing = float(self.meta["loc_spacing"])
+        m = self.loc_net.multiple
+        # world extent of the scan along each axis (any orientation), plus 2 voxels a side
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1)
+        world = np.asarray(affine)[:3, :3] @ corners
+        ext = world.max(1) - world.min(1)
+        fit = [int(np.ceil((e / spacing + 4) / m) * m) for e in ext]
+        return tuple(min(f, n) for f, n in zip(fit, full, strict=True))
+
     # ---------------------------------------------------------------- steps
     def localise(self, img: torch.Tensor, affine: np.ndarray) -> np.ndarray:
         """World (RAS mm) centre of the thalami, from the 4 mm localiser."""
         spacing = float(self.meta["loc_spacing"])
-        shape = tuple(self.meta["loc_shape"])
+        shape = self._loc_shape(affine, img.shape)
         fov_center = affine @ np.append((np.asarray(img.shape) - 1) / 2, 1)
         pooled, paff = _pool_to(img, affine, spacing)
         box = box_affine(fov_center[:3], shape, spacing)
@@ -171,8 +202,12 @@ class ThalNet:
             c = (ijk * wv[:, None]).sum(0) / wv.sum()
         return (box @ np.append(c, 1))[:3]
 
-    def predict_roi(self, channels: list[torch.Tensor | None], affine: np.ndarray, center) -> tuple:
-        """Probabilities (3, *roi_shape) on the 1 mm box centred at ``center`` (world mm)."""
+    def predict_roi(self, channels: list[torch.Tensor | None], affine: np.ndarray, center, *,
+                    tta: bool | None = None, passes: list | None = None) -> tuple:
+        """Probabilities (3, *roi_shape) on the model's box centred at ``center`` (world mm).
+
+        With ``tta`` (default: the model's setting) the left-right mirrored prediction is
+        averaged in; ``passes``, when a list, receives each pass' probabilities."""
         shape = self.roi_shape
         spacing = float(self.meta["roi_spacing"])
         box = box_affine(center, shape, spacing)
@@ -183,11 +218,16 @@ class ThalNet:
             pooled, paff = _pool_to(img, affine, spacing)
             x[s] = normalise(_resample(pooled, paff, box, shape))
         x = x[None].to(self.device)
+        tta = self.tta if tta is None else tta
         with torch.no_grad():
             prob = self.roi_net(x).float().softmax(1)
-            if self.tta:
-                flipped = self.roi_net(x.flip(2)).float().softmax(1).flip(2)
-                prob = 0.5 * (prob + flipped[:, [0, 2, 1]])
+            if passes is not None:
+                passes.append(prob[0].cpu())
+            if tta:
+                flipped = self.roi_net(x.flip(2)).float().softmax(1).flip(2)[:, [0, 2, 1]]
+                if passes is not None:
+                    passes.append(flipped[0].cpu())
+                prob = 0.5 * (prob + flipped)
         return prob[0].cpu(), box
 
     def head_region(self, img: torch.Tensor, affine: np.ndarray):
@@ -252,6 +292,10 @@ class ThalNet:
         affine : (4, 4) array
             vox->world (RAS mm) affine shared by the channels.
         """
+        out = self.predict(channels, affine)
+        return (out["labels"], out["prob"]) if return_prob else out["labels"]
+
+    def _inputs(self, channels, affine):
         present = [c for c in channels if c is not None]
         if not present:
             raise ScanError("no image given")
@@ -273,34 +317,77 @@ class ThalNet:
         ref = next(t for t in tens if t is not None)
         if float(ref.max()) == float(ref.min()):
             raise ScanError("image is constant (empty or blank scan)")
+        return tens, ref, affine, shape
+
+    def find_center(self, tens, ref, affine, shape):
+        """World centre (mm) of the box for the final pass: the localiser's answer, checked
+        (and recentred) by one pass of the ROI network; the search over the head region
+        only when that pass does not show a plausible thalamus pair."""
+        spacing = float(self.meta["roi_spacing"])
         extent = np.sqrt((affine[:3, :3] ** 2).sum(0)) * np.asarray(shape)
         if extent.min() < 110:
             # a small field of view (already around the deep grey matter): start at its centre
             center = (affine @ np.append((np.asarray(shape) - 1) / 2, 1))[:3]
         else:
             center = self.localise(ref, affine)
-            # the ROI network finds the thalami best, but it also sees thalamus-like pairs
-            # elsewhere in a head: search it over the region where the thalami can be
-            # (50-100 mm below the top of the head, near its middle), the localiser's
-            # answer included when it falls there
-            region = self.head_region(ref, affine)
+        always = self.search_mode == "always"
+        prob, box = (None, None) if always else self.predict_roi(tens, affine, center, tta=False)
+        region = self.head_region(ref, affine) if extent.min() >= 110 else None
+        if region is not None and (always or _pair_score(prob, spacing) < MIN_SIDE_VOXELS
+                                   or not _plausible(self._recentre(prob, box, center), region)):
+            # the localiser missed (or found a thalamus-like pair elsewhere): search the ROI
+            # network over the region where the thalami can be (50-100 mm below the top of
+            # the head, near its middle), the localiser's answer included when it falls there
             if region is not None:
+                self._searched = True
                 best = self.search(tens, affine, region, extra=center)
                 if best is not None:
-                    center = best
-        prob, box = self.predict_roi(tens, affine, center)
-        # refine: recentre on the predicted thalami once if the localiser was off
+                    return best
+        if prob is None:
+            prob, box = self.predict_roi(tens, affine, center, tta=False)
+        return self._recentre(prob, box, center)
+
+    @staticmethod
+    def _recentre(prob, box, center):
+        """Centre (world mm) of the thalami predicted in a box, or ``center`` if none."""
         fg = (prob[1] + prob[2]).numpy() > 0.5
         if fg.sum() > 50:
-            c_vox = np.argwhere(fg).mean(0)
-            new_center = (box @ np.append(c_vox, 1))[:3]
-            if np.linalg.norm(new_center - center) > 3.0:
-                center = new_center
-                prob, box = self.predict_roi(tens, affine, center)
-        return self._to_input_grid(prob, box, affine, shape, return_prob)
+            return (box @ np.append(np.argwhere(fg).mean(0), 1))[:3]
+        return np.asarray(center, float)
+
+    def predict(self, channels: list[np.ndarray | None], affine: np.ndarray) -> dict:
+        """Segment one scan: a dict with ``labels`` (uint8 0/1/2, input grid), ``prob``
+        (left/right probabilities (2, X, Y, Z), input grid), ``volume_mm3`` (left, right; of
+        the labels), ``soft_volume_mm3`` (sum of probabilities times voxel volume),
+        ``volume_sd`` (left, right uncertainty in mm³, one SD), ``center`` (world mm) and
+        ``searched`` (whether the head-region search ran).
+
+        ``volume_sd`` combines the disagreement of the plain and the left-right mirrored pass
+        (half their difference in soft volume) with the gap between the soft and the hard
+        volume (how much of the thalamus lies in voxels of intermediate probability), in
+        quadrature; both grow when the boundary is hard to see.
+        """
+        tens, ref, affine, shape = self._inputs(channels, affine)
+        self._searched = False
+        center = self.find_center(tens, ref, affine, shape)
+        passes = []
+        prob, box = self.predict_roi(tens, affine, center, passes=passes)
+        labels, full = self._to_input_grid(prob, box, affine, shape, True)
+        voxel = float(abs(np.linalg.det(affine[:3, :3])))
+        box_voxel = float(self.meta["roi_spacing"]) ** 3
+        hard = np.array([np.count_nonzero(labels == s) for s in (1, 2)], float) * voxel
+        soft = full.reshape(2, -1).sum(1).astype(float) * voxel
+        # the uncertainty looks at the mask where a side beats the rest, whatever is returned
+        mask = self._mask_voxels * voxel if self.volumes == "soft" else hard
+        pv = np.array([[float(p[s].sum()) * box_voxel for s in (1, 2)] for p in passes])
+        tta_sd = 0.5 * np.abs(pv[0] - pv[-1]) if len(pv) > 1 else np.zeros(2)
+        sd = np.sqrt(tta_sd**2 + (soft - mask) ** 2)
+        return dict(labels=labels, prob=full, volume_mm3=hard, soft_volume_mm3=soft, volume_sd=sd,
+                    center=np.asarray(center, float), searched=self._searched)
 
     def _to_input_grid(self, prob, box, affine, shape, return_prob):
         roi_shape = prob.shape[1:]
+        self._mask_voxels = np.zeros(2)  # voxels per side of the plain mask (before "soft")
         # input voxels that the box covers: map the box corners into input voxel space
         corners = np.array(np.meshgrid(*[[0, n - 1] for n in roi_shape], indexing="ij")).reshape(3, -1)
         world = box @ np.vstack([corners, np.ones(corners.shape[1])])
@@ -318,6 +405,9 @@ class ThalNet:
         p = F.grid_sample(prob[None, 1:], grid, mode="bilinear", padding_mode="zeros",
                           align_corners=True)[0].numpy()
         out = labels_from_prob(p)
+        if self.volumes == "soft":  # the mask holds as many voxels as the probabilities sum to
+            self._mask_voxels = np.array([np.count_nonzero(out == s) for s in (1, 2)], float)
+            out = labels_of_volume(p, p.reshape(2, -1).sum(1))
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
         labels[sl] = out
         if return_prob:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["largest_component", "labels_from_prob"]
+__all__ = ["largest_component", "labels_from_prob", "labels_of_volume"]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -46,4 +46,29 @@ def labels_from_prob(prob: np.ndarray) -> np.ndarray:
         m = lab == side
         if m.any():
             out[largest_component(m)] = side
+    return out
+
+
+def labels_of_volume(prob: np.ndarray, voxels) -> np.ndarray:
+    """Like :func:`labels_from_prob`, but each side keeps the ``voxels[side]`` most probable
+    voxels where it beats the other side (then its largest component): a mask whose volume
+    is the given one, e.g. the soft volume (sum of probabilities).
+
+    >>> p = np.zeros((2, 6, 1, 1), np.float32); p[0, :, 0, 0] = [0.9, 0.8, 0.6, 0.4, 0.2, 0.0]
+    >>> labels_of_volume(p, (2.0, 0.0))[:, 0, 0].tolist()
+    [1, 1, 0, 0, 0, 0]
+    """
+    p = np.asarray(prob, dtype=np.float32)
+    out = np.zeros(p.shape[1:], dtype=np.uint8)
+    for k, side in ((0, 1), (1, 2)):
+        n = int(round(float(voxels[k])))
+        own = p[k] >= p[1 - k] if k == 0 else p[k] > p[1 - k]
+        score = np.where(own & (p[k] > 0), p[k], -1.0).ravel()
+        n = min(n, int((score > 0).sum()))
+        if n <= 0:
+            continue
+        top = np.argpartition(-score, n - 1)[:n]
+        m = np.zeros(score.size, bool)
+        m[top] = True
+        out[largest_component(m.reshape(out.shape))] = side
     return out

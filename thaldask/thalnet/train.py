@@ -32,6 +32,7 @@ from thaldask.thalnet import augment
 from thaldask.thalnet.assets import SLOTS, weights_path
 from thaldask.thalnet.inference import affine_grid, box_affine, normalise, resolve_device
 from thaldask.thalnet.network import UNet3D
+from thaldask.thalnet.validate import ThalamusResizer
 
 __all__ = ["TrainConfig", "load_label_maps", "train_model", "finetune_manifest", "export_weights"]
 
@@ -53,6 +54,8 @@ class TrainConfig:
     roi_base: int = 16
     loc_base: int = 8
     single_fraction: float = 0.5
+    # weight of the soft-volume term of the loss (relative error of the summed probabilities)
+    volume_weight: float = 1.0
     checkpoint_every: int = 50
     validate_every: int = 250
     # one thread: on a shared CPU two torch threads burn ~3x the CPU time per step
@@ -78,20 +81,40 @@ class TrainConfig:
             thick_slice_prob=0.5,
             thick_slice_mm=(1.2, 3.5),
             fov_cut_prob=0.3,
+            # each thalamus on its own scaled in volume by a random factor (what is exposed
+            # takes the neighbouring labels, growth takes over the neighbours' border), so
+            # that thalamus size varies independently of its surroundings
+            thal_resize_prob=0.8,
+            thal_resize_factor=(0.65, 1.2),
+            # optional "pv_supersample": N (absent = 1): labels sampled N times finer than the
+            # ROI grid, intensities averaged over each voxel (partial volume), targets the
+            # fraction of each class (``thaldask train --pv-supersample N``)
         )
     )
 
 
 class LabelMaps:
-    """Label maps in memory: 1 mm crops around the thalami and 2 mm whole heads (uint8)."""
+    """Label maps in memory: 1 mm crops around the thalami and 2 mm whole heads (uint8),
+    and per crop a :class:`~thaldask.thalnet.validate.ThalamusResizer` (thalamus-size
+    augmentation)."""
 
-    def __init__(self, names, roi, roi_center, head, head_center, bank):
+    def __init__(self, names, roi, roi_center, head, head_center, bank, resizers=None):
         self.names = names
         self.roi = roi
         self.roi_center = roi_center
         self.head = head
         self.head_center = head_center
         self.bank = bank
+        self.resizers = resizers
+
+    def resized_roi(self, i: int, factors) -> torch.Tensor:
+        """The 1 mm crop of map ``i`` with the left and right thalamus volumes scaled by
+        ``factors``."""
+        if self.resizers is None:
+            self.resizers = [None] * len(self.roi)
+        if self.resizers[i] is None:
+            self.resizers[i] = ThalamusResizer(self.roi[i].numpy(), (self.bank.left, self.bank.right))
+        return torch.from_numpy(self.resizers[i](factors))
 
 
 def _read_ras(path: Path) -> np.ndarray:
@@ -148,7 +171,8 @@ def _uniform(gen, lo, hi):
 
 def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainConfig, *, slots=None,
                     contrasts=None, deform=True):
-    """One training pair: image (3, *ROI_SHAPE) and target (ROI_SHAPE) in {0, 1, 2}."""
+    """One training pair: image (3, *ROI_SHAPE) and target: labels (ROI_SHAPE) in {0, 1, 2},
+    or with ``pv_supersample`` > 1 class fractions (3, *ROI_SHAPE)."""
     a = cfg.augmentation
     geom = None
     if deform:
@@ -162,13 +186,21 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
     else:
         geom = augment.sample_geometry(gen, max_rotation_deg=0, scale_range=(1, 1), max_shear=0,
                                      max_elastic_mm=0, max_shift_mm=a["roi_shift_mm"] / 2)
-    idx = augment.sample_labels(maps.roi[i], 1.0, maps.roi_center[i], ROI_SHAPE, ROI_SPACING, geom)
+    vol = maps.roi[i]
+    if deform and a.get("thal_resize_prob", 0.0) > 0 and _uniform(gen, 0, 1) < a["thal_resize_prob"]:
+        lo, hi = a["thal_resize_factor"]
+        vol = maps.resized_roi(i, (_uniform(gen, lo, hi), _uniform(gen, lo, hi)))
+    ss = int(a.get("pv_supersample", 1))
+    idx = augment.sample_labels(vol, 1.0, maps.roi_center[i], tuple(n * ss for n in ROI_SHAPE),
+                                ROI_SPACING / ss, geom)
     flip = deform and _uniform(gen, 0, 1) < a["lr_flip_prob"]
     if flip:
         idx = idx.flip(0)
     target = maps.bank.sides(idx)
     if flip:
         target = torch.where(target > 0, 3 - target, target)
+    if ss > 1:  # soft target: the share of each class in every ROI voxel
+        target = F.avg_pool3d(F.one_hot(target, 3).permute(3, 0, 1, 2).float()[None], ss)[0]
     if slots is None:
         if _uniform(gen, 0, 1) < cfg.single_fraction:
             slots = (0,)
@@ -183,7 +215,8 @@ def make_roi_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
         else:
             contrast = None
         image[s] = augment.render_image(idx, maps.bank, gen, spacing=ROI_SPACING, contrast=contrast,
-                                      prior_prob=a["prior_prob"], skull_strip_prob=a["skull_strip_prob"])
+                                      prior_prob=a["prior_prob"], skull_strip_prob=a["skull_strip_prob"],
+                                      supersample=ss)
     return image, target
 
 
@@ -216,20 +249,33 @@ def make_loc_sample(maps: LabelMaps, i: int, gen: torch.Generator, cfg: TrainCon
     return normalise(img)[None], target
 
 
-def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy plus soft Dice over the two thalamus classes."""
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, volume_weight: float = 0.0) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over the two thalamus classes, plus ``volume_weight``
+    times the relative error of each thalamus' soft volume (sum of probabilities) per sample.
+    """
     ce = F.cross_entropy(logits, target)
     prob = logits.softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+    if target.is_floating_point():  # class fractions (batch, classes, ...)
+        onehot = target
+    else:
+        onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
     dims = (0, 2, 3, 4)
     inter = (prob * onehot).sum(dims)
     denom = prob.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + 1) / (denom + 1)
-    return ce + (1 - dice[1:].mean())
+    loss = ce + (1 - dice[1:].mean())
+    if volume_weight:
+        v_pred = prob[:, 1:].sum((2, 3, 4))
+        v_true = onehot[:, 1:].sum((2, 3, 4))
+        loss = loss + volume_weight * ((v_pred - v_true).abs() / (v_true + 100.0)).mean()
+    return loss
 
 
 def dice_sides(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Left and right Dice of two label volumes (tensors on the CPU)."""
+    """Left and right Dice of two label volumes (tensors on the CPU; class fractions
+    (3, ...) count as their most likely class)."""
+    if target.is_floating_point():
+        target = target.argmax(0)
     left, right, _ = side_dice(target.numpy(), pred.numpy())
     return float(left), float(right)
 
@@ -280,7 +326,8 @@ def validate(roi_net, maps: LabelMaps, held: list[int], cfg: TrainConfig) -> dic
     return res
 
 
-def _train_step(net, opt, make_sample, maps: LabelMaps, train_idx, gen, cfg: TrainConfig) -> float:
+def _train_step(net, opt, make_sample, maps: LabelMaps, train_idx, gen, cfg: TrainConfig,
+                volume_weight: float = 0.0) -> float:
     """One optimiser step on a batch of fresh samples of random training maps; the loss.
 
     Samples are generated on the CPU (one random stream, whatever the device), the step runs
@@ -290,7 +337,7 @@ def _train_step(net, opt, make_sample, maps: LabelMaps, train_idx, gen, cfg: Tra
              for _ in range(cfg.batch)]
     x = torch.stack([p[0] for p in pairs]).to(device).contiguous(memory_format=torch.channels_last_3d)
     y = torch.stack([p[1] for p in pairs]).to(device)
-    loss = seg_loss(net(x), y)
+    loss = seg_loss(net(x), y, volume_weight)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -312,7 +359,8 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
         Folder of label maps (FreeSurfer labels; thalamus 10 left, 49 right).
     out : path
         Output folder: ``checkpoint.pt`` (resume), ``thalnet.pt`` (fp16 weights),
-        ``train_log.jsonl``.
+        ``train_hashes.json`` (SHA-256 of the weights at every checkpoint),
+        ``train_history.json`` (losses and validation, at the end).
     init : path, optional
         Weights file to start from (fine-tuning).
     stop_after : int, optional
@@ -344,8 +392,11 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
     opt_loc = torch.optim.AdamW(loc_net.parameters(), lr=cfg.lr, weight_decay=1e-5)
     start = 0
     history = []
+    hashes = []  # SHA-256 of the exported weights at every checkpoint (reproducibility)
     ckpt_path = out / "checkpoint.pt"
     gen = torch.Generator().manual_seed(cfg.seed)
+    # the weights a run starts from are part of its recipe (checked on resume too)
+    init_sha = hashlib.sha256(Path(init).read_bytes()).hexdigest() if init is not None else None
     if ckpt_path.exists():
         # loaded on the CPU (the generator state must be); load_state_dict moves to the device
         ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
@@ -355,6 +406,7 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
         opt_loc.load_state_dict(ck["opt_loc"])
         start = ck["step"]
         history = ck.get("history", [])
+        hashes = ck.get("hashes", [])
         gen.set_state(ck["gen"])
         log(f"resumed from step {start}")
     elif init is not None:
@@ -376,6 +428,7 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
             loc_spacing=LOC_SPACING,
             slots=SLOTS,
             validation=val,
+            **({"init_sha256": init_sha} if init_sha else {}),
         )
 
     roi_net.train()
@@ -388,7 +441,8 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
         lr = cfg.lr * (1 - frac) ** 0.9
         for g in opt_roi.param_groups + opt_loc.param_groups:
             g["lr"] = lr
-        losses.append(_train_step(roi_net, opt_roi, make_roi_sample, maps, train_idx, gen, cfg))
+        losses.append(_train_step(roi_net, opt_roi, make_roi_sample, maps, train_idx, gen, cfg,
+                                  cfg.volume_weight))
         if step % cfg.loc_every == 0:
             llosses.append(_train_step(loc_net, opt_loc, make_loc_sample, maps, train_idx, gen, cfg))
         done = step + 1
@@ -407,10 +461,13 @@ def train_model(label_maps, out, cfg: TrainConfig | None = None, *, init=None, l
             export_weights(roi_net, loc_net, meta(done, val), out)
         stop = stop_after is not None and done >= stop_after and done < cfg.steps
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
+            sha = export_weights(roi_net, loc_net, meta(done, val), out)
+            hashes.append(dict(step=done, sha256=sha))
             _atomic_save(dict(roi=roi_net.state_dict(), loc=loc_net.state_dict(),
                               opt_roi=opt_roi.state_dict(), opt_loc=opt_loc.state_dict(),
-                              step=done, history=history, gen=gen.get_state()), ckpt_path)
-            export_weights(roi_net, loc_net, meta(done, val), out)
+                              step=done, history=history, hashes=hashes, gen=gen.get_state()), ckpt_path)
+            write_text(out / "train_hashes.json", json.dumps(hashes, indent=0))
+            log(f"checkpoint step {done} weights sha256 {sha}")
         if stop:
             log(f"stopped after step {done} of {cfg.steps}; run again to resume")
             return dict(weights=str(out / "thalnet.pt"), sha256=None, validation=val, steps=done,

@@ -101,12 +101,45 @@ def dice(pred: np.ndarray, truth: np.ndarray, side: int) -> float:
     return float(side_dice(truth, pred)[side - 1])
 
 
+def _labels_and_soft(result):
+    """``predict``'s answer -> (labels, soft voxel counts (left, right) or None); ``predict``
+    may return labels or a dict with ``labels`` and ``soft_voxels``."""
+    if isinstance(result, dict):
+        soft = result.get("soft_voxels")
+        return result["labels"], (None if soft is None else np.asarray(soft, float))
+    return result, None
+
+
+def _volume_fields(pred, soft, truth, side):
+    n_true = int(np.count_nonzero(truth == side))
+    n_pred = int(np.count_nonzero(pred == side))
+    row = dict(true_voxels=n_true, pred_voxels=n_pred,
+               volume_error=100.0 * (n_pred - n_true) / max(n_true, 1))
+    if soft is not None:
+        row["pred_soft_voxels"] = float(soft[side - 1])
+        row["soft_volume_error"] = 100.0 * (float(soft[side - 1]) - n_true) / max(n_true, 1)
+    return row
+
+
+def _renders(labels, affine, contrast, spacing, rng):
+    """Image (or co-registered channels (C, X, Y, Z) for ``"A+B"``), truth and affine."""
+    parts = contrast.split("+")
+    renders = [render_scan(labels, affine, p, spacing=spacing, rng=rng + 1000 * j)
+               for j, p in enumerate(parts)]
+    img, truth, aff = renders[0]
+    if len(parts) > 1:
+        img = np.stack([r[0] for r in renders])
+    return img, truth, aff
+
+
 def evaluate_segmenter(predict, maps, *, contrasts=("T1w", "FLAIR", "R1"),
                        spacings=((1.0, 1.0, 1.0), (1.0, 1.0, 1.5)), seed=0):
     """Dice and volume error per (map, contrast, spacing, side) of
     ``predict(image, affine, contrast) -> labels``.
 
-    ``volume_error`` is (predicted - true) / true voxel count, in percent.
+    ``volume_error`` is (predicted - true) / true voxel count, in percent; when ``predict``
+    returns a dict with ``labels`` and ``soft_voxels`` (sum of probabilities per side, in
+    voxels of the input grid) the rows also hold ``soft_volume_error``.
 
     ``maps``: iterable of (name, labels, affine). A contrast like ``"T1w+FLAIR+R1"`` passes
     co-registered renders stacked as (C, X, Y, Z). Returns a list of dict rows.
@@ -115,19 +148,12 @@ def evaluate_segmenter(predict, maps, *, contrasts=("T1w", "FLAIR", "R1"),
     for k, (name, labels, affine) in enumerate(maps):
         for ci, c in enumerate(contrasts):
             for si, sp in enumerate(spacings):
-                parts = c.split("+")
-                renders = [render_scan(labels, affine, p, spacing=sp, rng=seed + 100 * k + 10 * ci + si + 1000 * j)
-                           for j, p in enumerate(parts)]
-                img, truth, aff = renders[0]
-                if len(parts) > 1:  # co-registered channels of one anatomy
-                    img = np.stack([r[0] for r in renders])
-                pred = predict(img, aff, c)
+                img, truth, aff = _renders(labels, affine, c, sp, seed + 100 * k + 10 * ci + si)
+                pred, soft = _labels_and_soft(predict(img, aff, c))
                 for side, sname in ((1, "left"), (2, "right")):
-                    n_true = int(np.count_nonzero(truth == side))
-                    n_pred = int(np.count_nonzero(pred == side))
                     rows.append(dict(map=name, contrast=c, spacing="x".join(f"{v:g}" for v in sp),
                                      side=sname, dice=dice(pred, truth, side),
-                                     volume_error=100.0 * (n_pred - n_true) / max(n_true, 1)))
+                                     **_volume_fields(pred, soft, truth, side)))
     return rows
 
 
@@ -198,32 +224,32 @@ def volume_response(predict, maps, *, factors=(0.7, 0.85, 1.0, 1.15), contrast="
     shape pulls volumes towards it (slope of measured on true volume below 1).
 
     Returns a list of dict rows: map, factor, side, true and predicted voxel counts,
-    volume_error (percent).
+    volume_error (percent), and the soft ones when ``predict`` gives them (see
+    :func:`evaluate_segmenter`). A contrast like ``"T1w+FLAIR+R1"`` renders co-registered
+    channels.
     """
     rows = []
     for k, (name, labels, affine) in enumerate(maps):
         resize = ThalamusResizer(labels, (10, 49))
         for j, f in enumerate(factors):
-            img, truth, aff = render_scan(resize((f, f)), affine, contrast, rng=seed + 100 * k + j)
-            pred = predict(img, aff, contrast)
+            img, truth, aff = _renders(resize((f, f)), affine, contrast, (1.0, 1.0, 1.0), seed + 100 * k + j)
+            pred, soft = _labels_and_soft(predict(img, aff, contrast))
             for side, sname in ((1, "left"), (2, "right")):
-                n_true = int(np.count_nonzero(truth == side))
-                n_pred = int(np.count_nonzero(pred == side))
-                rows.append(dict(map=name, factor=float(f), side=sname, true_voxels=n_true,
-                                 pred_voxels=n_pred,
-                                 volume_error=100.0 * (n_pred - n_true) / max(n_true, 1)))
+                rows.append(dict(map=name, factor=float(f), side=sname,
+                                 **_volume_fields(pred, soft, truth, side)))
     return rows
 
 
-def response_slope(rows) -> float:
-    """Least-squares slope of predicted on true volume, within each (map, side) (so that
-    differences between anatomies do not count): 1 for a method that follows every change."""
+def response_slope(rows, pred: str = "pred_voxels") -> float:
+    """Least-squares slope of predicted (column ``pred``) on true volume, within each
+    (map, side) (so that differences between anatomies do not count): 1 for a method that
+    follows every change."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
     g = df.groupby(["map", "side"])
     x = df["true_voxels"] - g["true_voxels"].transform("mean")
-    y = df["pred_voxels"] - g["pred_voxels"].transform("mean")
+    y = df[pred] - g[pred].transform("mean")
     return float((x * y).sum() / (x * x).sum())
 
 
