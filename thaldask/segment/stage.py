@@ -256,9 +256,14 @@ def segment_store(
                      error=reason)
                 for item in batch for c in item["contrasts"] + item["ensembles"]]
 
-    # a task owns whole chunks of the write records of every array it writes
+    # a task owns whole chunks of the write records of every array it writes; a new mask
+    # array's records get batch_size scans per chunk, so that tasks stay batch_size scans
+    # (one per scan by default: a small cohort still spreads over every worker)
     methods = [model if k == "mean" else f"{model}-vote" for k in kinds]
     written = [mask_array(model, c) for c in contrasts] + [mask_array(m, e) for e in ensembles for m in methods]
+    for name in written:
+        if not st.has_array(name):
+            st.ensure_array(name, dtype="uint8", record_chunk=batch_size)
     chunk = st.write_chunk(written)
     results = run_batches(
         run_scans,
