@@ -31,6 +31,7 @@ def _meta_store(path, n):
     clin = scans.copy()
     clin["age"] = np.linspace(20, 60, n)
     clin["group"] = ["MS", None] * (n // 2)
+    clin["synthetic"] = [True, False] * (n // 2)
     set_clinical(st, clin)
     return st, scans, clin
 
@@ -46,6 +47,7 @@ def test_root_metadata_does_not_grow_with_the_cohort(tmp_path):
     c = b.clinical
     np.testing.assert_allclose(c["age"], clin["age"])
     assert c["group"].iloc[0] == "MS" and c["group"].iloc[1] is None  # missing stays missing
+    assert c["synthetic"].dtype == bool and c["synthetic"].tolist()[:2] == [True, False]
     # the tables are a handful of objects, not one per scan
     n_files = sum(len(f) for _, _, f in os.walk(big.path))
     assert n_files < 60, n_files

@@ -73,7 +73,7 @@ def write_clinical(zstore, df: pd.DataFrame) -> dict:
     dtypes = {}
     for k, col in enumerate(df.columns):
         s = df[col]
-        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        if pd.api.types.is_numeric_dtype(s):  # numbers and booleans: float64, NaN missing
             arr = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64")
             z = zarr.create_array(store=zstore, name=clinical_array(k), shape=arr.shape,
                                   chunks=(max(len(arr), 1),), dtype="float64", fill_value=np.nan,
@@ -97,6 +97,8 @@ def read_clinical(zstore, payload: dict) -> pd.DataFrame:
         dt = payload["dtypes"][col]
         if dt.startswith(("float", "int")):
             out[col] = np.asarray(v, dtype="float64")
+        elif dt == "bool":
+            out[col] = pd.Series(np.asarray(v, dtype="float64") != 0, dtype=bool)
         else:
             col_v = np.asarray(v).astype(object)
             col_v[col_v == ""] = None
