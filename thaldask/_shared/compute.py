@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from thaldask._shared.memory import reuse_heap
 from thaldask._shared.progress import Progress
 
 __all__ = ["active_client", "n_slots", "split_batches", "run_batches", "owned_batches"]
@@ -74,9 +75,16 @@ class _Failed:
 
 def _guarded(func, batch, args, kwargs):
     try:
-        return func(batch, *args, **kwargs)
+        with reuse_heap():
+            return func(batch, *args, **kwargs)
     except Exception as exc:  # reported per batch by run_batches
         return _Failed(exc)
+
+
+def _batch_task(func, batch, *args, **kwargs):
+    """One batch on a worker, with large arrays reused from the heap (see reuse_heap)."""
+    with reuse_heap():
+        return func(batch, *args, **kwargs)
 
 
 def run_batches(
@@ -136,7 +144,7 @@ def run_batches(
             futs = {}
             for i, b in enumerate(batches):
                 f = client.submit(
-                    func, b, *args, key=f"{prefix}-{run}-{i}", pure=False, retries=retries,
+                    _batch_task, func, b, *args, key=f"{prefix}-{run}-{i}", pure=False, retries=retries,
                     resources=resources, **kwargs,
                 )
                 futs[f] = i
