@@ -98,3 +98,29 @@ def test_cli_qc_prints_paths_and_fails_cleanly(evaluated_store, tmp_path):
     bad = runner.invoke(main, ["qc", store, "--subject", "nobody", "--out", str(tmp_path)])
     assert bad.exit_code == 2
     assert "no scan for subject 'nobody'" in bad.output
+
+
+@pytest.mark.slow
+def test_report_montages_render_on_the_cluster_workers(evaluated_store, tmp_path):
+    """With a Dask cluster the visual-QC montages are drawn by its worker processes (while
+    the client draws the other figures) and come out byte for byte as drawn locally."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from thaldask.report import write_report
+
+    store, _ = evaluated_store
+    local = write_report(store, tmp_path / "local", progress=False).parent
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        with get_task_stream(client) as ts:
+            remote = write_report(store, tmp_path / "remote", progress=False).parent
+        workers = set(client.scheduler_info()["workers"])
+    ran = [t for t in ts.data if str(t["key"]).startswith("thaldask-report-")]
+    montages = sorted(p.name for p in (local / "qc").glob("*.png"))
+    assert montages and sorted(p.name for p in (remote / "qc").glob("*.png")) == montages
+    assert len(ran) == len(montages)  # every montage was a worker task
+    assert {t["worker"] for t in ran} <= workers
+    for name in montages:
+        assert (remote / "qc" / name).read_bytes() == (local / "qc" / name).read_bytes(), name
+    html = (remote / "index.html").read_text()
+    assert all(f"qc/{name}" in html for name in montages)

@@ -38,6 +38,7 @@ from thaldask.report.sections import (
     is_missing,
     overview_section,
     qc_section,
+    resolve_figures,
     tables_section,
     truthy,
     versions,
@@ -147,16 +148,21 @@ def build_report(
     prog = Progress(total=4 + 3 + 1 + 1 + 3, enabled=progress)
     rng = np.random.default_rng(rng)
     try:
+        # visual QC first: its montages render on the cluster's workers (when there is one)
+        # while the other figures are drawn here
+        qc_html = qc_section(page, store, results, prog, rng, qc_random, side)
+        flags_html = qc_flags_section(page, store, stats, prog)
         sections = [
             ("agreement", "Agreement with ground truth", agreement_section(page, results, stats, prog, side)),
             ("clinical", "Clinical associations",
              clinical_section(page, results, stats, prog, side, rng, stored)),
             ("harmonisation", "Harmonisation", harmonisation_section(page, results, stats, prog, stored, side)),
             ("trial", "Which method for a trial?", trial_section(page, stats, stored, prog, side)),
-            ("qc-flags", "QC flags", qc_flags_section(page, store, stats, prog)),
-            ("qc", "Visual QC", qc_section(page, store, results, prog, rng, qc_random, side)),
+            ("qc-flags", "QC flags", flags_html),
+            ("qc", "Visual QC", qc_html),
             ("tables", "Tables", tables_section(page, stats)),
         ]
+        resolve_figures(page, prog)
     finally:
         prog.close()
     run = dict(run_info or {})

@@ -16,11 +16,12 @@ import xarray as xr
 
 from thaldask._shared.paths import safe_name
 from thaldask.errors import ScanError
-from thaldask.report.style import GT_COLOUR, PRED_COLOUR, new_figure, save, styled
+from thaldask.report.style import GT_COLOUR, PRED_COLOUR, new_figure, png_bytes, save, styled
 from thaldask.schema import GT_METHOD
 from thaldask.store import open_store
 
-__all__ = ["slice_centre", "plot_scan_qc", "select_qc_cases", "write_qc", "qc_rows_for_scan"]
+__all__ = ["slice_centre", "plot_scan_qc", "select_qc_cases", "write_qc", "qc_rows_for_scan",
+           "qc_montage_png"]
 
 PLANES = ("axial", "coronal", "sagittal")
 _TAG = {"facecolor": "black", "alpha": 0.55, "pad": 1.0, "linewidth": 0}  # orientation letters
@@ -205,6 +206,23 @@ def select_qc_cases(
         [(case, str(k[0]), str(k[1]), float(dice.get(k, np.nan))) for case, k in picked],
         columns=["case", "subject", "timepoint", "dice"],
     )
+
+
+def qc_montage_png(store, method: str, contrast: str, image_contrast: str, cases, *, title: str) -> bytes:
+    """PNG bytes of one method × contrast montage (:func:`plot_scan_qc`) of stored scans.
+
+    ``cases``: (row label, scan index) pairs; each row draws the method's mask over the
+    ``image_contrast`` image of that scan, with the scan's ground truth. Reads the store
+    where it runs (a Dask worker, for the report's visual QC) and returns only the bytes.
+    """
+    st = open_store(store) if isinstance(store, (str, Path)) else store
+    rows, images, gts, spacings = [], [], [], []
+    for label, i in cases:
+        rows.append((label, st.load_mask(method, contrast, int(i))))
+        images.append(st.load_image(image_contrast, int(i)))
+        gts.append(gt_mask_for(st, contrast, int(i)))
+        spacings.append(st.spacing[int(i)])
+    return png_bytes(plot_scan_qc(images[0], rows, images=images, gts=gts, spacings=spacings, title=title))
 
 
 def image_contrast_of(st, contrast: str) -> str | None:

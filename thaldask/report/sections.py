@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -20,14 +21,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from thaldask._shared.paths import safe_name
+from thaldask._shared.compute import active_client
+from thaldask._shared.paths import safe_name, write_bytes
 from thaldask._shared.progress import Progress as SharedProgress
 from thaldask.report import figures as F
 from thaldask.report.page import absent_html, esc, figure_html, table_html
 from thaldask.report.qc import (
-    gt_mask_for,
     image_contrast_of,
-    plot_scan_qc,
+    qc_montage_png,
     scan_index,
     select_qc_cases,
 )
@@ -49,6 +50,36 @@ class Page:
     sections: list[tuple[str, str, str]] = field(default_factory=list)  # (id, title, html)
     figures: list[str] = field(default_factory=list)
     colours: dict = field(default_factory=dict)  # method -> colour, the same in every figure
+    pending: list = field(default_factory=list)  # (rel path, future or None, func, args, kwargs)
+
+
+def defer_figure(page: Page, rel: str, func, *args, **kwargs) -> None:
+    """Render ``func(*args, **kwargs)`` (PNG bytes) to ``page.out / rel`` later: on the active
+    Dask cluster's workers while the page's other figures are drawn here, else at
+    :func:`resolve_figures`."""
+    client = active_client()
+    fut = None
+    if client is not None:
+        fut = client.submit(func, *args, pure=False, key=f"thaldask-report-{uuid.uuid4().hex[:12]}", **kwargs)
+    page.pending.append((rel, fut, func, args, kwargs))
+
+
+def resolve_figures(page: Page, progress: Progress) -> None:
+    """Write every deferred figure (rendered here when its task failed or there is no
+    cluster) and advance the progress bar once per figure."""
+    pending, page.pending = page.pending, []
+    for rel, fut, func, args, kwargs in pending:
+        data = None
+        if fut is not None:
+            try:
+                data = fut.result()
+            except Exception:  # noqa: BLE001 - a lost worker: draw it here instead
+                data = None
+        if data is None:
+            data = func(*args, **kwargs)
+        write_bytes(page.out / rel, data)
+        page.figures.append(rel)
+        progress.step(Path(rel).stem)
 
 
 def is_missing(v) -> bool:
@@ -418,24 +449,23 @@ def qc_section(page, st, ds, progress, rng, n_random, side) -> str:
     for m, c in combos:
         cases = select_qc_cases(ds, m, c, n_random=n_random, rng=rng, side=side)
         ic = image_contrast_of(st, c)
-        rows, images, gts, spacings, shown = [], [], [], [], []
+        rows, shown = [], []
         for case in cases.itertuples(index=False):
             i = scan_index(st, case.subject, case.timepoint)
             if i is None or ic is None or not bool(st.has_mask(m, c)[i]) or not bool(st.has_image(ic)[i]):
                 continue
             d = "" if np.isnan(case.dice) else f"\nDice {case.dice:.3f}"
-            rows.append((f"{case.case}: {case.subject}\n{case.timepoint}{d}", st.load_mask(m, c, i)))
-            images.append(st.load_image(ic, i))
-            gts.append(gt_mask_for(st, c, i))
-            spacings.append(st.spacing[i])
+            rows.append((f"{case.case}: {case.subject}\n{case.timepoint}{d}", i))
             shown.append(f"{case.case} {case.subject}/{case.timepoint}")
         name = F.combo_label(m, c)
-        fig = (plot_scan_qc(images[0], rows, images=images, gts=gts, spacings=spacings,
-                            title=f"{name} · image {ic}") if rows else None)
-        parts.append(f"<h3>{esc(name)}</h3>" + save_figure(
-            page, fig, f"qc_{safe_name(m)}_{safe_name(c)}",
-            f"Visual QC of {name} on the {ic} image: " + "; ".join(shown) + ".",
-            progress, absent="No stored scan of this method × contrast to show.", sub="qc"))
+        if not rows:
+            progress.step(f"qc {name} (absent)")
+            parts.append(f"<h3>{esc(name)}</h3>" + absent_html("No stored scan of this method × contrast to show."))
+            continue
+        rel = f"qc/qc_{safe_name(m)}_{safe_name(c)}.png"
+        defer_figure(page, rel, qc_montage_png, st, m, c, ic, rows, title=f"{name} · image {ic}")
+        parts.append(f"<h3>{esc(name)}</h3>" + figure_html(
+            rel, f"Visual QC of {name} on the {ic} image: " + "; ".join(shown) + "."))
     return "\n".join(parts)
 
 

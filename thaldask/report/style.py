@@ -8,6 +8,7 @@ get marker shapes, so no figure relies on colour alone.
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,7 @@ __all__ = [
     "styled",
     "new_figure",
     "save",
+    "png_bytes",
 ]
 
 OKABE_ITO = {
@@ -95,6 +97,16 @@ def new_figure(width: float, height: float, nrows: int = 1, ncols: int = 1, *, l
     return plt.subplots(
         nrows, ncols, figsize=(width, height), squeeze=False, layout=layout, **kwargs
     )
+
+
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes (as :func:`save` would write them); releases its memory."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
 
 
 def save(fig, path) -> None:

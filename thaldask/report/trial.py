@@ -16,9 +16,9 @@ import xarray as xr
 
 from thaldask._shared.paths import safe_name
 from thaldask.report.figures import combo_label
-from thaldask.report.page import absent_html, esc
-from thaldask.report.qc import gt_mask_for, image_contrast_of, plot_scan_qc, scan_index
-from thaldask.report.sections import save_figure, table_block, table_note
+from thaldask.report.page import absent_html, esc, figure_html
+from thaldask.report.qc import image_contrast_of, qc_montage_png, scan_index
+from thaldask.report.sections import defer_figure, save_figure, table_block, table_note
 from thaldask.report.style import method_colours, new_figure
 
 __all__ = ["plot_trial_sample_size", "plot_retest_bland_altman", "trial_section", "qc_flags_section",
@@ -232,17 +232,17 @@ def qc_flags_section(page, st, stats, progress, *, n_montages: int = 6) -> str:
     for r in first.itertuples(index=False):
         i = scan_index(st, r.subject, r.timepoint)
         ic = image_contrast_of(st, r.contrast)
-        fig = None
+        name = f"qcflag_{safe_name(r.subject)}_{safe_name(r.timepoint)}_{safe_name(r.method)}_{safe_name(r.contrast)}"
         if (i is not None and ic is not None and (r.method, r.contrast) in st.methods
                 and bool(st.has_mask(r.method, r.contrast)[i]) and bool(st.has_image(ic)[i])):
-            fig = plot_scan_qc(st.load_image(ic, i), [(f"{r.flag}\n{r.subject}/{r.timepoint}",
-                                                        st.load_mask(r.method, r.contrast, i))],
-                               gts=[gt_mask_for(st, r.contrast, i)], spacings=[st.spacing[i]],
-                               title=f"{combo_label(r.method, r.contrast)} · {r.subject}/{r.timepoint}")
-        name = f"qcflag_{safe_name(r.subject)}_{safe_name(r.timepoint)}_{safe_name(r.method)}_{safe_name(r.contrast)}"
-        parts.append(save_figure(page, fig, name, f"{r.flag} ({r.severity}): {r.reason}", progress,
-                                 absent=f"{r.subject}/{r.timepoint} {r.method} · {r.contrast}: "
-                                        f"no stored mask to show ({r.reason}).", sub="qc"))
+            defer_figure(page, f"qc/{name}.png", qc_montage_png, st, r.method, r.contrast, ic,
+                         [(f"{r.flag}\n{r.subject}/{r.timepoint}", i)],
+                         title=f"{combo_label(r.method, r.contrast)} · {r.subject}/{r.timepoint}")
+            parts.append(figure_html(f"qc/{name}.png", f"{r.flag} ({r.severity}): {r.reason}"))
+        else:
+            parts.append(save_figure(page, None, name, "", progress,
+                                     absent=f"{r.subject}/{r.timepoint} {r.method} · {r.contrast}: "
+                                            f"no stored mask to show ({r.reason}).", sub="qc"))
     return "\n".join(parts)
 
 
