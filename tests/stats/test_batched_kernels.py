@@ -166,3 +166,30 @@ def test_kernels_fewer_rows_than_coefficients_give_nan():
 
     assert np.isnan(ols_batched(np.ones((1, 2)), [1.0]).params).all()
     assert np.isnan(ols_shared_design(np.ones((2, 2)), [1.0, 2.0], [[1.0, 3.0]]).beta).all()
+
+
+def test_signed_rank_test_matches_scipy_with_ties_and_zeros():
+    """Where scipy enumerates every sign flip (n <= 13 with ties or zeros) and where it
+    does not: the same statistic and p-value as scipy.stats.wilcoxon."""
+    from scipy import stats as sps
+
+    from thaldask.stats.kernels import signed_rank_test
+
+    rng = np.random.default_rng(7)
+    checked = {"enumerated": 0, "scipy": 0}
+    while min(checked.values()) < 15:
+        n = int(rng.integers(2, 18))
+        d = np.round(rng.normal(rng.normal(0, 1), 2, n)) / rng.choice([1, 2])  # ties, zeros
+        if rng.random() < 0.3:
+            d = rng.normal(0, 1, n)  # no ties: scipy's own exact distribution
+        if not np.any(d != 0):
+            continue
+        ref = sps.wilcoxon(d, zero_method="wilcox")
+        stat, p = signed_rank_test(d)
+        assert stat == pytest.approx(float(ref.statistic), abs=1e-12)
+        assert p == pytest.approx(float(ref.pvalue), rel=1e-10, abs=1e-15), d
+        nz = d[d != 0]
+        enumerated = n <= 13 and (nz.size < n or np.unique(np.abs(nz)).size < nz.size)
+        checked["enumerated" if enumerated else "scipy"] += 1
+    with pytest.raises(ValueError):
+        signed_rank_test([0.0, 0.0])

@@ -13,6 +13,7 @@ from scipy import stats
 from thaldask.stats import _data
 from thaldask.stats._select import at_scans, gt_scans
 from thaldask.stats._tables import as_result
+from thaldask.stats.kernels import signed_rank_test
 from thaldask.stats.multitest import holm
 
 __all__ = ["fit_method_comparison", "rank_biserial"]
@@ -131,8 +132,7 @@ def fit_method_comparison(
                 stat = pv = np.nan
                 if n >= 2 and np.any(d != 0):
                     try:
-                        res = stats.wilcoxon(x[:, ia], x[:, ib], zero_method="wilcox")
-                        stat, pv = float(res.statistic), float(res.pvalue)
+                        stat, pv = signed_rank_test(d)
                     except ValueError:
                         pass
                 pair_rows.append({

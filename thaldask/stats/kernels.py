@@ -28,6 +28,7 @@ __all__ = [
     "auc_batched",
     "retest_batched",
     "n_per_arm_batched",
+    "signed_rank_test",
 ]
 
 
@@ -464,3 +465,37 @@ def n_per_arm_batched(delta, sd, *, alpha: float = 0.05, power: float = 0.8) -> 
             n = 2 * ((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) / es) ** 2
         bad = ~np.isfinite(es) | (es <= 0) | ~(sd > 0)
     return np.where(bad, np.nan, np.maximum(n, 2.0))
+
+
+def signed_rank_test(d) -> tuple[float, float]:
+    """Two-sided Wilcoxon signed-rank test of paired differences ``d`` (zeros dropped).
+
+    The same statistic and p-value as ``scipy.stats.wilcoxon(d, zero_method="wilcox")``.
+    Where scipy enumerates all 2**n sign flips (n <= 13 with ties or zeros: the exact
+    permutation distribution), the distribution of the signed rank sum is counted here
+    directly, in milliseconds instead of about a second; elsewhere scipy is called.
+
+    >>> stat, p = signed_rank_test([1.0, 2.0, 2.0, 0.0, -1.0, 3.0])
+    >>> round(stat, 1), round(p, 4)
+    (1.5, 0.1875)
+    """
+    d = np.asarray(d, dtype=float).ravel()
+    nz = d[d != 0]
+    if nz.size == 0:
+        raise ValueError("every paired difference is zero")
+    ties = np.unique(np.abs(nz)).size < nz.size
+    if d.size > 13 or not (ties or nz.size < d.size):
+        res = stats.wilcoxon(d, zero_method="wilcox")
+        return float(res.statistic), float(res.pvalue)
+    r = stats.rankdata(np.abs(nz))
+    r_plus = float(r[nz > 0].sum())
+    stat = min(r_plus, float(r[nz < 0].sum()))
+    twice = np.rint(2 * r).astype(np.int64)  # midranks are multiples of 1/2
+    counts = np.zeros(int(twice.sum()) + 1)
+    counts[0] = 1.0
+    for v in twice:  # each rank's sign flips independently under the null
+        counts[v:] = counts[v:] + counts[:-v].copy()
+    t = int(np.rint(2 * r_plus))
+    total = counts.sum()
+    p = 2 * min(counts[: t + 1].sum() / total, counts[t:].sum() / total)
+    return stat, float(min(p, 1.0))
