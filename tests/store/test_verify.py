@@ -4,40 +4,16 @@ from __future__ import annotations
 
 import os
 
-import google_crc32c
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.store import lose_chunk
 
 from thaldask.cli import main
 from thaldask.metrics.evaluate import evaluate
 from thaldask.store import ingest, open_store
-from thaldask.store.shards import EMPTY, is_sharded, parse_index, scans_per_object
+from thaldask.store.shards import is_sharded, scans_per_object
 from thaldask.store.verify import missing_chunks, read_scan, verify_store
-
-
-def _lose_chunk(store, name, scan):
-    """Remove scan ``scan``'s chunk file, or in a sharded array its inner chunk from the
-    shard's index (the other scans of the shard stay readable)."""
-    st = open_store(store)
-    z = st.zarr_array(name)
-    if not is_sharded(z):
-        key = z.metadata.encode_chunk_key((scan, 0, 0, 0))
-        path = os.path.join(store, name, key)
-        assert os.path.isfile(path)
-        os.remove(path)  # the test's own store: simulate a lost file
-        return key
-    rows = scans_per_object(z)
-    key = z.metadata.encode_chunk_key((scan // rows, 0, 0, 0))
-    path = os.path.join(store, name, key)
-    raw = open(path, "rb").read()
-    index = parse_index(z, raw).copy()
-    assert index[scan % rows, 0, 0, 0, 0] != EMPTY
-    index[scan % rows, 0, 0, 0] = EMPTY
-    body = index.astype("<u8").tobytes()
-    with open(path, "wb") as f:  # the same shard without that scan's chunk
-        f.write(raw[: len(raw) - len(body) - 4] + body + np.array(google_crc32c.value(body), "<u4").tobytes())
-    return f"{key}[{scan % rows}, 0, 0, 0]"
 
 
 @pytest.mark.parametrize("shards", [True, False], ids=["sharded", "unsharded"])
@@ -58,7 +34,7 @@ def test_verify_finds_a_lost_chunk_and_evaluate_refuses_to_score_it(small_cohort
     st = open_store(store)
     for i in range(st.n_scans):
         st.write_mask("rater2", "T1w", i, st.load_mask("gt", "T1w", i))
-    key = _lose_chunk(store, "masks/rater2/T1w", 1)
+    key = lose_chunk(store, "masks/rater2/T1w", 1)
     assert missing_chunks(open_store(store).zarr_array("masks/rater2/T1w"), 1) == [key]
     bad = verify_store(store)
     assert bad[["array", "scan"]].values.tolist() == [["masks/rater2/T1w", 1]]
