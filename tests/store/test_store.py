@@ -214,7 +214,6 @@ def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path,
     """Tasks owning different record chunks (and shards: record_chunk scans per file) of
     one new array write at once: nothing is lost, written scan by scan or in a batch."""
     import contextlib
-
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
