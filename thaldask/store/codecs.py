@@ -31,6 +31,7 @@ __all__ = [
     "decimal_places",
     "choose_decimals",
     "write_whole_chunk",
+    "whole_chunk_payload",
     "encode_scan",
     "recode_as_float",
 ]
@@ -164,12 +165,25 @@ def write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
     stored integers (:func:`thaldask.store.fastcopy.quantised_copy`). Returns False (nothing
     written) for any other layout, codec or data type.
     """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    payload = whole_chunk_payload(z, full)
+    if payload is None:
+        return False
+    key = z.metadata.encode_chunk_key((int(i),) + (0,) * (z.ndim - 1))
+    path = f"{z.store_path.path}/{key}" if z.store_path.path else key
+    sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(payload)))
+    return True
+
+
+def whole_chunk_payload(z, full: np.ndarray) -> bytes | None:
+    """The encoded bytes of a one-chunk-per-scan ``bytes`` + ``blosc`` chunk holding
+    ``full`` (:func:`write_whole_chunk`), or None for any other layout, codec or data type."""
     import sys
 
     import numcodecs
     from zarr.codecs import BloscCodec, BytesCodec
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
 
     md = z.metadata
     codecs = tuple(getattr(md, "codecs", ()))
@@ -188,7 +202,7 @@ def write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
         or full.dtype != stored
         or tuple(full.shape) != tuple(z.shape[1:])
     ):
-        return False
+        return None
     bc = codecs[1]
     blosc = numcodecs.Blosc(
         cname=bc.cname.value,
@@ -197,11 +211,7 @@ def write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
         blocksize=int(bc.blocksize),
         typesize=int(bc.typesize),
     )
-    payload = blosc.encode(np.ascontiguousarray(full))
-    key = z.metadata.encode_chunk_key((int(i),) + (0,) * (z.ndim - 1))
-    path = f"{z.store_path.path}/{key}" if z.store_path.path else key
-    sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(payload)))
-    return True
+    return blosc.encode(np.ascontiguousarray(full))
 
 
 def _inner_array(z):
@@ -239,10 +249,14 @@ def encode_scan(z, i: int, full: np.ndarray, values=None, *, cache: dict | None 
         if cache is not None:
             cache[key] = got
     enc, mem = got
-    mem.clear()
-    if not write_whole_chunk(enc, 0, full):
-        enc[0] = values() if values is not None else full
     cps = chunks_per_shard(z)
+    payload = whole_chunk_payload(enc, full)  # one inner chunk per scan: encoded here
+    if payload is not None:
+        return {(tuple(c // n for c, n in zip((int(i),) + (0,) * (z.ndim - 1), cps, strict=True)),
+                 (int(i) % cps[0],) + (0,) * (z.ndim - 1)): payload}
+    mem.clear()
+    enc[0] = values() if values is not None else full
+
     out = {}
     for rest in itertools.product(*(range(n) for n in enc.cdata_shape[1:])):
         coords = (int(i),) + rest

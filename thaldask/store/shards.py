@@ -18,7 +18,10 @@ absent, so a lost scan stays detectable. Reads of consecutive scans fetch a shar
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import uuid
 
 import numpy as np
 
@@ -193,8 +196,30 @@ def write_shard(z, shard_coords, chunks: dict) -> list[tuple[int, tuple]]:
     raw = index.tobytes()
     parts.append(raw)
     parts.append(np.array(google_crc32c.value(raw), "<u4").tobytes())
-    sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(b"".join(parts))))
+    if not _put_local(z, path, parts):
+        sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(b"".join(parts))))
     return [(i, pos) for i, pos in absent if i < z.shape[0]]
+
+
+def _put_local(z, path: str, parts: list) -> bool:
+    """Write ``parts`` as file ``path`` of a local store, atomically (a temporary file beside
+    it, then renamed, as zarr writes), without joining them first; False for other stores."""
+    from zarr.storage import LocalStore
+
+    if not isinstance(z.store, LocalStore):
+        return False
+    target = os.path.join(str(z.store.root), *path.split("/"))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(tmp, "xb") as f:
+            f.writelines(parts)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
 
 
 def missing_inner(z, i: int, shape=None, index_of=None) -> list[str]:
