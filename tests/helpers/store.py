@@ -128,3 +128,26 @@ def data_file_stamps(store) -> dict:
                 if f != "zarr.json":
                     out[os.path.join(d, f)] = os.stat(os.path.join(d, f)).st_mtime_ns
     return out
+
+
+def corrupt_chunk(store, name, scan):
+    """Overwrite scan ``scan``'s encoded chunk of array ``name`` with bytes no codec decodes
+    (its chunk file, or in a sharded array its bytes inside the shard, index kept)."""
+    from thaldask.store import open_store
+    from thaldask.store.shards import is_sharded, parse_index, scans_per_object
+
+    z = open_store(store).zarr_array(name)
+    if not is_sharded(z):
+        path = os.path.join(store, name, z.metadata.encode_chunk_key((scan, 0, 0, 0)))
+        assert os.path.isfile(path)
+        with open(path, "wb") as f:
+            f.write(b"not zstd")
+        return
+    rows = scans_per_object(z)
+    path = os.path.join(store, name, z.metadata.encode_chunk_key((scan // rows, 0, 0, 0)))
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    off, nb = (int(v) for v in parse_index(z, bytes(raw))[scan % rows, 0, 0, 0])
+    raw[off:off + nb] = b"\x07" * nb
+    with open(path, "wb") as f:
+        f.write(bytes(raw))

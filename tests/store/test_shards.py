@@ -192,3 +192,22 @@ def test_reingest_of_a_sharded_store_writes_no_data_file(small_cohort, tmp_path)
     again = ingest(small_cohort, store, progress=False)
     assert (again.status == "skipped").all()
     assert data_file_stamps(store) == stamps
+
+
+@pytest.mark.parametrize("scans", [None, [5, 6, 7], list(range(16))], ids=["whole", "a-range", "all"])
+def test_shard_reader_reads_what_zarr_reads_and_refuses_a_lost_scan(tmp_path, scans):
+    from thaldask.errors import ScanError
+    from thaldask.store.shards import ShardReader
+    from thaldask.store.verify import read_scan
+
+    st, truth = make_store(tmp_path / "s.zarr", n_subjects=10, grid=GRID, images=())
+    key = lose_chunk(st.path, "masks/a/T1w", 6)
+    z = st.zarr_array("masks/a/T1w")
+    reader = ShardReader(scans)
+    for i in list(scans or range(st.n_scans)) + [2, 17]:  # 2, 17: outside the range given
+        if i == 6:
+            with pytest.raises(ScanError, match=re.escape(key)):
+                read_scan(z, i, st.shapes[i], reader)
+            continue
+        sx, sy, sz = st.shapes[i]
+        np.testing.assert_array_equal(read_scan(z, i, st.shapes[i], reader)[:sx, :sy, :sz], truth[("a", "T1w", i)])

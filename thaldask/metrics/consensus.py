@@ -131,7 +131,7 @@ def consensus_block(job: dict, *, store_path: str, storage_options=None) -> tupl
     arrays = [open_array(store_path, a, storage_options=storage_options) for a in names]
     lo = int(idx.min())
     shapes = open_array(store_path, scan_meta_array("shape"), storage_options=storage_options)[lo:int(idx.max()) + 1]
-    reader = ShardReader()  # one fetch per shard of consecutive scans
+    reader = ShardReader(idx)  # one fetch per shard of consecutive scans
     for i, s in enumerate(idx):
         try:
             masks = [read_scan(z, int(s), shapes[int(s) - lo], reader) if has[i, k] else None

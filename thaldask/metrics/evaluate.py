@@ -100,7 +100,7 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
     lo = int(idx.min())
     shapes = open_array(store_path, scan_meta_array("shape"),
                         storage_options=storage_options)[lo:int(idx.max()) + 1]
-    reader = ShardReader()  # consecutive scans of a sharded array: one fetch per shard
+    reader = ShardReader(idx)  # consecutive scans of a sharded array: one fetch per shard
     for i, s in enumerate(idx):  # the scans of one block
         shape = shapes[int(s) - lo]
         try:  # a lost chunk is an error, never an empty mask

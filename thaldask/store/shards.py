@@ -164,7 +164,6 @@ def write_shard(z, shard_coords, chunks: dict) -> list[tuple[int, tuple]]:
 
     Returns the inner chunks the shard lacks after the write, as (scan, position): those
     scans' data are not (all) stored; the caller decides whether they should be."""
-    import google_crc32c
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
@@ -178,6 +177,20 @@ def write_shard(z, shard_coords, chunks: dict) -> list[tuple[int, tuple]]:
         old = _get(z, path)
         if old is not None:
             old_index = parse_index(z, old).reshape(n, 2)
+    parts, absent = _assemble(cps, chunks, old, old_index)
+    if not _put_local(z, path, parts):
+        sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(b"".join(parts))))
+    row = int(shard_coords[0]) * cps[0]
+    return [(row + pos[0], pos) for pos in absent if row + pos[0] < z.shape[0]]
+
+
+def _assemble(cps, chunks: dict, old=None, old_index=None) -> tuple[list, list]:
+    """The parts of a shard file (inner chunks in C order, then the index and its crc32c)
+    holding ``chunks`` ({position: bytes}) and the chunks of ``old`` (bytes, with its index
+    (n, 2)) not given; and the positions left absent."""
+    import google_crc32c
+
+    n = int(np.prod(cps))
     parts, off = [], 0
     index = np.full((n, 2), EMPTY, dtype="<u8")
     absent = []
@@ -188,7 +201,7 @@ def write_shard(z, shard_coords, chunks: dict) -> list[tuple[int, tuple]]:
             o, nb = int(old_index[flat, 0]), int(old_index[flat, 1])
             b = old[o:o + nb]
         if b is None:
-            absent.append((int(shard_coords[0]) * cps[0] + pos[0], pos))
+            absent.append(pos)
             continue
         index[flat] = (off, len(b))
         parts.append(b)
@@ -196,9 +209,7 @@ def write_shard(z, shard_coords, chunks: dict) -> list[tuple[int, tuple]]:
     raw = index.tobytes()
     parts.append(raw)
     parts.append(np.array(google_crc32c.value(raw), "<u4").tobytes())
-    if not _put_local(z, path, parts):
-        sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(b"".join(parts))))
-    return [(i, pos) for i, pos in absent if i < z.shape[0]]
+    return parts, absent
 
 
 def _put_local(z, path: str, parts: list) -> bool:
@@ -239,12 +250,17 @@ def missing_inner(z, i: int, shape=None, index_of=None) -> list[str]:
 
 
 class ShardReader:
-    """Reads scans of sharded arrays a shard at a time: each shard file is fetched whole
-    once (one request), checked and decoded from memory; only the shards of the latest
-    shard row of each array are kept (the compressed bytes, not the decoded scans).
-    Unsharded arrays are read as zarr reads them."""
+    """Reads scans of sharded arrays a shard at a time, checked and decoded from memory;
+    only the shards of the latest shard row of each array are kept (compressed bytes, not
+    decoded scans). Unsharded arrays are read as zarr reads them.
 
-    def __init__(self):
+    ``scans``: the scans that will be read (e.g. a task's block). A shard whose scans are
+    all among them is fetched whole (one request); otherwise its index (one suffix
+    request) and then one range holding those scans' inner chunks (consecutive scans are
+    adjacent in the file). Without ``scans`` every shard is fetched whole."""
+
+    def __init__(self, scans=None):
+        self._scans = None if scans is None else {int(s) for s in scans}
         self._mem = {}  # (store id, path) -> (in-memory array, its dict, {shard coords: index})
 
     def _entry(self, z):
@@ -266,11 +282,36 @@ class ShardReader:
             for old in [c for c in shards if c[0] != coords[0]]:  # an earlier shard row
                 del shards[old]
                 mem.pop(shard_path(arr, old), None)
-            raw = _get(z, shard_path(z, coords))
-            shards[coords] = None if raw is None else parse_index(z, raw)
+            index, raw = self._fetch(z, coords)
+            shards[coords] = index
             if raw is not None:
                 mem[shard_path(arr, coords)] = default_buffer_prototype().buffer.from_bytes(raw)
         return shards[coords]
+
+    def _fetch(self, z, coords):
+        """(index, shard bytes to decode from) of one shard; (None, None): absent."""
+        from zarr.abc.store import RangeByteRequest
+
+        cps = chunks_per_shard(z)
+        row = int(coords[0]) * cps[0]
+        rows = range(row, min(row + cps[0], z.shape[0]))
+        if self._scans is None or all(r in self._scans for r in rows):
+            raw = _get(z, shard_path(z, coords))
+            return (None, None) if raw is None else (parse_index(z, raw), raw)
+        index = read_index(z, coords)
+        if index is None:
+            return None, None
+        want = [pos for pos in itertools.product(*(range(n) for n in cps))
+                if row + pos[0] in self._scans and index[pos][0] != EMPTY]
+        if not want:
+            return index, None
+        lo = min(int(index[p][0]) for p in want)
+        hi = max(int(index[p][0]) + int(index[p][1]) for p in want)
+        span = _get(z, shard_path(z, coords), RangeByteRequest(lo, hi))
+        if span is None:  # deleted since the index was read
+            return None, None
+        chunks = {p: span[int(index[p][0]) - lo:int(index[p][0]) - lo + int(index[p][1])] for p in want}
+        return index, b"".join(_assemble(cps, chunks)[0])
 
     def missing(self, z, i: int, shape=None) -> list[str]:
         """:func:`missing_inner` from whole shards fetched once."""
@@ -278,6 +319,6 @@ class ShardReader:
 
     def read(self, z, i: int) -> np.ndarray:
         """``z[i]`` (call :meth:`missing` first: it fetches the shards)."""
-        if not is_sharded(z):
+        if not is_sharded(z) or (self._scans is not None and int(i) not in self._scans):
             return z[int(i)]
         return self._entry(z)[0][int(i)]
