@@ -62,7 +62,7 @@ def _image(rng, truth, contrast):
     return (img + rng.normal(0, 4, truth.shape)).astype(np.float32)
 
 
-def make_store(path, *, n_subjects=3, seed=0, grid=STORE_GRID, images=("T1w", "FLAIR", "R1")):
+def make_store(path, *, n_subjects=3, seed=0, grid=STORE_GRID, images=("T1w", "FLAIR", "R1"), layout=None):
     """Write a small cohort store through the store API (no NIfTI files).
 
     Scans are subject x (baseline, m12), two sites; scan shapes and spacings vary. Ground
@@ -82,6 +82,9 @@ def make_store(path, *, n_subjects=3, seed=0, grid=STORE_GRID, images=("T1w", "F
         The store's grid shape.
     images : sequence of str
         Contrasts of the images written (empty: no images).
+    layout : dict, optional
+        Store layout over the defaults (``{"shards": False}``: unsharded data arrays, as
+        stores were written before sharding).
 
     Returns
     -------
@@ -104,8 +107,23 @@ def make_store(path, *, n_subjects=3, seed=0, grid=STORE_GRID, images=("T1w", "F
         scan_meta={"affine": affines, "shape": shapes, "spacing": spacing},
         reference=["T1w"] * n,
         orig_axcodes=["RAS"] * n,
+        layout=layout,
     )
     truth = {}
+    with st.record_batch():  # one process owns every chunk and shard: each written once
+        _write_masks(st, rng, n, shapes, truth)
+        _write_images(st, n, seed, images, truth)
+    clin = scans[["subject", "timepoint", "site"]].copy()
+    clin["group"] = ["MS" if k % 2 else "HC" for k in range(n)]
+    clin["age"] = np.linspace(30, 50, n)
+    clin["sex"] = ["F", "M"] * (n // 2) + ["F"] * (n % 2)
+    clin["edss"] = np.linspace(0, 6, n)
+    clin = clin.iloc[:-1]  # last scan has no clinical row
+    set_clinical(st, clin)
+    return st, truth
+
+
+def _write_masks(st, rng, n, shapes, truth):
     for i in range(n):
         shp = tuple(int(v) for v in shapes[i])
         g = _masks(rng, shp)
@@ -125,6 +143,9 @@ def make_store(path, *, n_subjects=3, seed=0, grid=STORE_GRID, images=("T1w", "F
             p = _shift(rng, g)
             truth[("b", "T1w", i)] = p
             st.write_mask("b", "T1w", i, p)
+
+
+def _write_images(st, n, seed, images, truth):
     # images from their own random stream: the masks above are the same with or without them
     img_rng = np.random.default_rng([seed, 1])
     for c in images:
@@ -132,14 +153,6 @@ def make_store(path, *, n_subjects=3, seed=0, grid=STORE_GRID, images=("T1w", "F
         for i in range(n):
             img = _image(img_rng, truth[("gt", "T1w", i)], c)
             st.write_scan_array(f"images/{c}", i, img, content_sha256=hashlib.sha256(img.tobytes()).digest())
-    clin = scans[["subject", "timepoint", "site"]].copy()
-    clin["group"] = ["MS" if k % 2 else "HC" for k in range(n)]
-    clin["age"] = np.linspace(30, 50, n)
-    clin["sex"] = ["F", "M"] * (n // 2) + ["F"] * (n % 2)
-    clin["edss"] = np.linspace(0, 6, n)
-    clin = clin.iloc[:-1]  # last scan has no clinical row
-    set_clinical(st, clin)
-    return st, truth
 
 
 # ------------------------------------------------------------------ results with planted effects

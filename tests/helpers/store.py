@@ -86,3 +86,68 @@ def small_cohort_files(tmp_path):
         {"subject": "sub-02", "timepoint": "baseline", "orient": "LIA", "shape": (18, 14, 16), "site": "B"},
     ]
     return make_cohort(tmp_path / "in", specs)
+
+
+def lose_chunk(store, name, scan):
+    """Lose scan ``scan``'s data from array ``name`` of the test's own store: its chunk
+    file, or in a sharded array its inner chunk from the shard's index (the other scans of
+    the shard stay readable). Returns the key :func:`~thaldask.store.verify.missing_chunks`
+    reports."""
+    import google_crc32c
+
+    from thaldask.store import open_store
+    from thaldask.store.shards import EMPTY, is_sharded, parse_index, scans_per_object
+
+    z = open_store(store).zarr_array(name)
+    if not is_sharded(z):
+        key = z.metadata.encode_chunk_key((scan, 0, 0, 0))
+        path = os.path.join(store, name, key)
+        assert os.path.isfile(path)
+        os.remove(path)
+        return key
+    rows = scans_per_object(z)
+    key = z.metadata.encode_chunk_key((scan // rows, 0, 0, 0))
+    path = os.path.join(store, name, key)
+    with open(path, "rb") as f:
+        raw = f.read()
+    index = parse_index(z, raw).copy()
+    assert index[scan % rows, 0, 0, 0, 0] != EMPTY
+    index[scan % rows, 0, 0, 0] = EMPTY
+    body = index.astype("<u8").tobytes()
+    with open(path, "wb") as f:  # the same shard without that scan's chunk
+        f.write(raw[: len(raw) - len(body) - 4] + body + np.array(google_crc32c.value(body), "<u4").tobytes())
+    return f"{key}[{scan % rows}, 0, 0, 0]"
+
+
+def data_file_stamps(store) -> dict:
+    """Modification times of every image and mask data file (chunks, shards) of a store."""
+    out = {}
+    for top in ("images", "masks", "probs"):
+        for d, _, fs in os.walk(os.path.join(store, top)):
+            for f in fs:
+                if f != "zarr.json":
+                    out[os.path.join(d, f)] = os.stat(os.path.join(d, f)).st_mtime_ns
+    return out
+
+
+def corrupt_chunk(store, name, scan):
+    """Overwrite scan ``scan``'s encoded chunk of array ``name`` with bytes no codec decodes
+    (its chunk file, or in a sharded array its bytes inside the shard, index kept)."""
+    from thaldask.store import open_store
+    from thaldask.store.shards import is_sharded, parse_index, scans_per_object
+
+    z = open_store(store).zarr_array(name)
+    if not is_sharded(z):
+        path = os.path.join(store, name, z.metadata.encode_chunk_key((scan, 0, 0, 0)))
+        assert os.path.isfile(path)
+        with open(path, "wb") as f:
+            f.write(b"not zstd")
+        return
+    rows = scans_per_object(z)
+    path = os.path.join(store, name, z.metadata.encode_chunk_key((scan // rows, 0, 0, 0)))
+    with open(path, "rb") as f:
+        raw = bytearray(f.read())
+    off, nb = (int(v) for v in parse_index(z, bytes(raw))[scan % rows, 0, 0, 0])
+    raw[off:off + nb] = b"\x07" * nb
+    with open(path, "wb") as f:
+        f.write(bytes(raw))

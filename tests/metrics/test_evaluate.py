@@ -117,16 +117,12 @@ def test_evaluate_interrupted_cache_resumes_missing_rows_only(small_store):
 
 
 def test_evaluate_corrupt_chunk_one_row_nan_rest_complete(small_store):
-    import glob
-    import os
+    from helpers.store import corrupt_chunk
 
     st, _ = small_store
     clean = evaluate(st.path, progress=False, csv_path="")
     # corrupt scan 3's chunk of masks/b/T1w and invalidate its cached row
-    chunk = [p for p in glob.glob(os.path.join(st.path, "masks", "b", "T1w", "c", "3", "**"), recursive=True) if os.path.isfile(p)]
-    assert chunk
-    with open(chunk[0], "wb") as fh:
-        fh.write(b"not zstd")
+    corrupt_chunk(st.path, "masks/b/T1w", 3)
     tok = zarr.open_array(st.path + "/" + metrics_array("b", "T1w", "token"), mode="r+")
     tok[3] = np.zeros(tok.shape[1], np.uint8)
     ds = evaluate(st.path, progress=False, csv_path="")

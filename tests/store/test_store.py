@@ -1,9 +1,13 @@
+import os
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from thaldask.errors import StoreConflictError, StoreNotFoundError
 from thaldask.store import export_masks, ingest, open_store
+from thaldask.store.shards import chunk_codecs, is_sharded, scans_per_object
+from thaldask.store.verify import verify_store
 
 
 def test_ingest_small_cohort_roundtrips_images_and_masks(small_cohort, tmp_path):
@@ -175,7 +179,7 @@ def test_float_maps_stored_bit_exactly_with_the_configured_codec(tmp_path, float
     with dask.config.set({"thaldask.store.float-codec": float_codec}):
         ingest(root / "m.csv", store, progress=False)
     st = open_store(store)
-    codecs = [type(c).__name__ for c in st.zarr_array("images/R1").metadata.codecs]
+    codecs = [type(c).__name__ for c in chunk_codecs(st.zarr_array("images/R1"))]
     assert ("PCodec" in codecs) == (float_codec == "pcodec"), codecs
     assert st.layout["float_codec"] == float_codec
     want = np.asarray(nib.as_closest_canonical(nib.load(root / "r1.nii.gz")).dataobj)
@@ -204,8 +208,12 @@ def test_cohort_store_pickles_as_its_path(small_cohort, tmp_path):
     np.testing.assert_array_equal(chunk[:sx, :sy, :sz], st.load_image("T1w", 2))
 
 
-@pytest.mark.parametrize("record_chunk", [1, 4])
-def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path, record_chunk):
+@pytest.mark.parametrize("record_chunk,batch", [(1, False), (4, False), (4, True)],
+                         ids=["one-per-chunk", "sharded", "sharded-batch"])
+def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path, record_chunk, batch):
+    """Tasks owning different record chunks (and shards: record_chunk scans per file) of
+    one new array write at once: nothing is lost, written scan by scan or in a batch."""
+    import contextlib
     from concurrent.futures import ThreadPoolExecutor
 
     import dask
@@ -225,6 +233,12 @@ def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path,
     def work(scans):  # as a worker would: from the path, the scans of whole record chunks
         st = open_store(store)
         out = []
+        with st.record_batch() if batch else contextlib.nullcontext():
+            out = _work(st, scans)
+        return out
+
+    def _work(st, scans):
+        out = []
         for i in scans:
             lab = st.load_mask("gt", "T1w", i)
             out.append(st.write_mask("net", "T1w", i, lab, prob=np.stack([lab == 1, lab == 2]).astype(float)))
@@ -239,8 +253,16 @@ def test_write_mask_concurrent_first_use_from_threads_keeps_every_scan(tmp_path,
     st = open_store(store)
     assert st.has_mask("net", "T1w").all()
     assert st.zarr_array("_meta/masks/net/T1w/record").chunks[0] == record_chunk
+    for name in ("masks/net/T1w", "probs/net/T1w"):  # the same task owns a scan's prob shard
+        z = st.zarr_array(name)
+        assert is_sharded(z) == (record_chunk > 1) and scans_per_object(z) == record_chunk
+        files = [f for _, _, fs in os.walk(os.path.join(store, name)) for f in fs if f != "zarr.json"]
+        assert len(files) == len(groups)
+    assert verify_store(store).empty
     for i in range(10):
-        np.testing.assert_array_equal(st.load_mask("net", "T1w", i), st.load_mask("gt", "T1w", i))
+        lab = st.load_mask("gt", "T1w", i)
+        np.testing.assert_array_equal(st.load_mask("net", "T1w", i), lab)
+        np.testing.assert_array_equal(st.load_prob("net", "T1w", i), np.stack([lab == 1, lab == 2]).astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype,shuffle", [("int16", "bitshuffle"), ("uint8", "shuffle"), ("float32", "noshuffle")])

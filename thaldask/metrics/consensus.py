@@ -28,6 +28,7 @@ from thaldask.metrics.kernels import side_dice
 from thaldask.metrics.rowcache import CACHE_CHUNK
 from thaldask.store.cohort_store import open_array
 from thaldask.store.format import consensus_array, scan_meta_array
+from thaldask.store.shards import ShardReader
 from thaldask.store.verify import read_scan
 
 __all__ = ["consensus_dice", "consensus_jobs", "consensus_block", "CONSENSUS_VERSION"]
@@ -130,9 +131,10 @@ def consensus_block(job: dict, *, store_path: str, storage_options=None) -> tupl
     arrays = [open_array(store_path, a, storage_options=storage_options) for a in names]
     lo = int(idx.min())
     shapes = open_array(store_path, scan_meta_array("shape"), storage_options=storage_options)[lo:int(idx.max()) + 1]
+    reader = ShardReader(idx)  # one fetch per shard of consecutive scans
     for i, s in enumerate(idx):
         try:
-            masks = [read_scan(z, int(s), shapes[int(s) - lo]) if has[i, k] else None
+            masks = [read_scan(z, int(s), shapes[int(s) - lo], reader) if has[i, k] else None
                      for k, z in enumerate(arrays)]
             out[i] = consensus_dice(masks)
             ok[i] = True

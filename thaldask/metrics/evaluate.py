@@ -52,6 +52,7 @@ from thaldask.store.format import (
     scan_meta_array,
     table_file,
 )
+from thaldask.store.shards import ShardReader
 from thaldask.store.verify import read_scan
 
 __all__ = ["evaluate", "results_to_frame", "CLINICAL_FLOATS", "CLINICAL_STRINGS"]
@@ -75,8 +76,8 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
     ``gt_name`` (the GT mask array; None: volumes only), ``pred_names`` and ``caches``
     ((label, raw array, token array) per prediction).
 
-    One Dask task per block reads its own masks, one scan at a time: a worker holds the
-    masks of the scan it is scoring, never blocks waiting for another task, so memory is
+    One Dask task per block reads its own masks, one scan at a time (a sharded array's
+    shard fetched once, compressed): a worker holds the masks of the scan it is scoring, never blocks waiting for another task, so memory is
     bounded by the tasks in flight whatever the cohort's size. Returns (scan, prediction,
     side, field) rows and which of them succeeded: the client caches those
     (:class:`~thaldask.metrics.rowcache.RowWriter`). A row that fails (a lost chunk, bad
@@ -99,10 +100,11 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
     lo = int(idx.min())
     shapes = open_array(store_path, scan_meta_array("shape"),
                         storage_options=storage_options)[lo:int(idx.max()) + 1]
+    reader = ShardReader(idx)  # consecutive scans of a sharded array: one fetch per shard
     for i, s in enumerate(idx):  # the scans of one block
         shape = shapes[int(s) - lo]
         try:  # a lost chunk is an error, never an empty mask
-            gt = read_scan(arrays[0], int(s), shape) if gt_name else None
+            gt = read_scan(arrays[0], int(s), shape, reader) if gt_name else None
         except Exception as exc:
             log.warning("evaluate: %s of scan %d unreadable: %s", gt_name, int(s), exc)
             continue
@@ -114,7 +116,7 @@ def _eval_block(batch, *, store_path, surface, storage_options=None):
                     out[i, j, :, pv] = pair_raw(gt, gt, spacing[i], surface=False)[:, pv]
                     ok[i, j] = True
                     continue
-                pred = read_scan(z, int(s), shape)
+                pred = read_scan(z, int(s), shape, reader)
                 if gt is not None:
                     out[i, j] = pair_raw(gt, pred, spacing[i], surface=surface)
                 else:  # no ground truth: volumes only

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from thaldask import config
-from thaldask._shared.compute import active_client, owned_batches, run_batches
+from thaldask._shared.compute import active_client, n_slots, owned_batches, run_batches
 from thaldask.errors import SegmenterError, StoreError
 from thaldask.segment.base import split_contrast
 from thaldask.segment.ensemble import ensemble_average, ensemble_vote
@@ -30,7 +30,26 @@ from thaldask.segment.tool_stage import COLUMNS, segment_report, segment_store_t
 from thaldask.store import open_store
 from thaldask.store.format import mask_array
 
-__all__ = ["segment_store"]
+__all__ = ["segment_store", "shard_scans"]
+
+#: a new mask array is sharded (its records chunked) by the store's record chunk once the
+#: cohort has this many such chunks per task slot: tasks of that many scans still keep
+#: every slot busy; smaller cohorts keep ``batch_size`` scans per chunk (one task per scan
+#: by default, spread over every worker)
+CHUNKS_PER_SLOT = 4
+
+
+def shard_scans(n_scans: int, slots: int, batch_size: int, record_chunk: int) -> int:
+    """Scans per shard (and per write-record chunk) of a new mask array.
+
+    >>> shard_scans(40, 2, 1, 16)   # the demo: one task per scan on every worker
+    1
+    >>> shard_scans(2000, 8, 1, 16)  # 16 scans per file: few files per scan
+    16
+    """
+    if n_scans >= max(1, int(record_chunk)) * CHUNKS_PER_SLOT * max(1, int(slots)):
+        return max(int(batch_size), int(record_chunk))
+    return int(batch_size)
 
 # ---------------------------------------------------------------- worker side
 
@@ -183,7 +202,11 @@ def segment_store(
     options : dict
         Segmenter options (e.g. ``{"checkpoint": ..., "label_ids": "3"}`` for mindglide).
     batch_size : int
-        Scans per task (default: ``thaldask.segment.batch-size``).
+        Scans per task (default: ``thaldask.segment.batch-size``). A new mask array holds
+        as many scans per write-record chunk; when the cohort has at least
+        ``CHUNKS_PER_SLOT`` (4) store record chunks (16 scans) per task slot, it gets the
+        store's record chunk instead and is sharded, that many scans per file (tasks then
+        write 16 scans each: :func:`shard_scans`). Existing arrays keep their chunking.
     overwrite : bool
         Recompute scans that already have a mask.
     require_gpu : bool, optional
@@ -256,14 +279,16 @@ def segment_store(
                      error=reason)
                 for item in batch for c in item["contrasts"] + item["ensembles"]]
 
-    # a task owns whole chunks of the write records of every array it writes; a new mask
-    # array's records get batch_size scans per chunk, so that tasks stay batch_size scans
-    # (one per scan by default: a small cohort still spreads over every worker)
+    # a task owns whole chunks of the write records (and shards) of every array it writes;
+    # a new mask array gets batch_size scans per chunk, so that tasks stay batch_size scans
+    # (one per scan by default: a small cohort still spreads over every worker), or in a
+    # large cohort the store's record chunk, sharded (shard_scans)
     methods = [model if k == "mean" else f"{model}-vote" for k in kinds]
     written = [mask_array(model, c) for c in contrasts] + [mask_array(m, e) for e in ensembles for m in methods]
+    per_file = shard_scans(st.n_scans, n_slots(client), batch_size, st.record_chunk)
     for name in written:
         if not st.has_array(name):
-            st.ensure_array(name, dtype="uint8", record_chunk=batch_size)
+            st.ensure_array(name, dtype="uint8", record_chunk=per_file)
     chunk = st.write_chunk(written)
     results = run_batches(
         run_scans,

@@ -228,7 +228,9 @@ def segment_store_tool(
                      seconds=np.nan, error=reason) for it in batch]
 
     # a tool takes minutes per scan: one task per scan, so its masks' write records get one
-    # scan per chunk (an array stored before with larger record chunks: a task per chunk)
+    # scan per chunk and the array is not sharded (one file per scan: a file per minutes of
+    # work is no burden); an array stored before with larger record chunks (or sharded):
+    # a task per chunk, each write rewriting its shard at once
     batches = []
     for c in contrasts:
         st.ensure_array(mask_array(name, c), dtype="uint8", record_chunk=1)

@@ -17,6 +17,7 @@ import numpy as np
 from thaldask import config
 from thaldask.errors import StoreError
 from thaldask.store.fastcopy import MAX_DECIMALS, quantised_copy
+from thaldask.store.shards import chunk_codecs, chunks_per_shard, is_sharded, scans_per_object
 
 __all__ = [
     "DEFAULT_LAYOUT",
@@ -30,6 +31,8 @@ __all__ = [
     "decimal_places",
     "choose_decimals",
     "write_whole_chunk",
+    "whole_chunk_payload",
+    "encode_scan",
     "recode_as_float",
 ]
 
@@ -56,6 +59,10 @@ DEFAULT_LAYOUT = {
     # scans per chunk of the write records, digests and uncertainties: every writing task owns
     # whole chunks of them (stores without the key: 1)
     "record_chunk": 16,
+    # data arrays whose records hold more than one scan per chunk store that many scans per
+    # file (Zarr sharding, each scan an inner chunk): ~2 files per scan instead of one per
+    # array and scan (stores without the key: unsharded, as they were written)
+    "shards": True,
 }
 FLOAT_CODECS = ("auto", "blosc", "pcodec")
 
@@ -77,6 +84,7 @@ def default_layout() -> dict:
         "float_shuffle": config.get("store.float-shuffle") or DEFAULT_LAYOUT["float_shuffle"],
         "pcodec_level": int(config.get("store.pcodec-level", DEFAULT_LAYOUT["pcodec_level"])),
         "record_chunk": int(config.get("store.record-chunk") or DEFAULT_LAYOUT["record_chunk"]),
+        "shards": bool(config.get("store.shards", DEFAULT_LAYOUT["shards"])),
     }
 
 
@@ -129,7 +137,7 @@ def decimal_scale(z) -> tuple[int, np.dtype] | None:
     """(scale, integer dtype) of an array stored as integers value * scale, else None."""
     from zarr.codecs.numcodecs import FixedScaleOffset
 
-    codecs = getattr(z.metadata, "codecs", ())
+    codecs = chunk_codecs(z)  # a sharded array's inner chunks
     if codecs and isinstance(codecs[0], FixedScaleOffset):
         cfg = codecs[0].codec_config
         if float(cfg.get("offset", 0)) == 0:
@@ -157,12 +165,25 @@ def write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
     stored integers (:func:`thaldask.store.fastcopy.quantised_copy`). Returns False (nothing
     written) for any other layout, codec or data type.
     """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    payload = whole_chunk_payload(z, full)
+    if payload is None:
+        return False
+    key = z.metadata.encode_chunk_key((int(i),) + (0,) * (z.ndim - 1))
+    path = f"{z.store_path.path}/{key}" if z.store_path.path else key
+    sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(payload)))
+    return True
+
+
+def whole_chunk_payload(z, full: np.ndarray) -> bytes | None:
+    """The encoded bytes of a one-chunk-per-scan ``bytes`` + ``blosc`` chunk holding
+    ``full`` (:func:`write_whole_chunk`), or None for any other layout, codec or data type."""
     import sys
 
     import numcodecs
     from zarr.codecs import BloscCodec, BytesCodec
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
 
     md = z.metadata
     codecs = tuple(getattr(md, "codecs", ()))
@@ -181,7 +202,7 @@ def write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
         or full.dtype != stored
         or tuple(full.shape) != tuple(z.shape[1:])
     ):
-        return False
+        return None
     bc = codecs[1]
     blosc = numcodecs.Blosc(
         cname=bc.cname.value,
@@ -190,11 +211,62 @@ def write_whole_chunk(z, i: int, full: np.ndarray) -> bool:
         blocksize=int(bc.blocksize),
         typesize=int(bc.typesize),
     )
-    payload = blosc.encode(np.ascontiguousarray(full))
-    key = z.metadata.encode_chunk_key((int(i),) + (0,) * (z.ndim - 1))
-    path = f"{z.store_path.path}/{key}" if z.store_path.path else key
-    sync(z.store.set(path, default_buffer_prototype().buffer.from_bytes(payload)))
-    return True
+    return blosc.encode(np.ascontiguousarray(full))
+
+
+def _inner_array(z):
+    """An unsharded in-memory array with ``z``'s inner chunks and codecs (one scan row), and
+    the dict holding its chunks."""
+    from zarr.core.array import Array, AsyncArray
+    from zarr.core.metadata import ArrayV3Metadata
+    from zarr.storage import MemoryStore, StorePath
+
+    md = z.metadata.to_dict()
+    cfg = md["codecs"][0]["configuration"]
+    md["shape"] = [1] + list(z.shape[1:])
+    md["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": list(cfg["chunk_shape"])}}
+    md["codecs"] = cfg["codecs"]
+    md["chunk_key_encoding"] = {"name": "default", "configuration": {"separator": "/"}}
+    md.pop("storage_transformers", None)
+    mem: dict = {}
+    arr = Array(AsyncArray(metadata=ArrayV3Metadata.from_dict(md),
+                           store_path=StorePath(MemoryStore(store_dict=mem), "")))
+    return arr.with_config({"write_empty_chunks": True}), mem
+
+
+def encode_scan(z, i: int, full: np.ndarray, values=None, *, cache: dict | None = None) -> dict:
+    """Encoded inner chunks of scan ``i`` holding ``full`` (the whole padded row, stored
+    dtype), as {(shard coords, position): bytes}: exactly the bytes zarr would store, every
+    chunk kept (also all-zero ones: an empty mask is stored, not absent).
+
+    ``values``: a function giving the values zarr encodes when the fast path does not apply
+    (a decimal array's ``full`` holds its stored integers). ``cache``: keeps the in-memory
+    encoding array per array path."""
+    key = (id(z.store), z.path)
+    got = (cache if cache is not None else {}).get(key)
+    if got is None:
+        got = _inner_array(z)
+        if cache is not None:
+            cache[key] = got
+    enc, mem = got
+    cps = chunks_per_shard(z)
+    payload = whole_chunk_payload(enc, full)  # one inner chunk per scan: encoded here
+    if payload is not None:
+        return {(tuple(c // n for c, n in zip((int(i),) + (0,) * (z.ndim - 1), cps, strict=True)),
+                 (int(i) % cps[0],) + (0,) * (z.ndim - 1)): payload}
+    mem.clear()
+    enc[0] = values() if values is not None else full
+
+    out = {}
+    for rest in itertools.product(*(range(n) for n in enc.cdata_shape[1:])):
+        coords = (int(i),) + rest
+        buf = mem.get(enc.metadata.encode_chunk_key((0,) + rest))
+        if buf is None:  # (write_empty_chunks keeps every chunk; never expected)
+            continue
+        out[(tuple(c // n for c, n in zip(coords, cps, strict=True)),
+             tuple(c % n for c, n in zip(coords, cps, strict=True)))] = buf.to_bytes()
+    mem.clear()
+    return out
 
 
 def spatial_chunks(grid_shape, layout: dict | None = None):
@@ -271,16 +343,26 @@ def recode_as_float(z, written, layout: dict) -> int:
     lay = {**layout, "float_codec": "blosc"}
     blosc = array_codecs(z.dtype, lay)["compressors"][0]
     md = z.metadata.to_dict()
-    md["codecs"] = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc.to_dict()]
+    plain = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc.to_dict()]
+    sharded = is_sharded(z)
+    if sharded:  # the inner chunks' codecs change, the shards stay
+        md["codecs"][0]["configuration"]["codecs"] = plain
+    else:
+        md["codecs"] = plain
     old_enc = md.get("chunk_key_encoding", {}).get("name", "default")
     md["chunk_key_encoding"] = (
         {"name": "v2", "configuration": {"separator": "."}} if old_enc == "default"
         else {"name": "default", "configuration": {"separator": "/"}}
     )
     new_md = ArrayV3Metadata.from_dict(md)
-    new = Array(AsyncArray(metadata=new_md, store_path=z.store_path))
+    new = Array(AsyncArray(metadata=new_md, store_path=z.store_path)).with_config({"write_empty_chunks": True})
     written = np.asarray(written)
-    for i in written:
+    if sharded:  # a shard at a time: each written once
+        rows = scans_per_object(z)
+        for k in sorted({int(i) // rows for i in written}):
+            lo, hi = k * rows, min((k + 1) * rows, z.shape[0])
+            new[lo:hi] = np.asarray(z[lo:hi])
+    for i in ([] if sharded else written):
         vals = np.asarray(z[int(i)])
         if not write_whole_chunk(new, int(i), vals):
             new[int(i)] = vals
@@ -289,7 +371,9 @@ def recode_as_float(z, written, layout: dict) -> int:
     if old_enc == "default":  # every key under c/ is an old chunk
         sync(z.store.delete_dir(base + "c"))
     else:
-        for i in written:
-            for rest in itertools.product(*(range(n) for n in z.cdata_shape[1:])):
-                sync(z.store.delete(base + z.metadata.encode_chunk_key((int(i),) + rest)))
+        rows = scans_per_object(z)
+        outer = [-(-int(s) // int(c)) for s, c in zip(z.shape, z.metadata.chunk_grid.chunk_shape, strict=True)]
+        for k in sorted({int(i) // rows for i in written}):
+            for rest in itertools.product(*(range(n) for n in outer[1:])):
+                sync(z.store.delete(base + z.metadata.encode_chunk_key((k,) + rest)))
     return int(written.size)

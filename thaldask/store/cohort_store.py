@@ -342,7 +342,7 @@ class CohortStore(ScanWriter):
             z = self.zarr_array(name)
         except KeyError:
             raise KeyError(f"{self.path}: no array {name!r} in the store") from None
-        chunks = (1,) + tuple(z.shape[1:])
+        chunks = (1,) + tuple(z.shape[1:])  # one scan per dask chunk, also in a sharded array
         from dask.base import tokenize
 
         token = tokenize(self.path, name, self._attrs[ROOT_ATTR].get("created"), z.shape)
@@ -385,10 +385,12 @@ class CohortStore(ScanWriter):
 
     def load_image(self, contrast: str, i: int) -> np.ndarray:
         """Scan ``i``'s image as float32 (eager), cropped to ``shapes[i]``."""
+        self._settle(image_array(contrast), i)
         return np.asarray(self.zarr_array(image_array(contrast))[self._crop(i)], dtype=np.float32)
 
     def load_mask(self, method: str, contrast: str, i: int) -> np.ndarray:
         """Scan ``i``'s mask as uint8 0/1/2 (eager), cropped to ``shapes[i]``."""
+        self._settle(mask_array(method, contrast), i)
         return np.asarray(self.zarr_array(mask_array(method, contrast))[self._crop(i)], dtype=np.uint8)
 
     def load_prob(self, method: str, contrast: str, i: int) -> np.ndarray | None:
@@ -402,6 +404,7 @@ class CohortStore(ScanWriter):
         if not flags & HAS_PROB:
             return None
         sx, sy, sz = (int(v) for v in self.shapes[i])
+        self._settle(name, i)
         q = np.asarray(z[int(i), :, :sx, :sy, :sz])
         return q.astype(np.float32) / np.float32(255)
 

@@ -11,7 +11,9 @@ Layout (one Zarr v3 group)::
     scan/orig_affine, orig_shape, orig_ornt   the reference file's own grid and orientation
     scan/header (scan, 1024), scan/header_info (scan, 2)   scrubbed reference header bytes
     images/<contrast>             (scan, x, y, z) float32 (int16 when every file is), one
-                                  scan per chunk; a float map with fixed decimals d is
+                                  scan per chunk; in new stores (layout "shards") the
+                                  chunks of record_chunk scans share one shard file
+                                  (thaldask.store.shards); a float map with fixed decimals d is
                                   stored as integers value * 10**d (FixedScaleOffset codec;
                                   zarr reads it back as float32)
     masks/<method>/<contrast>     (scan, x, y, z) uint8 0 bg / 1 left / 2 right
@@ -26,9 +28,9 @@ Layout (one Zarr v3 group)::
     sources.csv                   array, scan, subject, timepoint, source file and its
                                   sha256 of every file ingested (one table, every ingest)
 
-Every per-scan write touches only chunks that belong to that scan, so scans can be written
-by independent tasks; scan-level metadata is written once by the process that creates the
-store. No other module of thaldask spells these names: they all come from here.
+Every per-scan write touches only chunks (and shards, and record chunks) that belong to
+the scans of its task, so scans can be written by independent tasks owning whole record
+chunks; scan-level metadata is written once by the process that creates the store. No other module of thaldask spells these names: they all come from here.
 """
 
 from __future__ import annotations

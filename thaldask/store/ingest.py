@@ -98,11 +98,14 @@ def ingest_scan(
     ``loaded`` maps file paths to volumes already decoded (:func:`~thaldask.store.nifti.load_volume`)."""
     st = store or open_store(store_path, storage_options=storage_options)
     i = spec.scan
-    aff_ras = st.affines[i]
-    shape_ras = tuple(int(v) for v in st.shapes[i])
-    orig_aff = st.orig_affines[i]
-    orig_shape = tuple(int(v) for v in st.orig_shapes[i])
-    ornt = st.orig_ornt[i]
+    geometry = {}
+
+    def geo():  # read only when a file is decoded (a no-op re-ingest reads none of it)
+        if not geometry:
+            geometry["g"] = (st.affines[i], tuple(int(v) for v in st.shapes[i]), st.orig_affines[i],
+                             tuple(int(v) for v in st.orig_shapes[i]), st.orig_ornt[i])
+        return geometry["g"]
+
     out = []
     ref_failed = None
     for e in spec.entries:
@@ -117,7 +120,7 @@ def ingest_scan(
             continue
         try:
             res = _ingest_file(
-                st, i, e, aff_ras, shape_ras, orig_aff, orig_shape, ornt,
+                st, i, e, geo,
                 overwrite=overwrite, split_binary=split_binary,
                 volume=(loaded or {}).get(e.file),
             )
@@ -163,8 +166,7 @@ def batches(specs: list[ScanSpec], *, voxels: int = BATCH_VOXELS, scans: int = B
 
 
 def _ingest_file(
-    st: CohortStore, i, e: FileEntry, aff_ras, shape_ras, orig_aff, orig_shape, ornt, *, overwrite,
-    split_binary, volume=None,
+    st: CohortStore, i, e: FileEntry, geo, *, overwrite, split_binary, volume=None,
 ):
     name = e.array
     # fast path: the same source file is already stored
@@ -172,6 +174,7 @@ def _ingest_file(
     if old is not None:
         if hashlib.sha256(nifti.read_bytes(e.file)).digest() == old:
             return {"status": "skipped", "reason": "same file already stored"}
+    aff_ras, shape_ras, orig_aff, orig_shape, ornt = geo()  # the scan's grid (read once)
     vol = volume if volume is not None else nifti.load_volume(e.file, kind=e.kind)
     grid = st.grid_shape
     flags = 0

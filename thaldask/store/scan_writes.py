@@ -9,6 +9,15 @@ scans of one array when each owns whole record chunks: batch scans with
 :meth:`~CohortStore.write_chunk` (every thaldask stage does); two writers of one record
 chunk at once would lose each other's rows. A scan's record is written last, so an
 interrupted write reads as "not written".
+
+New data arrays of a store whose layout has ``shards`` are sharded
+(:mod:`thaldask.store.shards`): ``record_chunk`` scans per shard file when that is more
+than one, so the task owning a record chunk owns the shard as well. Inside
+:meth:`ScanWriter.record_batch` each scan's inner chunks are encoded when written and every
+shard is written once, whole, when the block ends (or earlier, partially, when the
+buffered bytes exceed ``thaldask.store.shard-buffer-mb``), always before the records that
+mark its scans written. Outside a batch a write to a sharded array rewrites its shard at
+once (correct, but O(S) bytes per scan).
 """
 
 from __future__ import annotations
@@ -17,12 +26,14 @@ import contextlib
 
 import numpy as np
 
+from thaldask import config
 from thaldask.errors import StoreConflictError, StoreError
 from thaldask.store.codecs import (
     array_codecs,
     decimal_scale,
     decode_decimal,
     default_layout,
+    encode_scan,
     n_decimals,
     recode_as_float,
     spatial_chunks,
@@ -42,6 +53,7 @@ from thaldask.store.format import (
     volume_sd_array,
 )
 from thaldask.store.nifti import content_hash
+from thaldask.store.shards import is_sharded, scan_inner_chunks, write_shard
 
 __all__ = ["ScanWriter"]
 
@@ -67,12 +79,21 @@ class ScanWriter:
         on leaving the block (also after an error) every changed chunk is written, digests
         before records. A scan whose data were written but whose record was not (the task
         was killed) reads as not written and is written again next run. Overwrites of a
-        stored scan still mark it not written at once, before its data change."""
+        stored scan still mark it not written at once, before its data change.
+
+        Sharded arrays: the task must own whole shards too (their scans per shard equal the
+        record chunk); their scans' encoded data are kept and each shard is written once,
+        before any record."""
         self.__dict__["_record_batch"] = batch = {}
+        self.__dict__["_shard_batch"] = {}
         try:
             yield
         finally:
-            self.__dict__.pop("_record_batch", None)
+            try:
+                self._flush_shards()  # data before the records that mark them written
+            finally:
+                self.__dict__.pop("_shard_batch", None)
+                self.__dict__.pop("_record_batch", None)
             for kind in ("hash", "record"):  # digests first: a record marks its scan written
                 for (name, k), (rows, dirty) in batch.items():
                     if dirty and k[0] == kind:
@@ -109,6 +130,72 @@ class ScanWriter:
             entry[1] = True
         return True
 
+    # ------------------------------------------------------------------ shard buffers
+    def _put_scan(self, name: str, z, i: int, full: np.ndarray, values=None) -> bool:
+        """Store scan ``i``'s whole padded row ``full`` of sharded array ``z`` (``name``):
+        buffered in the open batch (True), else its shard is rewritten now (False)."""
+        cache = self.__dict__.setdefault("_encoders", {})
+        chunks = encode_scan(z, i, full, values, cache=cache)
+        sb = self.__dict__.get("_shard_batch")
+        if sb is None:
+            by_shard: dict = {}
+            for (coords, pos), b in chunks.items():
+                by_shard.setdefault(coords, {})[pos] = b
+            for coords, got in by_shard.items():
+                write_shard(z, coords, got)
+            return False
+        pending = sb.setdefault(name, {})
+        for (coords, pos), b in chunks.items():
+            pending.setdefault(coords, {})[pos] = b
+        sb["_bytes"] = sb.get("_bytes", 0) + sum(len(b) for b in chunks.values())
+        budget = float(config.get("store.shard-buffer-mb", 512) or 512) * 2**20
+        if sb["_bytes"] > budget:  # flush what is held (the task owns these shards)
+            self._flush_shards()
+        return True
+
+    def _settle(self, name: str, i: int) -> None:
+        """Write the buffered shards holding scan ``i`` of ``name`` (before reading it)."""
+        sb = self.__dict__.get("_shard_batch")
+        if sb and any(c[0] == int(i) // self._shard_scans(name) for c in sb.get(name, {})):
+            self._flush_shards(name)
+
+    def _shard_scans(self, name: str) -> int:
+        z = self.zarr_array(name)
+        return int(z.metadata.chunk_grid.chunk_shape[0])
+
+    def _flush_shards(self, only: str | None = None) -> None:
+        """Write every buffered shard (of array ``only``), each whole; a scan recorded
+        written whose inner chunks the shard turns out to lack is marked not written in the
+        batch (it is redone next run, never read as an empty mask)."""
+        sb = self.__dict__.get("_shard_batch")
+        if not sb:
+            return
+        for name in [n for n in sb if n != "_bytes" and (only is None or n == only)]:
+            z = self.zarr_array(name, mode="r+")
+            pending = sb.pop(name)
+            for coords in sorted(pending):
+                absent = write_shard(z, coords, pending[coords])
+                self._lost(name, z, coords, absent)
+        sb["_bytes"] = sum(len(b) for n, p in sb.items() if n != "_bytes"
+                           for got in p.values() for b in got.values())
+
+    def _lost(self, name, z, coords, absent) -> None:
+        if not absent or "_record_batch" not in self.__dict__:
+            return
+        try:
+            self.zarr_array(record_array(name))
+        except KeyError:  # probabilities: no record of their own
+            return
+        for j in sorted({j for j, _ in absent}):
+            flags = int(self._row("record", name, j)[0])
+            if not flags & WRITTEN:
+                continue
+            need = {p for c, p in scan_inner_chunks(z, j, self.shapes[j]) if c == tuple(coords)}
+            if need & {p for k, p in absent if k == j}:
+                rec = np.array(self._row("record", name, j))
+                rec[0] = 0.0
+                self._defer_rows(name, j, rec, np.array(self._row("hash", name, j)))
+
     # ------------------------------------------------------------------ writes
     def ensure_array(
         self, name: str, *, dtype, extra_dims: tuple[int, ...] = (), layout=None, decimals=None,
@@ -119,7 +206,9 @@ class ScanWriter:
         ``decimals`` = (d, integer dtype) stores a float array as integers value * 10**d
         (the caller has checked that its data have d decimals; see ``array_codecs``).
         ``record_chunk``: scans per chunk of its write records and digests (default: the
-        store's; 1 for arrays whose writers run one task per scan)."""
+        store's; 1 for arrays whose writers run one task per scan). When it is more than 1
+        and the layout has ``shards`` (new stores), the data array is sharded with as many
+        scans per shard file, each scan an inner chunk as before."""
         import zarr
 
         if self.read_only:
@@ -130,9 +219,13 @@ class ScanWriter:
         rc = int(record_chunk or self.record_chunk)  # exactly: tasks own whole chunks of it
         shape = (n,) + tuple(extra_dims) + g
         chunks = (1,) + tuple(extra_dims) + spatial_chunks(g, layout)
+        codecs = array_codecs(dtype, layout, decimals)
+        if layout.get("shards") and rc > 1:  # whole spatial extent, a multiple of the chunks
+            codecs = {**codecs, "shards": (rc,) + tuple(extra_dims) + tuple(
+                -(-s // c) * c for s, c in zip(g, chunks[-3:], strict=True))}
         dims = ("scan",) + tuple(f"dim{k}" for k in range(len(extra_dims))) + ("x", "y", "z")
         specs = [
-            (name, shape, chunks, dtype, array_codecs(dtype, layout, decimals), dims),
+            (name, shape, chunks, dtype, codecs, dims),
             (record_array(name), (n, RECORD_LEN), (rc, RECORD_LEN), "float64", None, None),
             (hash_array(name), (n, HASH_LEN), (rc, HASH_LEN), "uint8", None, None),
         ]
@@ -210,6 +303,7 @@ class ScanWriter:
             old_hash = bytes(np.asarray(self._row("hash", name, i), dtype=np.uint8))[32:]
             if callable(content_sha256):
                 content_sha256 = content_sha256()
+            self._settle(name, i)  # written earlier in this batch: on disk before it is read
             if old_flags & FILE_DIGEST_ONLY or not any(old_hash):  # hash what is stored
                 old_hash = content_hash(np.asarray(self.zarr_array(name)[i]), self.affines[i])
             elif old_hash != content_sha256:  # recorded on a smaller padded grid? hash it now
@@ -232,7 +326,11 @@ class ScanWriter:
         else:
             full = np.zeros(z.shape[1:], dtype=stored)
             full[tuple(slice(0, s) for s in data.shape)] = data
-        if not write_whole_chunk(z, i, full):
+        buffered = False
+        if is_sharded(z):  # stored integers: zarr encodes values (when not the fast path)
+            values = (lambda: decode_decimal(full, dec[0], z.dtype)) if stored != z.dtype else None
+            buffered = self._put_scan(name, z, i, full, values)
+        elif not write_whole_chunk(z, i, full):
             if stored != z.dtype:  # stored integers: zarr encodes values
                 full = decode_decimal(full, dec[0], z.dtype)
             z[i] = full  # the whole chunk-aligned region of scan i
@@ -240,7 +338,10 @@ class ScanWriter:
             ez = self.zarr_array(key, mode="r+")
             efull = np.zeros(ez.shape[1:], dtype=ez.dtype)
             efull[tuple(slice(0, s) for s in arr.shape)] = arr
-            ez[i] = efull
+            if is_sharded(ez):
+                buffered = self._put_scan(key, ez, i, efull) or buffered
+            else:
+                ez[i] = efull
         rec = np.zeros(RECORD_LEN)
         lazy = callable(content_sha256)
         rec[0] = flags | WRITTEN | (FILE_DIGEST_ONLY if lazy else 0)
@@ -254,7 +355,8 @@ class ScanWriter:
         # the content slot changes exactly when the stored content does (caches key on it)
         h[32:] = np.frombuffer(file_sha256 if lazy else content_sha256, dtype=np.uint8) if (
             file_sha256 or not lazy) else 0
-        if old_flags & WRITTEN or not self._defer_rows(name, i, rec, h):
+        # an overwrite is marked not written above; buffered data: the record waits for them
+        if (old_flags & WRITTEN and not buffered) or not self._defer_rows(name, i, rec, h):
             hash_z[i] = h
             rec_z[i] = rec  # written flag last: a crash before this line means "not written"
             batch = self.__dict__.get("_record_batch")
@@ -339,7 +441,8 @@ class ScanWriter:
                 raise ValueError(f"write_mask: prob has shape {p.shape}; expected {(2,) + shp}")
             q = np.round(np.clip(np.nan_to_num(p), 0, 1) * 255).astype(np.uint8)
             pname = prob_array(method, contrast)
-            self.ensure_array(pname, dtype="uint8", extra_dims=(2,))
+            # as many scans per shard as the mask's records: the same task owns both
+            self.ensure_array(pname, dtype="uint8", extra_dims=(2,), record_chunk=self.write_chunk([name]))
             extra[pname] = q
             flags |= HAS_PROB
             h_parts.append(q)
