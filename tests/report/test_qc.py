@@ -101,26 +101,35 @@ def test_cli_qc_prints_paths_and_fails_cleanly(evaluated_store, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_montages_render_on_the_cluster_workers(evaluated_store, tmp_path):
-    """With a Dask cluster the visual-QC montages are drawn by its worker processes (while
-    the client draws the other figures) and come out byte for byte as drawn locally."""
+def test_report_figures_render_on_the_cluster_workers(evaluated_store, tmp_path):
+    """With a Dask cluster every figure (visual-QC montages and the plots of small inputs)
+    is drawn by its worker processes, and each comes out byte for byte as drawn locally;
+    with a figure-input limit of 0 MB nothing is sent."""
+    import dask
     from distributed import Client, LocalCluster, get_task_stream
 
+    from thaldask import config
     from thaldask.report import write_report
 
     store, _ = evaluated_store
     local = write_report(store, tmp_path / "local", progress=False).parent
+    pngs = sorted(str(p.relative_to(local)) for p in local.glob("*/*.png"))
+    montages = [p for p in pngs if p.startswith("qc/")]
+    assert montages and len(pngs) > len(montages)
+    config.get("report.cluster-figure-mb")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         with get_task_stream(client) as ts:
             remote = write_report(store, tmp_path / "remote", progress=False).parent
+        with dask.config.set({"thaldask.report.cluster-figure-mb": 0}), get_task_stream(client) as ts0:
+            write_report(store, tmp_path / "remote0", progress=False)
         workers = set(client.scheduler_info()["workers"])
     ran = [t for t in ts.data if str(t["key"]).startswith("thaldask-report-")]
-    montages = sorted(p.name for p in (local / "qc").glob("*.png"))
-    assert montages and sorted(p.name for p in (remote / "qc").glob("*.png")) == montages
-    assert len(ran) == len(montages)  # every montage was a worker task
+    assert len(ran) >= len(pngs)  # every figure was a worker task (absent ones too)
     assert {t["worker"] for t in ran} <= workers
-    for name in montages:
-        assert (remote / "qc" / name).read_bytes() == (local / "qc" / name).read_bytes(), name
+    assert not [t for t in ts0.data if str(t["key"]).startswith("thaldask-report-")]
+    assert sorted(str(p.relative_to(remote)) for p in remote.glob("*/*.png")) == pngs
+    for rel in pngs:
+        assert (remote / rel).read_bytes() == (local / rel).read_bytes(), rel
     html = (remote / "index.html").read_text()
-    assert all(f"qc/{name}" in html for name in montages)
+    assert all(rel in html for rel in pngs) and "thaldask figure" not in html

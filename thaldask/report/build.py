@@ -34,6 +34,7 @@ from thaldask.report.sections import (
     Progress,
     agreement_section,
     clinical_section,
+    fill_figures,
     harmonisation_section,
     is_missing,
     overview_section,
@@ -162,7 +163,8 @@ def build_report(
             ("qc", "Visual QC", qc_html),
             ("tables", "Tables", tables_section(page, stats)),
         ]
-        resolve_figures(page, prog)
+        filled = resolve_figures(page, prog)
+        sections = [(sid, t, fill_figures(h, filled)) for sid, t, h in sections]
     finally:
         prog.close()
     run = dict(run_info or {})

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.sizeof import sizeof
 
+from thaldask import config
 from thaldask._shared.compute import active_client
 from thaldask._shared.paths import safe_name, write_bytes
 from thaldask._shared.progress import Progress as SharedProgress
@@ -32,7 +34,7 @@ from thaldask.report.qc import (
     scan_index,
     select_qc_cases,
 )
-from thaldask.report.style import save
+from thaldask.report.style import png_bytes, save
 from thaldask.stats import headline_findings
 
 SOFTWARE = ("thaldask", "numpy", "scipy", "pandas", "xarray", "dask", "distributed", "zarr",
@@ -53,33 +55,83 @@ class Page:
     pending: list = field(default_factory=list)  # (rel path, future or None, func, args, kwargs)
 
 
-def defer_figure(page: Page, rel: str, func, *args, **kwargs) -> None:
-    """Render ``func(*args, **kwargs)`` (PNG bytes) to ``page.out / rel`` later: on the active
-    Dask cluster's workers while the page's other figures are drawn here, else at
-    :func:`resolve_figures`."""
+class Plot:
+    """A figure to draw later: ``func(*args, **kwargs)`` returns a Figure, or None when the
+    figure is absent (see :func:`save_figure`)."""
+
+    __slots__ = ("func", "args", "kwargs")
+
+    def __init__(self, func, *args, **kwargs):
+        self.func, self.args, self.kwargs = func, args, kwargs
+
+
+def render_png(func, *args, **kwargs) -> bytes | None:
+    """PNG bytes of the Figure ``func(*args, **kwargs)`` returns (None: the figure is absent)."""
+    fig = func(*args, **kwargs)
+    return None if fig is None else png_bytes(fig)
+
+
+def _payload_mb(values) -> float:
+    total = 0
+    for v in values:
+        if isinstance(v, xr.Dataset | xr.DataArray):
+            total += v.nbytes
+        elif isinstance(v, pd.DataFrame):
+            total += int(v.memory_usage(index=True).sum())
+        elif isinstance(v, np.ndarray):
+            total += v.nbytes
+        elif isinstance(v, dict):
+            total += _payload_mb(v.values()) * 2**20
+        else:
+            total += sizeof(v)
+    return total / 2**20
+
+
+def defer_figure(page: Page, rel: str, caption: str, absent: str, func, *args, **kwargs) -> str:
+    """HTML placeholder of the figure ``page.out / rel``; ``func(*args, **kwargs)`` gives its
+    PNG bytes (None: absent, shown as ``absent``). With an active Dask cluster, and inputs
+    small enough to send (``thaldask.report.cluster-figure-mb``), it is drawn by the
+    cluster's workers while this process draws the others; else at :func:`resolve_figures`.
+    """
     client = active_client()
     fut = None
-    if client is not None:
+    if client is not None and _payload_mb([*args, *kwargs.values()]) <= float(config.get("report.cluster-figure-mb")):
         fut = client.submit(func, *args, pure=False, key=f"thaldask-report-{uuid.uuid4().hex[:12]}", **kwargs)
-    page.pending.append((rel, fut, func, args, kwargs))
+    token = f"<!-- thaldask figure {rel} -->"
+    page.pending.append((rel, token, caption, absent, fut, func, args, kwargs))
+    return token
 
 
-def resolve_figures(page: Page, progress: Progress) -> None:
-    """Write every deferred figure (rendered here when its task failed or there is no
-    cluster) and advance the progress bar once per figure."""
+def resolve_figures(page: Page, progress: Progress) -> dict[str, str]:
+    """Write every deferred figure (drawn here when its task failed or there is no
+    cluster), advance the progress bar once per figure, and return the HTML of each
+    placeholder."""
     pending, page.pending = page.pending, []
-    for rel, fut, func, args, kwargs in pending:
-        data = None
+    html = {}
+    for rel, token, caption, absent, fut, func, args, kwargs in pending:
+        data, done = None, False
         if fut is not None:
             try:
-                data = fut.result()
+                data, done = fut.result(), True
             except Exception:  # noqa: BLE001 - a lost worker: draw it here instead
-                data = None
-        if data is None:
+                pass
+        if not done:
             data = func(*args, **kwargs)
+        progress.step(Path(rel).stem)
+        if data is None:
+            html[token] = absent_html(absent)
+            continue
         write_bytes(page.out / rel, data)
         page.figures.append(rel)
-        progress.step(Path(rel).stem)
+        html[token] = figure_html(rel, caption)
+    return html
+
+
+def fill_figures(text: str, html: dict[str, str]) -> str:
+    """``text`` with each figure placeholder of :func:`defer_figure` replaced by its HTML."""
+    for token, h in html.items():
+        text = text.replace(token, h)
+    return text
 
 
 def is_missing(v) -> bool:
@@ -149,6 +201,11 @@ class Progress:
 
 def save_figure(page: Page, fig, name: str, caption: str, progress: Progress, *,
                  absent: str, sub: str = "figures") -> str:
+    """HTML of one figure: ``fig`` is a Figure (saved now), None (absent) or a :class:`Plot`
+    (drawn by :func:`defer_figure`, possibly on the cluster)."""
+    if isinstance(fig, Plot):
+        return defer_figure(page, f"{sub}/{name}.png", caption, absent, render_png, fig.func, *fig.args,
+                            **fig.kwargs)
     progress.step(name)
     if fig is None:
         return absent_html(absent)
@@ -282,22 +339,22 @@ def agreement_section(page, ds, stats, progress, side) -> str:
             progress.step("agreement (absent)")
     else:
         parts.append(save_figure(
-            page, F.plot_metric_distributions(ds, side=side, colours=page.colours), "agreement_distributions",
+            page, Plot(F.plot_metric_distributions, ds, side=side, colours=page.colours), "agreement_distributions",
             "Dice, sensitivity and precision of every scan with ground truth, per method × "
             "contrast (boxes: median and quartiles, whiskers: 1.5 IQR, points: scans).",
             progress, absent="No overlap metric has a finite value."))
         parts.append(save_figure(
-            page, F.plot_precision_sensitivity(ds, side=side, colours=page.colours), "precision_sensitivity",
+            page, Plot(F.plot_precision_sensitivity, ds, side=side, colours=page.colours), "precision_sensitivity",
             "Precision against sensitivity per scan (small markers) and per method × contrast "
             "mean (large). Below the diagonal: over-segmentation (low precision); above it: "
             "under-segmentation.", progress, absent="No scan has both sensitivity and precision."))
         parts.append(save_figure(
-            page, F.plot_volume_vs_gt(ds, side=side, colours=page.colours), "volume_vs_gt",
+            page, Plot(F.plot_volume_vs_gt, ds, side=side, colours=page.colours), "volume_vs_gt",
             "Thalamic volume of each method against the ground-truth volume (mm³), one panel per "
             "contrast; dashed: identity.", progress,
             absent="No scan has both a method and a ground-truth volume."))
         parts.append(save_figure(
-            page, F.plot_bland_altman(ds, ag, side=side, colours=page.colours), "bland_altman",
+            page, Plot(F.plot_bland_altman, ds, ag, side=side, colours=page.colours), "bland_altman",
             "Bland–Altman plots (method − GT volume against their mean, mm³) on each subject's "
             "earliest scan with ground truth: bias (solid), 95 % limits of agreement (dashed), "
             "proportional-bias regression (dash-dot) and, where it is significant, "
@@ -324,7 +381,7 @@ def clinical_section(page, ds, stats, progress, side, rng, stored=None) -> str:
         progress.step("forest (absent)")
     else:
         parts.append(save_figure(
-            page, F.plot_forest(cc, estimate=est, side=side, colours=page.colours), "forest_clinical",
+            page, Plot(F.plot_forest, cc, estimate=est, side=side, colours=page.colours), "forest_clinical",
             "Standardised β of thalamic volume (adjusted for head size and covariates) for each "
             "clinical outcome, per method × contrast; lines: 95 % CIs; dashed: no association.",
             progress, absent=table_note(cc) or "clinical_cross.csv holds no finite standardised beta."))
@@ -338,7 +395,7 @@ def clinical_section(page, ds, stats, progress, side, rng, stored=None) -> str:
         progress.step("odds ratios (absent)")
     else:
         parts.append(save_figure(
-            page, F.plot_odds_ratios(lg, side=side, colours=page.colours), "odds_ratios",
+            page, Plot(F.plot_odds_ratios, lg, side=side, colours=page.colours), "odds_ratios",
             "Odds ratio of EDSS worsening per 1 %/year of annualised thalamic volume change "
             "(logistic regression with covariates), per method × contrast; lines: 95 % CIs; "
             "dashed: OR = 1.", progress,
@@ -358,7 +415,7 @@ def clinical_section(page, ds, stats, progress, side, rng, stored=None) -> str:
     else:
         absent = "No subject has a follow-up scan with years_since_baseline > 0: no annualised change."
     parts.append(save_figure(
-        page, F.plot_annualised_change(change, side=side, rng=rng, longitudinal=lg)
+        page, Plot(F.plot_annualised_change, change, side=side, rng=rng, longitudinal=lg)
         if ds is not None else None,
         "annualised_change",
         "Annualised thalamic volume change (% per year, baseline to last follow-up) per "
@@ -415,7 +472,7 @@ def harmonisation_section(page, ds, stats, progress, stored=None, side="total") 
                                      "before harmonisation only."))
         how = stored["harmonised_volume_mm3"].attrs.get("harmonisation") if after is not None else None
         parts.append(save_figure(
-            page, F.plot_site_distributions(before, after), "site_distributions",
+            page, Plot(F.plot_site_distributions, before, after), "site_distributions",
             f"Thalamic volume ({side}, mm³) per acquisition site, per method × contrast"
             + (", before (hatched, pale) and after (solid) ComBat harmonisation, as stored by the "
                "statistics stage" + (f" ({how})" if how else "") + "."
@@ -463,9 +520,10 @@ def qc_section(page, st, ds, progress, rng, n_random, side) -> str:
             parts.append(f"<h3>{esc(name)}</h3>" + absent_html("No stored scan of this method × contrast to show."))
             continue
         rel = f"qc/qc_{safe_name(m)}_{safe_name(c)}.png"
-        defer_figure(page, rel, qc_montage_png, st, m, c, ic, rows, title=f"{name} · image {ic}")
-        parts.append(f"<h3>{esc(name)}</h3>" + figure_html(
-            rel, f"Visual QC of {name} on the {ic} image: " + "; ".join(shown) + "."))
+        parts.append(f"<h3>{esc(name)}</h3>" + defer_figure(
+            page, rel, f"Visual QC of {name} on the {ic} image: " + "; ".join(shown) + ".",
+            "No stored scan of this method × contrast to show.", qc_montage_png, st, m, c, ic, rows,
+            title=f"{name} · image {ic}"))
     return "\n".join(parts)
 
 

@@ -16,9 +16,9 @@ import xarray as xr
 
 from thaldask._shared.paths import safe_name
 from thaldask.report.figures import combo_label
-from thaldask.report.page import absent_html, esc, figure_html
+from thaldask.report.page import absent_html, esc
 from thaldask.report.qc import image_contrast_of, qc_montage_png, scan_index
-from thaldask.report.sections import defer_figure, save_figure, table_block, table_note
+from thaldask.report.sections import Plot, defer_figure, save_figure, table_block, table_note
 from thaldask.report.style import method_colours, new_figure
 
 __all__ = ["plot_trial_sample_size", "plot_retest_bland_altman", "trial_section", "qc_flags_section",
@@ -182,7 +182,7 @@ def trial_section(page, stats, stored, progress, side="total") -> str:
     sentences = trial_sentences(stats, side)
     if sentences:
         parts.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences) + "</ul>")
-    parts.append(save_figure(page, plot_trial_sample_size(stats.get("trial_design"), side=side,
+    parts.append(save_figure(page, Plot(plot_trial_sample_size, stats.get("trial_design"), side=side,
                                                           colours=page.colours),
                              "trial_sample_size", "Patients per arm by method × contrast (log scale), "
                              "bootstrap 95 % CIs; from trial_design.csv.", progress,
@@ -191,7 +191,7 @@ def trial_section(page, stats, stored, progress, side="total") -> str:
                              columns=["method", "contrast", "side", "effect", "years", "power", "n_per_arm",
                                       "n_per_arm_ci_lower", "n_per_arm_ci_upper", "delta_pct_per_year",
                                       "sd_change_at_duration", "measurement_sd_pct"]))
-    parts.append(save_figure(page, plot_retest_bland_altman(stored, stats.get("reliability"), side=side,
+    parts.append(save_figure(page, Plot(plot_retest_bland_altman, stored, stats.get("reliability"), side=side,
                                                             colours=page.colours),
                              "retest_bland_altman", "Scan–rescan Bland–Altman per method × contrast; "
                              "open circles: repeat on another site's scanner.", progress,
@@ -235,10 +235,11 @@ def qc_flags_section(page, st, stats, progress, *, n_montages: int = 6) -> str:
         name = f"qcflag_{safe_name(r.subject)}_{safe_name(r.timepoint)}_{safe_name(r.method)}_{safe_name(r.contrast)}"
         if (i is not None and ic is not None and (r.method, r.contrast) in st.methods
                 and bool(st.has_mask(r.method, r.contrast)[i]) and bool(st.has_image(ic)[i])):
-            defer_figure(page, f"qc/{name}.png", qc_montage_png, st, r.method, r.contrast, ic,
-                         [(f"{r.flag}\n{r.subject}/{r.timepoint}", i)],
-                         title=f"{combo_label(r.method, r.contrast)} · {r.subject}/{r.timepoint}")
-            parts.append(figure_html(f"qc/{name}.png", f"{r.flag} ({r.severity}): {r.reason}"))
+            parts.append(defer_figure(
+                page, f"qc/{name}.png", f"{r.flag} ({r.severity}): {r.reason}",
+                f"{r.subject}/{r.timepoint} {r.method} · {r.contrast}: no stored mask to show ({r.reason}).",
+                qc_montage_png, st, r.method, r.contrast, ic, [(f"{r.flag}\n{r.subject}/{r.timepoint}", i)],
+                title=f"{combo_label(r.method, r.contrast)} · {r.subject}/{r.timepoint}"))
         else:
             parts.append(save_figure(page, None, name, "", progress,
                                      absent=f"{r.subject}/{r.timepoint} {r.method} · {r.contrast}: "
