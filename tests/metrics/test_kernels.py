@@ -220,3 +220,25 @@ def test_pair_raw_property_self_dice_one_and_symmetry(data):
         np.testing.assert_allclose(ab[:, i], ba[:, i], rtol=1e-12)
     i, j = METRIC_FIELDS.index("sensitivity"), METRIC_FIELDS.index("precision")
     np.testing.assert_allclose(ab[:, i], ba[:, j], rtol=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.9, 1.2, 3.0)])
+def test_surface_distances_equal_a_distance_transform_of_the_other_surface(spacing):
+    """The k-d tree distances are what scipy's Euclidean distance transform of the other
+    surface gives at each surface voxel (random blobs, anisotropic voxels)."""
+    from scipy import ndimage
+
+    from thaldask.metrics.kernels import surface_distances
+
+    rng = np.random.default_rng(3)
+    face = ndimage.generate_binary_structure(3, 1)
+    for _ in range(5):
+        a = ndimage.gaussian_filter(rng.random((30, 28, 20)), 2) > 0.5
+        b = ndimage.gaussian_filter(rng.random((30, 28, 20)), 2) > 0.5
+        d_ab, d_ba = surface_distances(a, b, spacing)
+        sa = a & ~ndimage.binary_erosion(a, face, border_value=0)
+        sb = b & ~ndimage.binary_erosion(b, face, border_value=0)
+        ref_ab = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
+        ref_ba = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]
+        np.testing.assert_allclose(d_ab, ref_ab, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(d_ba, ref_ba, rtol=1e-12, atol=1e-12)

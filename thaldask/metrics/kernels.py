@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from thaldask.errors import ScanError
 from thaldask.schema import METRIC_FIELDS, RAW_FIELDS, SIDES
@@ -190,11 +191,14 @@ def surface_distances(
 
 
 def _box_distances(a: np.ndarray, b: np.ndarray, spacing):
-    sa, sb = _surface(a), _surface(b)
-    sp = tuple(float(s) for s in spacing)
-    d_to_b = ndimage.distance_transform_edt(~sb, sampling=sp)
-    d_to_a = ndimage.distance_transform_edt(~sa, sampling=sp)
-    return d_to_b[sa], d_to_a[sb]
+    """Each surface voxel's distance (mm) to the other surface's nearest voxel, in C order
+    of the surface voxels: the values a Euclidean distance transform of the other surface
+    gives there, found with a k-d tree of the surface points (about half the time of two
+    distance transforms of the box)."""
+    sp = np.asarray(spacing, dtype=float)
+    pa = np.argwhere(_surface(a)) * sp
+    pb = np.argwhere(_surface(b)) * sp
+    return cKDTree(pb).query(pa)[0], cKDTree(pa).query(pb)[0]
 
 
 def hd95_assd(d_ab: np.ndarray, d_ba: np.ndarray) -> tuple[float, float]:
