@@ -110,6 +110,7 @@ def test_report_figures_render_on_the_cluster_workers(evaluated_store, tmp_path)
 
     from thaldask import config
     from thaldask.report import write_report
+    from thaldask.report.sections import Page, defer_figure, render_png
 
     store, _ = evaluated_store
     local = write_report(store, tmp_path / "local", progress=False).parent
@@ -121,13 +122,14 @@ def test_report_figures_render_on_the_cluster_workers(evaluated_store, tmp_path)
             Client(cluster) as client:
         with get_task_stream(client) as ts:
             remote = write_report(store, tmp_path / "remote", progress=False).parent
-        with dask.config.set({"thaldask.report.cluster-figure-mb": 0}), get_task_stream(client) as ts0:
-            write_report(store, tmp_path / "remote0", progress=False)
+        with dask.config.set({"thaldask.report.cluster-figure-mb": 0}):
+            page = Page(tmp_path / "remote0")
+            defer_figure(page, "figures/x.png", "", "", render_png, lambda: None)
         workers = set(client.scheduler_info()["workers"])
     ran = [t for t in ts.data if str(t["key"]).startswith("thaldask-report-")]
     assert len(ran) >= len(pngs)  # every figure was a worker task (absent ones too)
     assert {t["worker"] for t in ran} <= workers
-    assert not [t for t in ts0.data if str(t["key"]).startswith("thaldask-report-")]
+    assert page.pending[0][4] is None  # above the input limit: drawn here, never sent
     assert sorted(str(p.relative_to(remote)) for p in remote.glob("*/*.png")) == pngs
     for rel in pngs:
         assert (remote / rel).read_bytes() == (local / rel).read_bytes(), rel
