@@ -149,11 +149,13 @@ def run_batches(
                 )
                 futs[f] = i
             for fut in as_completed(list(futs)):
-                i = futs[fut]
+                i = futs.pop(fut)
                 try:
                     results[i] = fut.result()
                 except Exception as exc:  # the task raised, or its worker died too often
                     results[i] = _Failed(exc)
+                fut.release()  # the worker frees the result now, not when the stage ends
+                del fut
                 if on_result is not None and not isinstance(results[i], _Failed):
                     on_result(i, results[i])
                 bar.advance(size(batches[i]))
