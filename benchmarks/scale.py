@@ -112,6 +112,10 @@ def _files(store: str) -> tuple[int, int, int]:
     return n_files, n_dirs, widest
 
 
+def _bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(folder) for f in fs)
+
+
 def _standin_class():
     from thaldask.segment.base import Prediction, Segmenter
 
@@ -165,6 +169,8 @@ def run_one(n: int, client) -> dict:
             out["stats"] = _stage(client, lambda: write_stats(store))
         files, dirs, widest = _files(store)
         out["files_per_scan"], out["dirs_per_scan"], out["widest_folder"] = files / n, dirs / n, widest
+        out["store_bytes_per_scan"] = _bytes(store) / n
+        out["input_bytes_per_scan"] = (_bytes(root) - _bytes(store)) / n
         out["client_peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
     finally:
