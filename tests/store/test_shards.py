@@ -211,3 +211,34 @@ def test_shard_reader_reads_what_zarr_reads_and_refuses_a_lost_scan(tmp_path, sc
             continue
         sx, sy, sz = st.shapes[i]
         np.testing.assert_array_equal(read_scan(z, i, st.shapes[i], reader)[:sx, :sy, :sz], truth[("a", "T1w", i)])
+
+
+def test_a_failed_shard_write_removes_only_its_own_temporary_file(tmp_path, monkeypatch):
+    """The one delete of the shard writer is its own temporary file (created exclusively
+    beside the shard) after a failed write; the stored shard and a file the user left in
+    the same folder are untouched."""
+    import thaldask.store.shards as shards
+
+    st, _ = make_store(tmp_path / "s.zarr", n_subjects=3, images=("T1w",))
+    z = st.zarr_array("images/T1w", mode="r+")
+    assert is_sharded(z)
+    folder = os.path.join(st.path, "images", "T1w", "c")
+    shard = os.path.join(st.path, *shards.shard_path(z, (0, 0, 0, 0)).split("/"))
+    before = open(shard, "rb").read()
+    user = os.path.join(os.path.dirname(shard), "notes.partial")  # even a look-alike name
+    with open(user, "w") as f:
+        f.write("mine")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shards.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        shards.write_shard(z, (0, 0, 0, 0), {})
+    monkeypatch.undo()
+    assert open(shard, "rb").read() == before
+    assert open(user).read() == "mine"
+    left = [f for _, _, fs in os.walk(folder) for f in fs]
+    assert os.path.basename(shard) in left and "notes.partial" in left
+    assert [f for f in left if f.endswith(".partial")] == ["notes.partial"]  # no temporary left
+    np.testing.assert_array_equal(open_store(st.path).load_image("T1w", 0), st.load_image("T1w", 0))
