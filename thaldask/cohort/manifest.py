@@ -20,7 +20,9 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from thaldask import config
 from thaldask import schema as _schema
+from thaldask._shared.compute import active_client, run_batches
 from thaldask._shared.paths import is_url
 from thaldask.cohort._csv import read_table
 from thaldask.cohort.labels import parse_labels
@@ -173,6 +175,7 @@ class FileCheck(NamedTuple):
     shape: tuple | None = None
     affine: np.ndarray | None = None
     dtype: str | None = None
+    header: tuple | None = None  # (class name, bytes) of the header as loaded, when kept
 
 
 def _stat_problem(file: str) -> tuple[str, os.stat_result | None]:
@@ -294,7 +297,7 @@ def _header_problem(img, file: str, size: int, fixes: list[str]) -> tuple[str, l
     return "", notes
 
 
-def check_file(file: str, *, read_header: bool = True) -> FileCheck:
+def check_file(file: str, *, read_header: bool = True, keep_header: bool = False) -> FileCheck:
     """Check one image or mask file before anything is built on it; never raises for the file.
 
     Checks, in order: a supported suffix (``.nii``, ``.nii.gz``, ``.mgz``, ``.mgh``); that
@@ -309,7 +312,8 @@ def check_file(file: str, *, read_header: bool = True) -> FileCheck:
     -------
     FileCheck
         ``problem`` (one line, "" when usable), ``warning`` (one line or ""), and the
-        header's ``shape``/``affine``/``dtype`` (None when there is a problem).
+        header's ``shape``/``affine``/``dtype`` (None when there is a problem); with
+        ``keep_header``, ``header`` is (nibabel header class name, header bytes as loaded).
 
     Notes
     -----
@@ -349,7 +353,36 @@ def check_file(file: str, *, read_header: bool = True) -> FileCheck:
         tuple(int(n) for n in img.shape),
         np.asarray(img.affine, dtype=np.float64),
         _stored_dtype(img),
+        (type(img.header).__name__, bytes(img.header.binaryblock)) if keep_header else None,
     )
+
+
+def check_files(files: list, read_header: bool = True, keep: list | None = None) -> list[FileCheck]:
+    """:func:`check_file` of each file ("" or None: nothing listed, nothing checked), keeping
+    the header of the files ``keep`` marks; one batch of :func:`validate`'s header reads,
+    run on a cluster's worker when there is one."""
+    keep = keep or [False] * len(files)
+    return [check_file(f, read_header=read_header, keep_header=k) if f else FileCheck()
+            for f, k in zip(files, keep, strict=True)]
+
+
+def _check_all(files: list, keep: list, read_header: bool, client, progress: bool) -> list[FileCheck]:
+    """:func:`check_files` of every file, on the active cluster's workers when there is one
+    and the manifest needs more than one task, else here."""
+    client = active_client(client)
+    per_task = max(1, int(config.get("cohort.files-per-check-task")))
+    if client is None or len(files) <= per_task:
+        return check_files(files, read_header, keep)
+    items = list(zip(files, keep, strict=True))
+    groups = [items[k : k + per_task] for k in range(0, len(items), per_task)]
+    out = run_batches(_check_group, groups, client=client, label="check files", unit="files",
+                      progress=progress, key_prefix="thaldask-check-files", args=(read_header,))
+    return [c for batch in out for c in batch]
+
+
+def _check_group(items: list, read_header: bool) -> list[FileCheck]:
+    """:func:`check_files` of (file, keep its header) pairs."""
+    return check_files([f for f, _ in items], read_header, [k for _, k in items])
 
 
 def _manifest_problems(df: pd.DataFrame, src: str) -> list[tuple[int, str]]:
@@ -415,6 +448,8 @@ def validate(
     check_files: bool = True,
     read_headers: bool = True,
     on_file_error: str = "raise",
+    client=None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Validate a manifest: problems of the manifest at once, problems of one file per row.
 
@@ -435,14 +470,19 @@ def validate(
     on_file_error : ``"raise"`` (default): file problems raise together with manifest
         problems; ``"flag"``: they are returned in the ``problem`` column and only manifest
         problems raise.
+    client : a ``distributed.Client``; None uses the active client if any. With a client,
+        the files are checked on its workers, ``thaldask.cohort.files-per-check-task`` per
+        task (the same checks, results in manifest order); without one, in this process.
+    progress : show the checks' progress on stderr (with a client)
 
     Returns
     -------
     pandas.DataFrame
         the manifest (read if a path was given) with ``problem`` and ``warning`` (one line
         each, ``"<manifest> row N: '<path>': reason"``, empty string when none) and, when
-        ``read_headers``, ``shape`` (tuple), ``affine`` (4x4 float64 array) and ``dtype``
-        (voxel type as read) from the headers, None for rows with a problem. With
+        ``read_headers``, ``shape`` (tuple), ``affine`` (4x4 float64 array), ``dtype``
+        (voxel type as read) and, for images, ``header`` (nibabel's header class name and
+        bytes as loaded) from the headers, None for rows with a problem. With
         ``on_file_error="raise"`` each warning is also issued as a
         :class:`~thaldask.errors.ThaldaskWarning`.
 
@@ -468,7 +508,8 @@ def validate(
     n = len(df)
     checks = [FileCheck()] * n
     if check_files:
-        checks = [check_file(f, read_header=read_headers) if f else FileCheck() for f in df["file"]]
+        keep = (df["kind"] == "image").tolist()  # a scan's stored header is its image's
+        checks = _check_all(list(df["file"]), keep, read_headers, client, progress)
     row_problem = [
         f"{src} row {r}: {p!r}: {c.problem}" if c.problem else ""
         for r, p, c in zip(df["row"], df["path"], checks, strict=True)
@@ -499,7 +540,7 @@ def validate(
     df["problem"] = row_problem
     df["warning"] = row_warning
     if check_files and read_headers:
-        for col in ("shape", "affine", "dtype"):
+        for col in ("shape", "affine", "dtype", "header"):
             vals = [None if p else getattr(c, col) for p, c in zip(row_problem, checks, strict=True)]
             df[col] = pd.Series(vals, index=df.index, dtype=object)
         df.attrs["validated"] = True

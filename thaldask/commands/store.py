@@ -30,8 +30,9 @@ def ingest_command(manifest, store, clinical, overwrite, split_binary, no_progre
     from thaldask.store.format import INGEST_REPORT
     from thaldask.store.ingest import ingest
 
-    # validate before starting any cluster: bad input fails in seconds
-    df = validate(manifest, on_file_error="flag")  # a bad file fails only its row
+    # the manifest itself is checked before any cluster starts: bad input fails in seconds;
+    # its files are then checked on the cluster's workers (a bad file fails only its row)
+    df = validate(manifest, on_file_error="flag", check_files=False)
     clin = validate_clinical(clinical, manifest=df) if clinical else None
     check_store_target(store)  # a new or empty folder, or a thaldask store
     with get_client(scheduler, quiet=True, cluster_config=cluster_file) as client:

@@ -388,7 +388,7 @@ def ingest(
     # problems of the manifest as a whole raise here, all at once; a bad file only fails
     # its own row, and the plan (padded grid, codecs, reference grids) is made from the
     # rows that passed their own checks
-    df = validate(manifest, on_file_error="flag")
+    df = validate(manifest, on_file_error="flag", client=client, progress=progress)
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
     # one writer at a time; a second ingest fails at once
     with store_lock(store, storage_options=storage_options):

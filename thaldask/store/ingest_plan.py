@@ -20,6 +20,7 @@ from thaldask.store.cohort_store import CohortStore
 from thaldask.store.format import HEADER_BYTES, scan_array
 from thaldask.store.nifti import (
     axcodes,
+    header_block,
     header_bytes,
     ras_affine,
     ras_orientation,
@@ -100,48 +101,52 @@ def plan_ingest(df: pd.DataFrame) -> IngestPlan:
         "header": np.zeros((n, HEADER_BYTES), np.uint8),
         "header_info": np.zeros((n, 2), np.int32),
     }
-    groups = df.groupby(["subject", "timepoint"], sort=False)
+    cols = ["row", "kind", "contrast", "method", "labels", "path", "file", "shape", "affine"]
+    recs = dict(zip(df.index, zip(*(df[c].tolist() for c in cols), strict=True), strict=True))
+    headers = dict(zip(df.index, df["header"].tolist(), strict=True)) if "header" in df else {}
+    groups: dict = {}  # (subject, timepoint) -> its rows' labels, in manifest order
+    for k, s, t in zip(df.index, df["subject"].tolist(), df["timepoint"].tolist(), strict=True):
+        groups.setdefault((s, t), []).append(k)
     for i, (s, t) in enumerate(zip(scans["subject"], scans["timepoint"], strict=False)):
-        rows = groups.get_group((s, t))
-        imgs = rows[rows["kind"] == "image"]
-        ref = imgs[imgs["contrast"] == "T1w"]
-        ref = ref.iloc[0] if len(ref) else imgs.iloc[0]
-        shape3 = tuple(ref["shape"][:3])
-        aff = np.asarray(ref["affine"], dtype=np.float64)
+        rows = groups[(s, t)]
+        imgs = [k for k in rows if recs[k][1] == "image"]
+        ref = next((k for k in imgs if recs[k][2] == "T1w"), imgs[0])
+        r_ref = recs[ref]
+        shape3 = tuple(r_ref[7][:3])
+        aff = np.asarray(r_ref[8], dtype=np.float64)
         ornt = ras_orientation(aff)
         rshape = ras_shape(shape3, ornt)
-        ras_aff = ras_affine(aff, shape3)
+        ras_aff = ras_affine(aff, shape3, ornt)
         meta["affine"][i] = ras_aff
         meta["shape"][i] = rshape
         meta["spacing"][i] = np.sqrt((ras_aff[:3, :3] ** 2).sum(0))
         meta["orig_affine"][i] = aff
         meta["orig_shape"][i] = shape3
         meta["orig_ornt"][i] = ornt
-        fmt, hb = header_bytes(ref["file"])
+        hdr = headers.get(ref)  # read once, when the manifest was validated
+        fmt, hb = header_block(hdr) if hdr is not None else header_bytes(r_ref[6])
         meta["header"][i, : len(hb)] = np.frombuffer(hb, np.uint8)
         meta["header_info"][i] = (fmt, len(hb))
-        ref_contrast.append(str(ref["contrast"]))
-        axc.append(axcodes(aff))
+        ref_contrast.append(str(r_ref[2]))
+        axc.append(axcodes(aff, ornt))
         entries = []
-        order = [int(ref.name)] + [k for k in imgs.index if k != ref.name] + list(
-            rows.index[rows["kind"] == "mask"]
-        )
+        order = [ref] + [k for k in imgs if k != ref] + [k for k in rows if recs[k][1] == "mask"]
         for k in order:
-            r = df.loc[k]
+            row, kind, contrast, method, labels, path, file, shape, affine = recs[k]
             on_ref = None
-            if r["kind"] == "image":
-                on_ref = bool(same_grid(r["affine"], r["shape"][:3], aff, shape3))
+            if kind == "image":
+                on_ref = bool(same_grid(affine, shape[:3], aff, shape3))
             entries.append(
                 FileEntry(
-                    row=int(r["row"]),
-                    kind=r["kind"],
-                    contrast=r["contrast"],
-                    method=r["method"],
-                    labels=r["labels"],
-                    path=r["path"],
-                    file=r["file"],
-                    array=scan_array(r["kind"], r["contrast"], r["method"]),
-                    is_ref=k == int(ref.name),
+                    row=int(row),
+                    kind=kind,
+                    contrast=contrast,
+                    method=method,
+                    labels=labels,
+                    path=path,
+                    file=file,
+                    array=scan_array(kind, contrast, method),
+                    is_ref=k == ref,
                     same_grid=on_ref,
                 )
             )
@@ -157,13 +162,13 @@ def _image_dtypes(df: pd.DataFrame, specs) -> dict[str, str]:
     integer on its scan's reference grid (exact, half the bytes of float32), else float32."""
     small = {"uint8", "int8", "int16"}
     out: dict[str, str] = {}
-    by_row = df.set_index("row")
+    dtype_of = dict(zip(df["row"].tolist(), (df["dtype"] if "dtype" in df else
+                                              pd.Series("float32", index=df.index)).tolist(), strict=True))
     for sp in specs:
         for e in sp.entries:
             if e.kind != "image":
                 continue
-            r = by_row.loc[e.row]
-            ok = str(r.get("dtype", "float32")) in small and e.same_grid
+            ok = str(dtype_of.get(e.row, "float32")) in small and e.same_grid
             out[e.array] = "int16" if out.get(e.array, "int16") == "int16" and ok else "float32"
     return out
 

@@ -23,6 +23,7 @@ __all__ = [
     "read_bytes",
     "decompress",
     "header_bytes",
+    "header_block",
     "scrub_header",
     "to_ras",
     "from_ras",
@@ -112,14 +113,27 @@ def header_bytes(file: str) -> tuple[int, bytes]:
     """(format code, scrubbed header bytes) of a NIfTI-1/NIfTI-2/MGH file's header."""
     import nibabel as nib
 
-    img = nib.load(file)
-    hdr = img.header.copy()
-    if isinstance(img, nib.Nifti2Image):
+    return header_block(nib.load(file).header)
+
+
+def header_block(header) -> tuple[int, bytes]:
+    """(format code, scrubbed header bytes) of a header as nibabel loaded it, given as the
+    header or as (header class name, its bytes); the header itself is not changed."""
+    import nibabel as nib
+
+    if isinstance(header, tuple):
+        from nibabel.freesurfer.mghformat import MGHHeader
+
+        cls = {"Nifti2Header": nib.Nifti2Header, "Nifti1Header": nib.Nifti1Header,
+               "MGHHeader": MGHHeader}[header[0]]
+        header = cls(binaryblock=header[1], check=False)
+    if isinstance(header, nib.Nifti2Header):
         fmt = FORMAT_NIFTI2
-    elif isinstance(img, nib.Nifti1Image):
+    elif isinstance(header, nib.Nifti1Header):
         fmt = FORMAT_NIFTI1
     else:
         fmt = FORMAT_MGH
+    hdr = header.copy()
     if fmt != FORMAT_MGH:
         scrub_header(hdr)
     return fmt, bytes(hdr.binaryblock)
@@ -215,11 +229,14 @@ def ras_orientation(affine: np.ndarray) -> np.ndarray:
     return no.io_orientation(affine)
 
 
-def axcodes(affine: np.ndarray) -> str:
-    """Orientation string of an affine, e.g. ``'LIA'``."""
+def axcodes(affine: np.ndarray, ornt: np.ndarray | None = None) -> str:
+    """Orientation string of an affine, e.g. ``'LIA'`` (``ornt``: its
+    :func:`ras_orientation`, when already known)."""
     import nibabel.orientations as no
 
-    return "".join(no.aff2axcodes(affine))
+    if ornt is None:
+        return "".join(no.aff2axcodes(affine))
+    return "".join(no.ornt2axcodes(ornt))
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray, ornt: np.ndarray | None = None):
@@ -252,11 +269,12 @@ def ras_shape(shape, ornt) -> tuple[int, int, int]:
     return tuple(out)
 
 
-def ras_affine(affine: np.ndarray, shape) -> np.ndarray:
-    """Affine of the RAS grid :func:`to_ras` gives for voxels of ``shape`` on ``affine``."""
+def ras_affine(affine: np.ndarray, shape, ornt: np.ndarray | None = None) -> np.ndarray:
+    """Affine of the RAS grid :func:`to_ras` gives for voxels of ``shape`` on ``affine``
+    (``ornt``: its :func:`ras_orientation`, when already known)."""
     import nibabel.orientations as no
 
-    return affine @ no.inv_ornt_aff(ras_orientation(affine), shape)
+    return affine @ no.inv_ornt_aff(ras_orientation(affine) if ornt is None else ornt, shape)
 
 
 # ---------------------------------------------------------------- resampling
