@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
+import dask
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -304,3 +306,9 @@ def test_get_client_local_section_processes_and_resources(tmp_path):
         (pid,) = client.run(os.getpid).values()
         assert pid != os.getpid()
         assert client.submit(sum, [1, 2, 3], resources={"gpu": 1}).result() == 6
+        # dask's statistical profiler is off in thaldask's workers (it would keep ~180 MB of
+        # samples per worker): nothing is sampled during a 1.5 s task
+        client.submit(time.sleep, 1.5, resources={"gpu": 1}).result()
+        (hist,) = client.run(lambda dask_worker: len(dask_worker.profile_history)).values()
+        (enabled,) = client.run(lambda: dask.config.get("distributed.worker.profile.enabled")).values()
+        assert hist == 0 and enabled is False

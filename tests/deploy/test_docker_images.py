@@ -173,3 +173,10 @@ def test_healthcheck_port_not_ok_unhealthy():
         server.server_close()
     assert res.returncode == 1
     assert "unhealthy" in res.stderr
+
+
+def test_images_start_workers_without_dask_statistical_profiler():
+    # the profiler keeps up to 1,000 one-second samples per worker (~180 MB); thaldask's
+    # local clusters turn it off too (thaldask.cluster.worker-profile)
+    for p in DOCKERFILES:
+        assert "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in p.read_text(), p.name

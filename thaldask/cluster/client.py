@@ -6,6 +6,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import dask.config
+
 from thaldask import config
 from thaldask.cluster.kubernetes import plan_kubernetes, start_kubernetes
 from thaldask.cluster.slurm import plan_slurm, start_slurm
@@ -171,17 +173,20 @@ def get_client(
         return
 
     n, tpw, mem, res = _local_sizing(spec, n_workers, threads_per_worker, memory_limit, resources)
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=tpw,
-        processes=True,
-        memory_limit=mem,
-        host=spec.get("host"),
-        dashboard_address=spec.get("dashboard_address")
-        or config.get("cluster.dashboard-address", ":0"),
-        resources=res,
-        silence_logs=40 if quiet else 30,
-    )
+    # each worker takes dask's config when it starts: its statistical profiler keeps up to
+    # 1,000 one-second call-tree samples (about 180 MB), off unless asked for
+    with dask.config.set({"distributed.worker.profile.enabled": bool(config.get("cluster.worker-profile"))}):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=tpw,
+            processes=True,
+            memory_limit=mem,
+            host=spec.get("host"),
+            dashboard_address=spec.get("dashboard_address")
+            or config.get("cluster.dashboard-address", ":0"),
+            resources=res,
+            silence_logs=40 if quiet else 30,
+        )
     client = Client(cluster)
     try:
         yield client
