@@ -5,8 +5,9 @@
     python benchmarks/scale.py --metadata-n 1000 10000 100000 --json benchmarks/scale_plan.json
 
 Each N is a cohort of small scans (32x32x24 at 2 mm: an image, ground truth and two
-methods' masks each, as NIfTI files) run on ``--workers`` local Dask worker processes with
-one thread each. The segment stage runs a stand-in segmenter (two fixed boxes, no model:
+methods' masks each, as NIfTI files) run in a fresh process on a fresh local cluster
+(thaldask's own, ``thaldask.cluster.get_client``) of ``--workers`` worker processes with
+one thread each, so that each N's memory peaks are its own. The segment stage runs a stand-in segmenter (two fixed boxes, no model:
 the stage's own cost around a model). Per stage it reports wall time, the time before the
 first task starts (planning), tasks, the peak resident memory of the workers and of this
 (client) process, and afterwards the files and folders the store holds per scan and the
@@ -160,8 +161,10 @@ def run_one(n: int, client) -> dict:
         client.run(_register_standin)
         out["segment"] = _stage(client, lambda: segment_store(store, "scale-standin", ["T1w"], client=client,
                                                               progress=False))
-        out["evaluate"] = _stage(client, lambda: evaluate(store, client=client, progress=False,
-                                                          surface=False))
+        res = {}
+        out["evaluate"] = _stage(client, lambda: res.update(ds=evaluate(store, client=client, progress=False,
+                                                                        surface=False)))
+        out["results_mib"] = res.pop("ds").nbytes / 2**20  # the results dataset the client holds
         import warnings
 
         with warnings.catch_warnings():
@@ -183,17 +186,33 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--metadata-n", type=int, nargs="+", default=None)
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "scale.json"))
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # one N, in a child
     args = ap.parse_args(argv)
     if args.metadata_n:
         return plan_main(args)
-    from distributed import Client, LocalCluster
+    if args.one is not None:  # a fresh process and cluster per N: its peaks are its own
+        from thaldask.cluster import get_client
+
+        with get_client(n_workers=args.workers, threads_per_worker=1, quiet=True) as client:
+            row = run_one(args.one, client)
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(row, f)
+        os.replace(args.json + ".tmp", args.json)
+        return None
+    import subprocess
 
     rows = []
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as lc, Client(lc) as client:
-        for n in sorted(args.n):
-            print(f"N = {n} ...", file=sys.stderr, flush=True)
-            rows.append(run_one(n, client))
+    for n in sorted(args.n):
+        print(f"N = {n} ...", file=sys.stderr, flush=True)
+        fd, part = tempfile.mkstemp(prefix=f"thaldask-scale-{n}-", suffix=".json")
+        os.close(fd)
+        try:
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(n),
+                            "--workers", str(args.workers), "--json", part], check=True)
+            with open(part) as f:
+                rows.append(json.load(f))
+        finally:
+            os.remove(part)  # the benchmark's own temporary file
     base = rows[0]
     print("| N | stage | wall (s) | per scan (ms) | per-scan ratio to N=%d | before first task (s) | tasks | worker peak (MiB) |" % base["n"])
     print("|---|---|---|---|---|---|---|---|")
@@ -213,7 +232,8 @@ def main(argv=None):
     print()
     for r in rows:
         print(f"N = {r['n']}: {r['files_per_scan']:.2f} files and {r['dirs_per_scan']:.2f} folders "
-              f"per scan, largest folder {r['widest_folder']} entries; client peak {r['client_peak_mib']:.0f} MiB")
+              f"per scan, largest folder {r['widest_folder']} entries; client peak {r['client_peak_mib']:.0f} MiB "
+              f"(results dataset {r['results_mib']:.1f} MiB)")
     for stage, sl in slopes.items():
         print(f"log-log slope {stage}: wall {sl['wall']:.2f}, before first task {sl['first_task']:.2f}")
     import dask
