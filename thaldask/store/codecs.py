@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "FLOAT_CODECS",
     "default_layout",
+    "record_chunk_for",
     "array_codecs",
     "spatial_chunks",
     "decimal_scale",
@@ -73,8 +74,27 @@ warnings.filterwarnings(
 )
 
 
-def default_layout() -> dict:
-    """Layout for new stores: dask.config ``thaldask.store.*`` over :data:`DEFAULT_LAYOUT`."""
+def record_chunk_for(n_scans: int) -> int:
+    """Scans per write-record chunk (and shard) of a new store created with ``n_scans``
+    scans, when ``thaldask.store.record-chunk`` is null: 16, 32 from 2,048 scans, 64 from
+    16,384. Each per-scan array costs a shard, a record chunk and a digest chunk per record
+    chunk, so larger cohorts keep to about two files per scan with some 20 arrays, while a
+    task (which owns whole chunks) still holds well under a percent of the cohort.
+
+    >>> [record_chunk_for(n) for n in (28, 2047, 2048, 16383, 16384, 100_000)]
+    [16, 16, 32, 32, 64, 64]
+    """
+    n = int(n_scans)
+    return 64 if n >= 16384 else 32 if n >= 2048 else 16
+
+
+def default_layout(n_scans: int | None = None) -> dict:
+    """Layout for new stores: dask.config ``thaldask.store.*`` over :data:`DEFAULT_LAYOUT`;
+    ``n_scans`` (of a store being created) sizes the record chunk when the config leaves it
+    null (:func:`record_chunk_for`)."""
+    rc = config.get("store.record-chunk")
+    if not rc:
+        rc = record_chunk_for(n_scans) if n_scans else DEFAULT_LAYOUT["record_chunk"]
     return {
         "spatial_chunks": config.get("store.spatial-chunks") or DEFAULT_LAYOUT["spatial_chunks"],
         "cname": config.get("store.compressor") or DEFAULT_LAYOUT["cname"],
@@ -83,7 +103,7 @@ def default_layout() -> dict:
         "float_codec": config.get("store.float-codec") or DEFAULT_LAYOUT["float_codec"],
         "float_shuffle": config.get("store.float-shuffle") or DEFAULT_LAYOUT["float_shuffle"],
         "pcodec_level": int(config.get("store.pcodec-level", DEFAULT_LAYOUT["pcodec_level"])),
-        "record_chunk": int(config.get("store.record-chunk") or DEFAULT_LAYOUT["record_chunk"]),
+        "record_chunk": int(rc),
         "shards": bool(config.get("store.shards", DEFAULT_LAYOUT["shards"])),
     }
 
