@@ -41,17 +41,17 @@ def test_train_is_bit_reproducible_also_when_stopped_and_resumed(tmp_path, anato
         nib.save(nib.Nifti1Image(labels.astype(np.int16), affine), maps / f"m{k}.nii.gz")
     base = ["train", "--label-maps", str(maps), "--steps", "4", "--seed", "5"]
     digests = {}
-    for run in ("a", "b"):
-        r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / run)])
-        assert r.exit_code == 0, r.output
-        digests[run] = hashlib.sha256((tmp_path / run / "thalnet.pt").read_bytes()).hexdigest()
+    # one run straight through; a second (stopped and resumed) is a separate run too
+    r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    digests["a"] = hashlib.sha256((tmp_path / "a" / "thalnet.pt").read_bytes()).hexdigest()
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c"), "--stop-after", "2"])
     assert r.exit_code == 0 and "stopped after step 2" in r.output, r.output
     assert not (tmp_path / "c" / "train_history.json").exists()
     r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     digests["c"] = hashlib.sha256((tmp_path / "c" / "thalnet.pt").read_bytes()).hexdigest()
-    assert digests["a"] == digests["b"] == digests["c"]
+    assert digests["a"] == digests["c"]
     assert digests["a"] in r.output
     # a different seed trains different weights
     r = CliRunner().invoke(main, [*base[:-1], "6", "--out", str(tmp_path / "d")])
