@@ -102,18 +102,18 @@ def plan_ingest(df: pd.DataFrame) -> IngestPlan:
         "header_info": np.zeros((n, 2), np.int32),
     }
     cols = ["row", "kind", "contrast", "method", "labels", "path", "file", "shape", "affine"]
-    recs = dict(zip(df.index, zip(*(df[c].tolist() for c in cols), strict=True), strict=True))
+    recs = dict(zip(df.index, df[cols].itertuples(index=False, name="File"), strict=True))
     headers = dict(zip(df.index, df["header"].tolist(), strict=True)) if "header" in df else {}
     groups: dict = {}  # (subject, timepoint) -> its rows' labels, in manifest order
     for k, s, t in zip(df.index, df["subject"].tolist(), df["timepoint"].tolist(), strict=True):
         groups.setdefault((s, t), []).append(k)
     for i, (s, t) in enumerate(zip(scans["subject"], scans["timepoint"], strict=False)):
         rows = groups[(s, t)]
-        imgs = [k for k in rows if recs[k][1] == "image"]
-        ref = next((k for k in imgs if recs[k][2] == "T1w"), imgs[0])
+        imgs = [k for k in rows if recs[k].kind == "image"]
+        ref = next((k for k in imgs if recs[k].contrast == "T1w"), imgs[0])
         r_ref = recs[ref]
-        shape3 = tuple(r_ref[7][:3])
-        aff = np.asarray(r_ref[8], dtype=np.float64)
+        shape3 = tuple(r_ref.shape[:3])
+        aff = np.asarray(r_ref.affine, dtype=np.float64)
         ornt = ras_orientation(aff)
         rshape = ras_shape(shape3, ornt)
         ras_aff = ras_affine(aff, shape3, ornt)
@@ -124,13 +124,13 @@ def plan_ingest(df: pd.DataFrame) -> IngestPlan:
         meta["orig_shape"][i] = shape3
         meta["orig_ornt"][i] = ornt
         hdr = headers.get(ref)  # read once, when the manifest was validated
-        fmt, hb = header_block(hdr) if hdr is not None else header_bytes(r_ref[6])
+        fmt, hb = header_block(hdr) if hdr is not None else header_bytes(r_ref.file)
         meta["header"][i, : len(hb)] = np.frombuffer(hb, np.uint8)
         meta["header_info"][i] = (fmt, len(hb))
-        ref_contrast.append(str(r_ref[2]))
+        ref_contrast.append(str(r_ref.contrast))
         axc.append(axcodes(aff, ornt))
         entries = []
-        order = [ref] + [k for k in imgs if k != ref] + [k for k in rows if recs[k][1] == "mask"]
+        order = [ref] + [k for k in imgs if k != ref] + [k for k in rows if recs[k].kind == "mask"]
         for k in order:
             row, kind, contrast, method, labels, path, file, shape, affine = recs[k]
             on_ref = None
