@@ -59,5 +59,37 @@ def test_run_batches_uses_the_active_distributed_client():
     assert active_client() is None
 
 
+def _tasks_of_run(dask_scheduler, prefix):
+    return sum(1 for k in dask_scheduler.tasks if str(k).startswith(prefix))
+
+
+def known_to_scheduler(batch, prefix):
+    """How many tasks of this run the scheduler holds while this batch runs."""
+    from distributed import get_client
+
+    return [get_client().run_on_scheduler(_tasks_of_run, prefix=prefix)]
+
+
+@pytest.mark.slow
+def test_run_batches_submits_a_window_of_batches_and_keeps_order():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        batches = [[i] for i in range(10)]
+        # in order, and never more than 2 tasks per thread on the scheduler
+        seen = run_batches(known_to_scheduler, batches, client=client, label="win", progress=False,
+                           key_prefix="thaldask-win", args=("thaldask-win",), in_flight=2)
+        assert 1 <= max(x for b in seen for x in b) <= 2
+        order = []
+        out = run_batches(square_batch, batches, client=client, label="t", progress=False,
+                          in_flight=3, on_result=lambda i, r: order.append(i))
+        assert out == [[i * i] for i in range(10)] and sorted(order) == list(range(10))
+        # a window wider than the stage: the scheduler holds most of its tasks at once
+        seen = run_batches(known_to_scheduler, batches, client=client, label="all", progress=False,
+                           key_prefix="thaldask-all", args=("thaldask-all",), in_flight=100)
+        assert max(x for b in seen for x in b) >= 5
+
+
 def test_run_batches_empty():
     assert run_batches(square_batch, [], label="t", progress=False) == []

@@ -8,7 +8,10 @@ given explicitly is always used.
 :func:`run_batches` runs one task per batch of work items (a batch should hold at least
 ~100 ms of work), with Dask retries on a distributed cluster, one progress display
 (:class:`~thaldask._shared.progress.Progress`) advanced by each batch's size, and a
-per-batch error handler so that one failed batch never stops the others.
+per-batch error handler so that one failed batch never stops the others. On a distributed
+cluster it keeps only a few batches per worker thread submitted at a time
+(``thaldask.cluster.tasks-in-flight``) and submits the next as each finishes: the client and
+the scheduler hold the tasks of O(threads) batches, not of the whole cohort.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from thaldask import config
 from thaldask._shared.memory import reuse_heap
 from thaldask._shared.progress import Progress
 
@@ -105,6 +109,7 @@ def run_batches(
     args: tuple = (),
     kwargs: dict | None = None,
     on_result: Callable[[int, Any], None] | None = None,
+    in_flight: int | None = None,
 ) -> list:
     """Run ``func(batch, *args, **kwargs)`` once per batch; results in batch order.
 
@@ -127,6 +132,8 @@ def run_batches(
     done : units already done before this call (shown as done, counted in the total)
     on_result : ``on_result(i, result)`` is called in this process as each batch ``i``
         finishes (not for failed ones), e.g. to write results as they arrive
+    in_flight : batches submitted at once per worker thread of a distributed cluster (default
+        ``thaldask.cluster.tasks-in-flight``); the next is submitted as one finishes
     """
     kwargs = dict(kwargs or {})
     batches = [list(b) for b in batches]
@@ -141,14 +148,21 @@ def run_batches(
         if client is not None:
             from distributed import as_completed
 
+            per_thread = int(in_flight or config.get("cluster.tasks-in-flight"))
+            window = max(1, per_thread * n_slots(client))
             futs = {}
-            for i, b in enumerate(batches):
+
+            def submit(i):
                 f = client.submit(
-                    _batch_task, func, b, *args, key=f"{prefix}-{run}-{i}", pure=False, retries=retries,
-                    resources=resources, **kwargs,
+                    _batch_task, func, batches[i], *args, key=f"{prefix}-{run}-{i}", pure=False,
+                    retries=retries, resources=resources, **kwargs,
                 )
                 futs[f] = i
-            for fut in as_completed(list(futs)):
+                return f
+
+            queue = iter(range(len(batches)))
+            ready = as_completed([submit(i) for _, i in zip(range(window), queue, strict=False)])
+            for fut in ready:
                 i = futs.pop(fut)
                 try:
                     results[i] = fut.result()
@@ -156,6 +170,9 @@ def run_batches(
                     results[i] = _Failed(exc)
                 fut.release()  # the worker frees the result now, not when the stage ends
                 del fut
+                nxt = next(queue, None)
+                if nxt is not None:  # one finished: the next batch takes its place
+                    ready.add(submit(nxt))
                 if on_result is not None and not isinstance(results[i], _Failed):
                     on_result(i, results[i])
                 bar.advance(size(batches[i]))
