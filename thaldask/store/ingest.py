@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from thaldask._shared.compute import active_client, n_slots, owned_batches, run_batches
-from thaldask._shared.paths import is_remote, write_text
+from thaldask._shared.paths import is_remote
 from thaldask.cohort.clinical import validate_clinical
 from thaldask.cohort.labels import check_sides, label_values, parse_labels, split_binary_by_midline
 from thaldask.cohort.manifest import validate
@@ -41,30 +41,31 @@ from thaldask.store.create import (
 from thaldask.store.format import (
     BINARY,
     FORMAT_VERSION,
-    INGEST_REPORT,
     NAN_REPLACED,
     RESAMPLED,
     SCALED,
+)
+from thaldask.store.ingest_job import (
+    REPORT_COLUMNS,
+    IngestJob,
+    Outcome,
+    prepare_ingest,
+    report_frame,
+    write_report,
 )
 from thaldask.store.ingest_plan import (
     FileEntry,
     IngestPlan,
     ScanSpec,
-    fill_sites,
     merge_plan,
     only_rows,
-    plan_ingest,
     with_dtypes,
 )
 from thaldask.store.lock import store_lock
 from thaldask.store.sources import record_ingest
 
-__all__ = ["ingest", "REPORT_COLUMNS"]
+__all__ = ["ingest", "REPORT_COLUMNS", "Outcome"]
 
-REPORT_COLUMNS = [
-    "row", "subject", "timepoint", "kind", "contrast", "method", "path",
-    "status", "resampled", "reason",
-]
 #: reasons of stored rows that are also warnings on stderr (the data were usable, but odd)
 WARN_REASONS = ("non-finite voxels set to 0", "image is all zeros", "no voxel of the")
 #: a NaN fraction above this fails the image; below, NaNs become 0 and are recorded
@@ -92,9 +93,9 @@ def ingest_scan(
     storage_options=None,
     store: CohortStore | None = None,
     loaded: dict | None = None,
-) -> list[dict]:
+) -> list[Outcome]:
     """Decode, reorient/resample and write every file of one scan. Never raises for bad
-    input: each file's outcome is a report row (status written/skipped/failed).
+    input: each file has an :class:`Outcome` (status written/skipped/failed and why).
     ``loaded`` maps file paths to volumes already decoded (:func:`~thaldask.store.nifti.load_volume`)."""
     st = store or open_store(store_path, storage_options=storage_options)
     i = spec.scan
@@ -109,14 +110,8 @@ def ingest_scan(
     out = []
     ref_failed = None
     for e in spec.entries:
-        row = {
-            "row": e.row, "subject": spec.subject, "timepoint": spec.timepoint,
-            "kind": e.kind, "contrast": e.contrast, "method": e.method,
-            "path": e.path, "status": "failed", "resampled": False, "reason": "",
-        }
-        out.append(row)
         if ref_failed is not None:
-            row["reason"] = f"reference image of this scan failed ({ref_failed})"
+            out.append(Outcome(e.row, "failed", False, f"reference image of this scan failed ({ref_failed})"))
             continue
         try:
             res = _ingest_file(
@@ -124,20 +119,20 @@ def ingest_scan(
                 overwrite=overwrite, split_binary=split_binary,
                 volume=(loaded or {}).get(e.file),
             )
-            row.update(res)
+            out.append(Outcome(e.row, res["status"], res.get("resampled", False), res["reason"]))
         except _MoreDecimals as exc:  # the array is re-encoded as float32, then this is redone
-            row.update(status="deferred", reason=str(exc), array=e.array)
+            out.append(Outcome(e.row, "deferred", False, str(exc), e.array))
         except (ThaldaskError, ValueError, OSError, EOFError, MemoryError) as exc:
-            row["reason"] = _reason(exc)
+            out.append(Outcome(e.row, "failed", False, _reason(exc)))
             if e.is_ref:
-                ref_failed = row["reason"]
+                ref_failed = out[-1].reason
     return out
 
 
-def ingest_batch(specs: list[ScanSpec], store_path: str, **kwargs) -> list[dict]:
+def ingest_batch(specs: list[ScanSpec], store_path: str, **kwargs) -> list[Outcome]:
     """:func:`ingest_scan` for a few scans in one task (the store opened once)."""
     st = open_store(store_path, storage_options=kwargs.get("storage_options"))
-    rows: list[dict] = []
+    rows: list[Outcome] = []
     with st.record_batch():  # the task owns its scans' record chunks: one write per chunk
         for sp in specs:
             rows.extend(ingest_scan(store_path, sp, store=st, **kwargs))
@@ -321,11 +316,6 @@ def _mask_sides(data: np.ndarray, conv, *, ground_truth: bool = False) -> tuple[
 # ---------------------------------------------------------------- driver
 
 
-def _write_report(path: str, report: pd.DataFrame, storage_options=None):
-    write_text(f"{path.rstrip('/')}/{INGEST_REPORT}", report.to_csv(index=False),
-               storage_options=storage_options)
-
-
 def ingest(
     manifest,
     store: str | os.PathLike,
@@ -390,30 +380,26 @@ def ingest(
     # rows that passed their own checks
     df = validate(manifest, on_file_error="flag", client=client, progress=progress)
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
+    job = prepare_ingest(df, clin)
+    del df  # what the tasks need is in the plan; the client keeps O(1) per file from here
     # one writer at a time; a second ingest fails at once
     with store_lock(store, storage_options=storage_options):
-        return _ingest_validated(df, clin, store, overwrite=overwrite, client=client,
+        return _ingest_validated(job, clin, store, overwrite=overwrite, client=client,
                                  progress=progress, storage_options=storage_options,
                                  layout=layout, split_binary=split_binary)
 
 
-def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_options, layout,
-                      split_binary):
+def _ingest_validated(job: IngestJob, clin, store, *, overwrite, client, progress, storage_options,
+                      layout, split_binary):
     is_store = check_store_target(store, storage_options=storage_options)
-    failed_rows = _flagged_rows(df)
-    for w in df.loc[df["warning"] != "", "warning"]:
+    for w in job.warnings:
         print(f"thaldask: warning: {w}", file=sys.stderr)
-    good = df[df["problem"] == ""]
-    if not len(good):  # nothing usable: the report says why, nothing is created
-        report = pd.DataFrame(failed_rows, columns=REPORT_COLUMNS)
+    plan = job.plan
+    if plan is None:  # nothing usable: the report says why, nothing is created
+        report = report_frame(job.files, job.failed)
         if is_store:
-            _write_report(store, report, storage_options)
-        return report.sort_values("row").reset_index(drop=True)
-    good = good.copy()
-    good.attrs.update(df.attrs)
-    plan = plan_ingest(good)
-    if clin is not None and "site" in clin.columns:
-        plan = fill_sites(plan, clin)
+            write_report(store, report, storage_options)
+        return report
     st = None
     if is_store:  # a thaldask store: new scans are appended, nothing stored is dropped
         st = open_store(store, storage_options=storage_options)
@@ -460,42 +446,43 @@ def _ingest_validated(df, clin, store, *, overwrite, client, progress, storage_o
         set_clinical(st, clin)
     kwargs = {"overwrite": overwrite, "split_binary": split_binary,
               "storage_options": storage_options}
-    rows = []
-    by_scan = {sp.scan: sp for sp in plan.specs}
-    for k in probed:  # written here, from the volumes already decoded
-        rows.extend(ingest_scan(store, by_scan[k], store=st, loaded=loaded, **kwargs))
+    rows: list[Outcome] = []
+    probed_specs = [sp for sp in plan.specs if sp.scan in probed]
+    for sp in probed_specs:  # written here, from the volumes already decoded
+        rows.extend(ingest_scan(store, sp, store=st, loaded=loaded, **kwargs))
     loaded.clear()
     rest = [sp for sp in plan.specs if sp.scan not in probed]
     rows += _run(store, rest, client=client, progress=progress, kwargs=kwargs, done=len(probed))
-    deferred = [r for r in rows if r["status"] == "deferred"]
+    del rest
+    deferred = [r for r in rows if r.status == "deferred"]
     if deferred:  # an image with more decimals than its array: re-encode, then redo these
-        for name in sorted({r["array"] for r in deferred}):
-            first = next(r for r in deferred if r["array"] == name)
+        for name in sorted({r.array for r in deferred}):
+            first = next(r for r in deferred if r.array == name)
             n = st.recode_as_float(name)
             if progress:
+                subject, timepoint = job.files.loc[first.row, ["subject", "timepoint"]]
                 print(
-                    f"{name}: {first['subject']} {first['timepoint']} has {first['reason']}; "
+                    f"{name}: {subject} {timepoint} has {first.reason}; "
                     f"re-encoded its {n} stored scans as float32 (values unchanged)",
                     file=sys.stderr,
                 )
-        specs = only_rows(plan.specs, {r["row"] for r in deferred})
-        again = {r["row"]: r for r in _run(store, specs, client=client, progress=progress,
-                                          kwargs=kwargs)}
-        why = {r["row"]: r["reason"] for r in deferred}
+        specs = only_rows(plan.specs, {r.row for r in deferred})
+        again = {r.row: r for r in _run(store, specs, client=client, progress=progress,
+                                        kwargs=kwargs)}
+        why = {r.row: r.reason for r in deferred}
         for row, r in again.items():
-            if r["status"] == "written":
-                r["reason"] = f"{why[row]}: array re-encoded as float32 first"
-        rows = [again.get(r["row"], r) if r["status"] == "deferred" else r for r in rows]
-        for r in rows:
-            if r["status"] == "deferred":  # cannot happen after re-encoding; never silent
-                r["status"] = "failed"
-    rows += failed_rows
-    report = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("row").reset_index(drop=True)
-    src = os.path.basename(str(df.attrs.get("source", "manifest")))
+            if r.status == "written":
+                again[row] = r._replace(reason=f"{why[row]}: array re-encoded as float32 first")
+        rows = [again.get(r.row, r) if r.status == "deferred" else r for r in rows]
+        # still deferred cannot happen after re-encoding; never silent
+        rows = [r._replace(status="failed") if r.status == "deferred" else r for r in rows]
+    report = report_frame(job.files, rows + job.failed)
+    del rows
+    src = job.source
     for r in report[report["status"] == "written"].itertuples():  # stored, but worth a look
         if any(w in str(r.reason) for w in WARN_REASONS):
             print(f"thaldask: warning: {src} row {r.row}: {r.path!r}: {r.reason}", file=sys.stderr)
-    _write_report(store, report, storage_options)
+    write_report(store, report, storage_options)
     record_ingest(st, plan.specs, report)
     st.consolidate()
     return report
@@ -522,18 +509,6 @@ def _grow(st: CohortStore, fit, *, progress: bool) -> None:
                   file=sys.stderr)
     if fit.n_added or fit.regrid:
         append_scans(st, plan.scans, plan.scan_meta, plan.reference, plan.orig_axcodes)
-
-
-def _flagged_rows(df: pd.DataFrame) -> list[dict]:
-    """Report rows of the manifest rows whose file failed its own checks."""
-    out = []
-    for r in df[df["problem"] != ""].itertuples(index=False):
-        prefix = f"row {r.row}: {r.path!r}: "
-        reason = r.problem.split(prefix, 1)[1] if prefix in r.problem else r.problem
-        out.append({"row": int(r.row), "subject": r.subject, "timepoint": r.timepoint,
-                    "kind": r.kind, "contrast": r.contrast, "method": r.method, "path": r.path,
-                    "status": "failed", "resampled": False, "reason": reason})
-    return out
 
 
 def _probe_decimals(plan: IngestPlan, name: str):
@@ -579,9 +554,4 @@ def _run(store, specs, *, client, progress, kwargs, done=0):
 
 
 def _failed_rows(sp, reason):
-    return [
-        {"row": e.row, "subject": sp.subject, "timepoint": sp.timepoint, "kind": e.kind,
-         "contrast": e.contrast, "method": e.method, "path": e.path, "status": "failed",
-         "resampled": False, "reason": reason}
-        for e in sp.entries
-    ]
+    return [Outcome(e.row, "failed", False, reason) for e in sp.entries]

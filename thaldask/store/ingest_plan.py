@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One manifest file of a scan and the array it is written to."""
 
@@ -58,7 +58,7 @@ class FileEntry:
     dtype: str = "float32"  # storage type of ``array`` (numpy dtype string)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScanSpec:
     """One scan's files (the reference image first, then other images, then masks)."""
 
@@ -104,6 +104,7 @@ def plan_ingest(df: pd.DataFrame) -> IngestPlan:
     cols = ["row", "kind", "contrast", "method", "labels", "path", "file", "shape", "affine"]
     recs = dict(zip(df.index, df[cols].itertuples(index=False, name="File"), strict=True))
     headers = dict(zip(df.index, df["header"].tolist(), strict=True)) if "header" in df else {}
+    names: dict = {}  # one string per array name, shared by its files
     groups: dict = {}  # (subject, timepoint) -> its rows' labels, in manifest order
     for k, s, t in zip(df.index, df["subject"].tolist(), df["timepoint"].tolist(), strict=True):
         groups.setdefault((s, t), []).append(k)
@@ -145,7 +146,7 @@ def plan_ingest(df: pd.DataFrame) -> IngestPlan:
                     labels=labels,
                     path=path,
                     file=file,
-                    array=scan_array(kind, contrast, method),
+                    array=names.setdefault((kind, contrast, method), scan_array(kind, contrast, method)),
                     is_ref=k == ref,
                     same_grid=on_ref,
                 )
