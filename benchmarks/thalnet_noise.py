@@ -7,9 +7,14 @@ volume) while the scan is rendered again and again with only one factor varied:
 - ``noise``: the image-noise, bias-field and intensity realisation (pose and grid fixed);
 - ``shift``: a sub-voxel translation of the head (random direction, 0-1.5 mm), noise fixed;
 - ``rotate``: small rotations of the head (SD 1 degree per axis), noise fixed;
+- ``pose``: a new head position as between the cohort's visits (translation SD 2 mm and
+  rotation SD 2 degrees per axis), noise fixed (not in the default ``--factors``);
+- ``atrophy``: the planted thalamic volume 0-2 % smaller, pose and noise fixed (the error's
+  SD shows how far the measured change departs from the true one; not in the default);
 - ``site``: the voxel size and scanner of each site preset (1, 0.8, 1x1x1.2, 0.9 mm).
 
-Each render is segmented with thalnet on T1w with the box placed three ways:
+``--shape full`` renders the whole head (192 x 240 x 208 mm), where the box is placed by the
+4 mm localiser. Each render is segmented with thalnet on T1w with the box placed three ways:
 
 - ``auto``: the shipped path (the box centre found by the model itself);
 - ``true``: the box centred on the true thalamic centre of that render (follows the head);
@@ -24,7 +29,7 @@ pooled over subjects (root mean square of the per-subject SDs). Example::
     python benchmarks/thalnet_noise.py --json benchmarks/thalnet_noise.json
 
 ``--shift-tta N`` runs the model with N shifted ROI boxes (``thaldask.thalnet.shift-tta``),
-``--no-flip`` without the left-right mirrored passes.
+``--mirror each|alternate`` how its boxes are mirrored, ``--no-flip`` without mirrored passes.
 """
 
 from __future__ import annotations
@@ -68,15 +73,21 @@ class Subject:
                                   rng_subj, field_mm=an["deformation_sd_mm"],
                                   field_smooth_mm=an["deformation_smoothness_mm"], shape_jitter=an["shape_jitter"])
         self.tissue = draw_tissue(rng_subj, self.p["contrasts"]["tissue_jitter"])
-        jac = [self.geom.jacobian_at(self.geom.thalamus_centroid(s)) for s in (0, 1)]
-        targets = (self.row["thalamus_left_mm3"], self.row["thalamus_right_mm3"])
-        self.thr = tuple(tmpl.threshold_for(s, targets[s] / (tmpl.volume_mm3[s] * jac[s])) for s in (0, 1))
-        self.planted_mm3 = float(sum(targets))
+        self._tmpl = tmpl
+        self._jac = [self.geom.jacobian_at(self.geom.thalamus_centroid(s)) for s in (0, 1)]
+        self.targets = (self.row["thalamus_left_mm3"], self.row["thalamus_right_mm3"])
+        self.thr = self._thresholds(1.0)
+        self.planted_mm3 = float(sum(self.targets))
         self.site = self.sites[int(self.row["site_index"])]
         self.pose0 = _cohort_pose(np.random.default_rng([self.seed, self.index, 2, 0]), an)
 
-    def render(self, *, pose=None, voxel=None, site=None, noise_seed=0):
-        """(T1w float32, affine, ground-truth sides uint8) of one render."""
+    def _thresholds(self, factor):
+        t = self._tmpl
+        return tuple(t.threshold_for(s, factor * self.targets[s] / (t.volume_mm3[s] * self._jac[s])) for s in (0, 1))
+
+    def render(self, *, pose=None, voxel=None, site=None, noise_seed=0, volume_factor=1.0):
+        """(T1w float32, affine, ground-truth sides uint8) of one render; ``volume_factor``
+        scales the planted thalamic volume (as the generator's atrophy does)."""
         from thaldask.synth.anatomy import THALAMUS, sample_labels
         from thaldask.synth.cohort import _grid  # noqa: PLC2701 - the cohort's own grids
         from thaldask.synth.images import render_contrasts
@@ -85,7 +96,8 @@ class Subject:
         voxel = np.asarray(voxel if voxel is not None else site["voxel_mm"], float)
         aff, shape = _grid(self.shape, voxel)
         pose = self.pose0 if pose is None else pose
-        labels = sample_labels(self.geom, aff, shape, pose=pose, thalamus_thresholds=self.thr)
+        thr = self.thr if volume_factor == 1.0 else self._thresholds(volume_factor)
+        labels = sample_labels(self.geom, aff, shape, pose=pose, thalamus_thresholds=thr)
         gt = np.zeros(shape, np.uint8)
         gt[labels == THALAMUS[0]] = 1
         gt[labels == THALAMUS[1]] = 2
@@ -142,6 +154,10 @@ def renders(subject, factor, n, rng):
         return out
     if factor == "rotate":
         return [dict(pose=_moved(subject.pose0, angles_deg=rng.normal(0, 1.0, 3))) for _ in range(n)]
+    if factor == "pose":  # a new head position as between the cohort's visits (SD 2 mm, 2 degrees)
+        return [dict(pose=_cohort_pose(rng, subject.p["anatomy"])) for _ in range(n)]
+    if factor == "atrophy":  # the planted volume 0-2 % smaller, pose and noise fixed
+        return [dict(volume_factor=1.0 - 0.02 * k / max(n - 1, 1)) for k in range(n)]
     if factor == "site":
         from thaldask.synth.params import SITE_PRESETS
 
@@ -154,9 +170,13 @@ def main(argv=None):
     ap.add_argument("--subjects", default="0,5,11", help="subject indices of the atrophy cohort")
     ap.add_argument("--renders", type=int, default=10, help="renders per factor and subject")
     ap.add_argument("--factors", default="noise,shift,rotate,site")
+    ap.add_argument("--shape", default="small", choices=("small", "full"),
+                    help="field of view: small (no localiser, as the atrophy benchmark) or the whole head")
     ap.add_argument("--placements", default="auto,true,fixed")
     ap.add_argument("--shift-tta", type=int, default=None, help="shifted ROI passes (default: the config)")
     ap.add_argument("--no-flip", action="store_true", help="without the left-right mirrored passes")
+    ap.add_argument("--mirror", default=None, choices=("each", "alternate"),
+                    help="with several boxes: every box also mirrored, or every other box mirrored")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -171,11 +191,13 @@ def main(argv=None):
     if args.shift_tta is not None:
         model.shift_tta = args.shift_tta
     model.tta = not args.no_flip
+    if args.mirror:
+        model.shift_mirror = args.mirror
     factors = args.factors.split(",")
     placements = args.placements.split(",")
     rows = []
     for si in [int(s) for s in args.subjects.split(",")]:
-        subj = Subject(si)
+        subj = Subject(si, shape=args.shape)
         _, aff0, gt0 = subj.render()
         fixed = _true_centre(gt0, aff0)
         for factor in factors:
@@ -196,8 +218,9 @@ def main(argv=None):
                   f"({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
     summary = summarise(rows)
-    print(f"SD over renders, % of true left+right volume (RMS over subjects {args.subjects}); "
-          f"shift-tta {getattr(model, 'shift_tta', 1)}, flip {model.tta}")
+    print(f"SD over renders, % of true left+right volume (RMS over subjects {args.subjects}, {args.shape}); "
+          f"shift-tta {getattr(model, 'shift_tta', 1)}, flip {model.tta}, "
+          f"mirror {getattr(model, 'shift_mirror', 'each')}")
     print(f"{'factor':<8}{'placement':<10}{'true':>8}{'mask':>8}{'soft':>8}{'mask-gt':>9}{'soft-gt':>9}"
           f"{'mask bias':>11}{'centre SD mm':>14}")
     for (f, p), s in summary.items():
@@ -205,7 +228,8 @@ def main(argv=None):
               f"{s['soft_err']:>8.2f}%{s['mask_bias']:>+10.2f}%{s['centre_sd_mm']:>14.2f}")
     if args.json:
         res = dict(benchmark="thalnet_noise", argv=sys.argv[1:], threads=args.threads,
-                   shift_tta=getattr(model, "shift_tta", 1), flip=model.tta,
+                   shape=args.shape, shift_tta=getattr(model, "shift_tta", 1), flip=model.tta,
+                   mirror=getattr(model, "shift_mirror", "each"),
                    summary=[dict(factor=f, placement=p, **s) for (f, p), s in summary.items()], rows=rows,
                    wall_seconds=time.time() - t_start, torch=torch.__version__, python=platform.python_version(),
                    machine=dict(platform=platform.platform(), cpus=os.cpu_count(), load_avg_start=load0,
