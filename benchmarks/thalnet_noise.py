@@ -28,6 +28,10 @@ pooled over subjects (root mean square of the per-subject SDs). Example::
 
     python benchmarks/thalnet_noise.py --json benchmarks/thalnet_noise.json
 
+``--visits 26`` instead renders every subject's baseline anatomy with the draws of the
+cohort's own two visits (pose stream, noise stream, or both from the follow-up): the
+change error with no true change, split as the atrophy benchmark sees it.
+
 ``--shift-tta N`` runs the model with N shifted ROI boxes (``thaldask.thalnet.shift-tta``),
 ``--mirror each|alternate`` how its boxes are mirrored, ``--no-flip`` without mirrored passes.
 """
@@ -177,6 +181,8 @@ def main(argv=None):
     ap.add_argument("--no-flip", action="store_true", help="without the left-right mirrored passes")
     ap.add_argument("--mirror", default=None, choices=("each", "alternate"),
                     help="with several boxes: every box also mirrored, or every other box mirrored")
+    ap.add_argument("--visits", type=int, default=0, metavar="N",
+                    help="instead: zero-change error between the cohort's two visits of its first N subjects")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -193,6 +199,24 @@ def main(argv=None):
     model.tta = not args.no_flip
     if args.mirror:
         model.shift_mirror = args.mirror
+    if args.visits:
+        vrows = visit_pairs(model, args.visits)
+        import pandas as pd
+
+        sd = pd.DataFrame(vrows).groupby("variant")[["mask_pct", "soft_pct"]].std(ddof=1)
+        print(f"SD of the zero-change error between the cohort's visits ({args.visits} subjects, % of the "
+              f"true volume); shift-tta {model.shift_tta}, mirror {model.shift_mirror}")
+        for v, r in sd.iterrows():
+            print(f"{v:<8}{r['mask_pct']:>7.2f}% mask{r['soft_pct']:>7.2f}% soft")
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(
+                benchmark="thalnet_noise", mode="visits", argv=sys.argv[1:], shift_tta=model.shift_tta,
+                mirror=model.shift_mirror, sd_pct={v: dict(r) for v, r in sd.iterrows()}, rows=vrows,
+                wall_seconds=time.time() - t_start, torch=torch.__version__,
+                machine=dict(platform=platform.platform(), cpus=os.cpu_count(), load_avg_start=load0,
+                             load_avg_end=os.getloadavg()),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), indent=1) + "\n")
+        return
     factors = args.factors.split(",")
     placements = args.placements.split(",")
     rows = []
@@ -236,6 +260,43 @@ def main(argv=None):
                                 load_avg_end=os.getloadavg()),
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+
+
+def visit_pairs(model, n_subjects=26):
+    """Zero-change error between the cohort's own two visits: every subject's baseline
+    anatomy rendered with the baseline and the follow-up visit's draws of the generator
+    (its pose and noise streams, as ``make_cohort`` draws them), one of them or both.
+    Returns rows (subject, variant ``pose``/``noise``/``both``, change error in % of the
+    true volume)."""
+    from thaldask.synth.anatomy import THALAMUS, sample_labels
+    from thaldask.synth.cohort import _grid  # noqa: PLC2701 - the cohort's own grids
+    from thaldask.synth.images import render_contrasts
+
+    rows = []
+    for i in range(n_subjects):
+        s = Subject(i)
+        vox = np.asarray(s.site["voxel_mm"], float)
+        aff, shape = _grid(s.shape, vox)
+
+        def stream(k, s=s, i=i):
+            rng = np.random.default_rng([s.seed, i, 2, k])  # the cohort's per-visit stream
+            return _cohort_pose(rng, s.p["anatomy"]), rng
+
+        vol = {}
+        for variant, (pk, nk) in {"base": (0, 0), "pose": (1, 0), "noise": (0, 1), "both": (1, 1)}.items():
+            pose, _ = stream(pk)
+            _, rng = stream(nk)
+            labels = sample_labels(s.geom, aff, shape, pose=pose, thalamus_thresholds=s.thr)
+            img = render_contrasts(labels, vox, s.tissue, s.site, s.p["contrasts"], rng, aff, which=("T1w",))
+            true = float(np.isin(labels, THALAMUS).sum()) * float(np.prod(vox))
+            out = model.predict([img["T1w"].astype(np.float32), None, None], aff)
+            vol[variant] = (float(out["volume_mm3"].sum()), float(out["soft_volume_mm3"].sum()), true)
+        m0, s0, t0 = vol["base"]
+        for v in ("pose", "noise", "both"):
+            m1, s1, t1 = vol[v]
+            rows.append(dict(subject=i, variant=v, mask_pct=100 * ((m1 - m0) - (t1 - t0)) / t0,
+                             soft_pct=100 * ((s1 - s0) - (t1 - t0)) / t0))
+    return rows
 
 
 def summarise(rows):
