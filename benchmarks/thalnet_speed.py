@@ -5,7 +5,10 @@ the held-out anatomy shipped with the model (181 x 217 x 181, T1w, FLAIR and R1)
 
 - ``shipped``: the shipped weights through the full inference path (localiser, one check
   pass of the ROI network, the head-region search only when that pass shows no plausible
-  thalamus pair, the final flip-averaged pass, resampling back, connected components);
+  thalamus pair, the final flip-averaged pass in ``thaldask.thalnet.shift-tta`` shifted
+  boxes, resampling back, connected components);
+- ``one ROI box``: the same path with ``thaldask.thalnet.shift-tta`` 1 (the final pass in one
+  box, plain and mirrored, instead of the default's half-voxel shifted boxes);
 - ``shipped, search always``: the same weights with the head-region search on every scan;
 - ``earlier`` (with ``--anchor-weights``): other weights, e.g. the previous model, with the
   search on every scan, as that model was run;
@@ -70,6 +73,9 @@ def main(argv=None):
     seg = get_segmenter("thalnet")
     seg.load("cpu")
     candidates["shipped"] = seg
+    one_box = get_segmenter("thalnet", shift_tta=1)
+    one_box.load("cpu")
+    candidates["shipped weights, one ROI box (shift-tta 1)"] = one_box
     seg_always = get_segmenter("thalnet")
     seg_always.load("cpu")
     seg_always.model.search_mode = "always"

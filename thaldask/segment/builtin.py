@@ -32,6 +32,9 @@ class ThalNetSegmenter(Segmenter):
         Other weights (e.g. from ``thaldask train``); default: the shipped ones.
     tta : bool
         Average with the left-right mirrored prediction (default True).
+    shift_tta : int, optional
+        ROI boxes of the final pass, shifted by half voxels of the 1.5 mm ROI grid, averaged
+        on the input grid (default: ``thaldask.thalnet.shift-tta``).
     threads : int, optional
         torch intra-op threads on CPU.
     """
@@ -56,7 +59,9 @@ class ThalNetSegmenter(Segmenter):
         threads = self.options.get("threads")
         if threads:
             torch.set_num_threads(int(threads))
-        self.model = load_thalnet(device, path=self.options.get("weights"), tta=self.options.get("tta", True))
+        shift = self.options.get("shift_tta")
+        self.model = load_thalnet(device, path=self.options.get("weights"), tta=self.options.get("tta", True),
+                                  shift_tta=None if shift is None else int(shift))
         self.device = str(self.model.device)
 
     def _channels(self, image, parts):

@@ -88,6 +88,7 @@ def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
 
     out["volume_response"] = {c: _response(predict, crops, c) for c in contrasts}
     out["head_region_search"] = dict(scans=len(searched), searched=int(sum(searched)))
+    out["shift_tta"] = int(model.shift_tta)
     return out
 
 
@@ -177,10 +178,13 @@ def write_model_card(weights, out, *, heldout: dict | None = None, notes: str = 
         ),
     )
     if heldout is not None:
+        n = int(heldout.get("shift_tta", 1))
+        boxes = "one box" if n == 1 else f"{n} boxes shifted by half voxels of its grid, every other one mirrored"
         card["validation_full"] = dict(
             description="full inference path (localiser, checked by one ROI pass, head-region search "
                         "only when that pass shows no plausible thalamus pair, ROI network with flip "
-                        "averaging, resampling back) on whole-head renders of "
+                        f"averaging in {boxes} (thaldask.thalnet.shift-tta {n}), resampling back, "
+                        "averaged on the input grid) on whole-head renders of "
                         "the held-out maps; tissue priors with jitter, blur, bias field, noise; "
                         "1x1x1.5 = thick slices along z; Dice and volume error per side",
             **heldout,

@@ -1,10 +1,12 @@
 """Inference of the built-in ``thalnet`` model on one scan.
 
 Steps: the scan is read in world (RAS, mm) coordinates through its affine, so any orientation
-and voxel size works; a 4 mm whole-head localiser finds the thalami; a 1 mm box around them
-goes through the region-of-interest network (with a left-right flip average); its
-probabilities are resampled back onto the input grid; one connected component per side is
-kept. Every resampling is a ``torch.nn.functional.grid_sample`` between world-aligned grids.
+and voxel size works; a 4 mm whole-head localiser finds the thalami; a 1.5 mm box around them
+goes through the region-of-interest network (with a left-right flip average), optionally in
+several boxes shifted by half a voxel of that grid (``thaldask.thalnet.shift-tta``); the
+probabilities of every box are resampled back onto the input grid and averaged there; one
+connected component per side is kept. Every resampling is a
+``torch.nn.functional.grid_sample`` between world-aligned grids.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from thaldask import config
 from thaldask.errors import ModelWeightsError, ScanError, SegmenterError
 from thaldask.thalnet.assets import SLOTS, card_beside, model_card, models_dir, sha256, weights_path
 from thaldask.thalnet.network import build_network
@@ -31,6 +34,7 @@ __all__ = [
     "model_card",
     "normalise",
     "resolve_device",
+    "shift_offsets",
     "weights_path",
 ]
 
@@ -107,6 +111,28 @@ def _resample(img: torch.Tensor, affine: np.ndarray, box: np.ndarray, box_shape,
     return out[0, 0]
 
 
+#: half-voxel offsets of the ROI grid in the order shifted boxes are added: the first 2, 4
+#: or 8 shift every axis in half of the boxes
+_SHIFT_ORDER = 0.5 * np.array([(0, 0, 0), (1, 1, 1), (1, 0, 0), (0, 1, 1),
+                               (0, 1, 0), (1, 0, 1), (0, 0, 1), (1, 1, 0)], dtype=float)
+
+
+def shift_offsets(n: int) -> np.ndarray:
+    """Offsets (n, 3), in voxels of the ROI grid, of ``n`` shifted boxes: half-voxel shifts,
+    centred so that their mean is the box centre asked for (n = 1: no shift).
+
+    >>> shift_offsets(4).shape
+    (4, 3)
+    >>> bool(np.allclose(shift_offsets(8).mean(0), 0))
+    True
+    """
+    n = int(n)
+    if not 1 <= n <= len(_SHIFT_ORDER):
+        raise SegmenterError(f"shift-tta must be 1 to {len(_SHIFT_ORDER)} ROI boxes; got {n}")
+    o = _SHIFT_ORDER[:n]
+    return o - o.mean(0)
+
+
 #: fewest voxels (of the model grid, 3.375 mm³ each) per side for a box to count as holding
 #: the thalami (about 3.4 cm³; a thalamus is 5-8 cm³)
 MIN_SIDE_VOXELS = 1000
@@ -162,6 +188,12 @@ class ThalNet:
     #: what the returned mask's volume is: ``"mask"`` (voxels where a side beats the rest)
     #: or ``"soft"`` (the most probable voxels up to the sum of probabilities)
     volumes: str = "mask"
+    #: ROI boxes of the final pass, shifted by half voxels of the ROI grid
+    #: (:func:`shift_offsets`); their probabilities are averaged on the input grid
+    shift_tta: int = 1
+    #: with several boxes and ``tta``: ``"alternate"`` runs every other box mirrored (one
+    #: network pass per box), ``"each"`` runs every box plain and mirrored (two per box)
+    shift_mirror: str = "alternate"
 
     def _loc_shape(self, affine, shape) -> tuple:
         full = tuple(int(n) for n in self.meta["loc_shape"])
@@ -207,31 +239,55 @@ class ThalNet:
         """Probabilities (3, *roi_shape) on the model's box centred at ``center`` (world mm).
 
         With ``tta`` (default: the model's setting) the left-right mirrored prediction is
-        averaged in; ``passes``, when a list, receives each pass' probabilities."""
+        averaged in; ``passes``, when a list, receives (mirrored, probabilities) of each pass."""
+        return self.predict_rois(channels, affine, center, np.zeros((1, 3)), tta=tta, passes=passes)[0]
+
+    def predict_rois(self, channels: list[torch.Tensor | None], affine: np.ndarray, center, offsets, *,
+                     tta: bool | None = None, passes: list | None = None, mirror: str | None = None) -> list:
+        """(probabilities (3, *roi_shape), box vox->world affine) of boxes centred at
+        ``center`` (world mm) plus each of ``offsets`` (n, 3) in ROI voxels, all through the
+        network as one batch.
+
+        With ``tta`` (default: the model's setting) the left-right mirrored prediction comes
+        in: with ``mirror`` ``"each"`` every box runs plain and mirrored (averaged, 2n network
+        passes); with ``"alternate"`` (default: the model's ``shift_mirror``) every other box
+        runs mirrored instead of plain (n passes; one box alone still runs both). ``passes``,
+        when a list, receives (mirrored, probabilities) of each pass."""
         shape = self.roi_shape
         spacing = float(self.meta["roi_spacing"])
-        box = box_affine(center, shape, spacing)
-        x = torch.zeros((len(SLOTS), *shape), dtype=torch.float32)
-        for s, img in enumerate(channels):
-            if img is None:
-                continue
-            pooled, paff = _pool_to(img, affine, spacing)
-            x[s] = normalise(_resample(pooled, paff, box, shape))
-        x = x[None].to(self.device)
+        boxes = [box_affine(np.asarray(center, float) + spacing * np.asarray(o, float), shape, spacing)
+                 for o in offsets]
+        pooled = [None if img is None else _pool_to(img, affine, spacing) for img in channels]
+        x = torch.zeros((len(boxes), len(SLOTS), *shape), dtype=torch.float32)
+        for b, box in enumerate(boxes):
+            for s, pa in enumerate(pooled):
+                if pa is not None:
+                    x[b, s] = normalise(_resample(pa[0], pa[1], box, shape))
+        x = x.to(self.device)
         tta = self.tta if tta is None else tta
+        mirror = (mirror or self.shift_mirror) if len(boxes) > 1 else "each"
+        if mirror not in ("each", "alternate"):
+            raise SegmenterError(f"mirror must be 'each' or 'alternate'; got {mirror!r}")
+        n = len(boxes)
         with torch.no_grad():
-            if tta:  # the plain and the mirrored input as one batch of two (a third faster on CPU)
-                both = self.roi_net(torch.cat([x, x.flip(2)])).float().softmax(1)
-                prob, flipped = both[:1], both[1:].flip(2)[:, [0, 2, 1]]
-            else:
-                prob = self.roi_net(x).float().softmax(1)
-            if passes is not None:
-                passes.append(prob[0].cpu())
-            if tta:
+            if tta and mirror == "each":  # plain and mirrored as one batch (a third faster on CPU)
+                both = self.roi_net(torch.cat([x, x.flip(2)])).float().softmax(1).cpu()
+                plain, flipped = both[:n], both[n:].flip(2)[:, [0, 2, 1]]
                 if passes is not None:
-                    passes.append(flipped[0].cpu())
-                prob = 0.5 * (prob + flipped)
-        return prob[0].cpu(), box
+                    passes.extend([(False, p) for p in plain] + [(True, p) for p in flipped])
+                prob = 0.5 * (plain + flipped)
+            elif tta:  # every other box mirrored: as many passes as boxes
+                odd = torch.arange(n) % 2 == 1
+                x[odd] = x[odd].flip(2)
+                prob = self.roi_net(x).float().softmax(1).cpu()
+                prob[odd] = prob[odd].flip(2)[:, [0, 2, 1]]
+                if passes is not None:
+                    passes.extend((bool(m), p) for m, p in zip(odd, prob, strict=True))
+            else:
+                prob = self.roi_net(x).float().softmax(1).cpu()
+                if passes is not None:
+                    passes.extend((False, p) for p in prob)
+        return list(zip(prob, boxes, strict=True))
 
     def head_region(self, img: torch.Tensor, affine: np.ndarray):
         """(x centre, y centre, top z) of the head in world mm from a 4 mm view, or None."""
@@ -365,36 +421,47 @@ class ThalNet:
         ``volume_sd`` (left, right uncertainty in mm³, one SD), ``center`` (world mm) and
         ``searched`` (whether the head-region search ran).
 
-        ``volume_sd`` combines the disagreement of the plain and the left-right mirrored pass
-        (half their difference in soft volume) with the gap between the soft and the hard
-        volume (how much of the thalamus lies in voxels of intermediate probability), in
+        With ``shift_tta`` > 1 the final pass runs in that many boxes shifted by half voxels
+        of the ROI grid, every other one mirrored (``shift_mirror``), whose probabilities are
+        averaged on the input grid (what makes the volume depend less on where the head lies
+        against the 1.5 mm grid).
+
+        ``volume_sd`` combines the disagreement of the plain and the left-right mirrored passes
+        (half the difference of their mean soft volumes) with the gap between the soft and the
+        hard volume (how much of the thalamus lies in voxels of intermediate probability), in
         quadrature; both grow when the boundary is hard to see.
         """
         tens, ref, affine, shape = self._inputs(channels, affine)
         self._searched = False
         center = self.find_center(tens, ref, affine, shape)
         passes = []
-        prob, box = self.predict_roi(tens, affine, center, passes=passes)
-        labels, full = self._to_input_grid(prob, box, affine, shape, True)
+        rois = self.predict_rois(tens, affine, center, shift_offsets(self.shift_tta), passes=passes)
+        labels, full = self._to_input_grid(rois, affine, shape, True)
         voxel = float(abs(np.linalg.det(affine[:3, :3])))
         box_voxel = float(self.meta["roi_spacing"]) ** 3
         hard = np.array([np.count_nonzero(labels == s) for s in (1, 2)], float) * voxel
         soft = full.reshape(2, -1).sum(1).astype(float) * voxel
         # the uncertainty looks at the mask where a side beats the rest, whatever is returned
         mask = self._mask_voxels * voxel if self.volumes == "soft" else hard
-        pv = np.array([[float(p[s].sum()) * box_voxel for s in (1, 2)] for p in passes])
-        tta_sd = 0.5 * np.abs(pv[0] - pv[-1]) if len(pv) > 1 else np.zeros(2)
+        pv = np.array([[float(p[s].sum()) * box_voxel for s in (1, 2)] for _, p in passes])
+        mirrored = np.array([m for m, _ in passes], bool)
+        tta_sd = (0.5 * np.abs(pv[~mirrored].mean(0) - pv[mirrored].mean(0))
+                  if mirrored.any() and (~mirrored).any() else np.zeros(2))
         sd = np.sqrt(tta_sd**2 + (soft - mask) ** 2)
         return dict(labels=labels, prob=full, volume_mm3=hard, soft_volume_mm3=soft, volume_sd=sd,
                     center=np.asarray(center, float), searched=self._searched)
 
-    def _to_input_grid(self, prob, box, affine, shape, return_prob):
-        roi_shape = prob.shape[1:]
+    def _to_input_grid(self, rois, affine, shape, return_prob):
+        """Labels (and probabilities) on the input grid from ``rois``, a list of
+        (probabilities, box affine): each box's probabilities resampled onto the input voxels
+        the boxes cover, averaged, then turned into labels."""
+        roi_shape = rois[0][0].shape[1:]
         self._mask_voxels = np.zeros(2)  # voxels per side of the plain mask (before "soft")
-        # input voxels that the box covers: map the box corners into input voxel space
+        # input voxels that the boxes cover: map the box corners into input voxel space
         corners = np.array(np.meshgrid(*[[0, n - 1] for n in roi_shape], indexing="ij")).reshape(3, -1)
-        world = box @ np.vstack([corners, np.ones(corners.shape[1])])
-        vox = np.linalg.inv(affine) @ world
+        corners = np.vstack([corners, np.ones(corners.shape[1])])
+        inv = np.linalg.inv(affine)
+        vox = np.hstack([inv @ box @ corners for _, box in rois])
         lo = np.maximum(np.floor(vox[:3].min(1)).astype(int) - 1, 0)
         hi = np.minimum(np.ceil(vox[:3].max(1)).astype(int) + 2, np.asarray(shape))
         labels = np.zeros(shape, dtype=np.uint8)
@@ -404,9 +471,13 @@ class ThalNet:
         sub_shape = tuple(int(v) for v in hi - lo)
         sub_aff = affine.copy()
         sub_aff[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-        grid = affine_grid(sub_shape, sub_aff, np.linalg.inv(box), roi_shape)
-        p = F.grid_sample(prob[None, 1:], grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=True)[0].numpy()
+        p = None
+        for prob, box in rois:
+            grid = affine_grid(sub_shape, sub_aff, np.linalg.inv(box), roi_shape)
+            one = F.grid_sample(prob[None, 1:], grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=True)[0]
+            p = one if p is None else p + one
+        p = (p / len(rois)).numpy()
         out = labels_from_prob(p)
         if self.volumes == "soft":  # the mask holds as many voxels as the probabilities sum to
             self._mask_voxels = np.array([np.count_nonzero(out == s) for s in (1, 2)], float)
@@ -419,8 +490,11 @@ class ThalNet:
         return labels
 
 
-def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool = True) -> ThalNet:
+def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool = True,
+                 shift_tta: int | None = None) -> ThalNet:
     """Load the shipped ``thalnet`` weights, or those at ``path`` (e.g. from ``thaldask train``).
+
+    ``shift_tta``: shifted ROI boxes of the final pass (default: ``thaldask.thalnet.shift-tta``).
 
     With ``check_hash`` the weights' SHA-256 must match their model card: the shipped card,
     or a ``thalnet.json`` beside ``path`` (``thaldask model-card``); weights without a card
@@ -457,4 +531,7 @@ def load_thalnet(device="auto", *, path=None, check_hash: bool = True, tta: bool
     loc.load_state_dict({k: v.float() for k, v in w["loc"].items()})
     roi.eval().to(device)
     loc.eval().to(device)
-    return ThalNet(roi, loc, w["meta"], device, tta=tta)
+    if shift_tta is None:
+        shift_tta = config.get("thalnet.shift-tta")
+    shift_offsets(shift_tta)  # a bad count fails here, not at the first scan
+    return ThalNet(roi, loc, w["meta"], device, tta=tta, shift_tta=int(shift_tta))
