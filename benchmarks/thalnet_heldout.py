@@ -36,11 +36,11 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
-    import nibabel as nib
     import pandas as pd
     import torch
 
     from thaldask.thalnet.assets import SLOTS
+    from thaldask.thalnet.card import heldout_maps
     from thaldask.thalnet.inference import load_thalnet
     from thaldask.thalnet.validate import (  # noqa: PLC2701 - the card's own renders
         ThalamusResizer,
@@ -57,16 +57,6 @@ def main(argv=None):
     model = load_thalnet("cpu")
     names = model.meta["held_out"]
 
-    def maps():
-        for n in names:
-            p = next(Path(args.label_maps).glob(n + ".*"))
-            img = nib.as_closest_canonical(nib.load(str(p)))
-            lab = np.rint(np.asarray(img.dataobj)).astype(np.int32)
-            nz = np.argwhere(lab > 0)
-            lo, hi = np.maximum(nz.min(0) - 2, 0), np.minimum(nz.max(0) + 3, lab.shape)
-            aff = img.affine.copy()
-            aff[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
-            yield n, lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], aff
 
     seconds = {k: [] for k in settings}
 
@@ -94,7 +84,7 @@ def main(argv=None):
     wanted = args.contrasts.split(",")
     rows = {k: [] for k in settings}
     response_rows = {k: [] for k in settings}
-    for m, (name, labels, affine) in enumerate(maps()):
+    for m, (name, labels, affine) in enumerate(heldout_maps(args.label_maps, names)):
         for ci, c in enumerate(contrasts):
             for si, sp in enumerate(all_spacings):
                 if c not in wanted or sp not in spacings:

@@ -32,26 +32,33 @@ from thaldask.thalnet.validate import (
     volume_response,
 )
 
-__all__ = ["write_model_card", "heldout_dice"]
+__all__ = ["write_model_card", "heldout_dice", "heldout_maps"]
+
+
+def heldout_maps(label_maps_dir, names):
+    """(name, labels, affine) of each held-out label map, in RAS, cropped to its labels
+    with a 2-voxel margin (the affine follows the crop)."""
+    import nibabel as nib
+
+    for n in names:
+        p = next(Path(label_maps_dir).glob(n + ".*"))
+        img = nib.as_closest_canonical(nib.load(str(p)))
+        lab = np.rint(np.asarray(img.dataobj)).astype(np.int32)
+        nz = np.argwhere(lab > 0)
+        lo, hi = np.maximum(nz.min(0) - 2, 0), np.minimum(nz.max(0) + 3, lab.shape)
+        aff = img.affine.copy()
+        aff[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
+        yield n, lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], aff
 
 
 def heldout_dice(weights, label_maps_dir, names, *, log=print) -> dict:
     """Full-pipeline Dice on held-out label maps (whole head, three contrasts, two grids)."""
-    import nibabel as nib
-
     model = load_thalnet("cpu", path=weights, check_hash=False)
 
     def maps():
-        for n in names:
-            p = next(Path(label_maps_dir).glob(n + ".*"))
-            img = nib.as_closest_canonical(nib.load(str(p)))
-            lab = np.rint(np.asarray(img.dataobj)).astype(np.int32)
-            nz = np.argwhere(lab > 0)
-            lo, hi = np.maximum(nz.min(0) - 2, 0), np.minimum(nz.max(0) + 3, lab.shape)
-            aff = img.affine.copy()
-            aff[:3, 3] = img.affine[:3, :3] @ lo + img.affine[:3, 3]
+        for n, lab, aff in heldout_maps(label_maps_dir, names):
             log(f"rendering {n}")
-            yield n, lab[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], aff
+            yield n, lab, aff
 
     def predict(img, aff, contrast):
         t0 = time.perf_counter()
