@@ -80,7 +80,8 @@ def test_run_batches_submits_a_window_of_batches_and_keeps_order():
         # in order, and never more than 2 tasks per thread on the scheduler
         seen = run_batches(known_to_scheduler, batches, client=client, label="win", progress=False,
                            key_prefix="thaldask-win", args=("thaldask-win",), in_flight=2)
-        assert 1 <= max(x for b in seen for x in b) <= 2
+        windowed = max(x for b in seen for x in b)
+        assert windowed <= 2
         order = []
         out = run_batches(square_batch, batches, client=client, label="t", progress=False,
                           in_flight=3, on_result=lambda i, r: order.append(i))
@@ -88,7 +89,7 @@ def test_run_batches_submits_a_window_of_batches_and_keeps_order():
         # a window wider than the stage: the scheduler holds most of its tasks at once
         seen = run_batches(known_to_scheduler, batches, client=client, label="all", progress=False,
                            key_prefix="thaldask-all", args=("thaldask-all",), in_flight=100)
-        assert max(x for b in seen for x in b) >= 5
+        assert max(x for b in seen for x in b) >= 5 > windowed
 
 
 def test_run_batches_empty():
