@@ -24,6 +24,7 @@ __all__ = [
     "FLOAT_CODECS",
     "default_layout",
     "record_chunk_for",
+    "new_array_record_chunk",
     "array_codecs",
     "spatial_chunks",
     "decimal_scale",
@@ -88,12 +89,32 @@ def record_chunk_for(n_scans: int) -> int:
     return 64 if n >= 16384 else 32 if n >= 2048 else 16
 
 
+def new_array_record_chunk(layout: dict, n_scans: int) -> int:
+    """Record chunk of an array created now in a store of ``n_scans`` scans with ``layout``
+    (its creation's). A store whose chunk was sized by its cohort (``record_chunk_auto``:
+    ``thaldask.store.record-chunk`` was null) gives new arrays the chunk its size now gives,
+    never less, once it has grown; a configured size, and the one-scan chunks of stores made
+    before the setting, are kept. Arrays already there keep theirs; tasks own whole chunks
+    of the largest they write, and the sizes are powers of two, so the smaller ones nest.
+
+    >>> new_array_record_chunk({"record_chunk": 16, "record_chunk_auto": True}, 20_000)
+    64
+    >>> new_array_record_chunk({"record_chunk": 16}, 20_000)
+    16
+    """
+    created = max(1, int(layout.get("record_chunk", 1)))
+    if not layout.get("record_chunk_auto"):
+        return created
+    return max(created, record_chunk_for(n_scans))
+
+
 def default_layout(n_scans: int | None = None) -> dict:
     """Layout for new stores: dask.config ``thaldask.store.*`` over :data:`DEFAULT_LAYOUT`;
     ``n_scans`` (of a store being created) sizes the record chunk when the config leaves it
     null (:func:`record_chunk_for`)."""
     rc = config.get("store.record-chunk")
-    if not rc:
+    auto = not rc
+    if auto:
         rc = record_chunk_for(n_scans) if n_scans else DEFAULT_LAYOUT["record_chunk"]
     return {
         "spatial_chunks": config.get("store.spatial-chunks") or DEFAULT_LAYOUT["spatial_chunks"],
@@ -104,6 +125,7 @@ def default_layout(n_scans: int | None = None) -> dict:
         "float_shuffle": config.get("store.float-shuffle") or DEFAULT_LAYOUT["float_shuffle"],
         "pcodec_level": int(config.get("store.pcodec-level", DEFAULT_LAYOUT["pcodec_level"])),
         "record_chunk": int(rc),
+        "record_chunk_auto": auto,  # sized by the cohort: a grown store's new arrays follow
         "shards": bool(config.get("store.shards", DEFAULT_LAYOUT["shards"])),
     }
 

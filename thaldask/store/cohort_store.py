@@ -18,6 +18,7 @@ import pandas as pd
 
 from thaldask.errors import StoreError, StoreNotFoundError
 from thaldask.store.backend import make_zarr_store, quiet_zarr, set_zarr_concurrency
+from thaldask.store.codecs import new_array_record_chunk
 from thaldask.store.format import (
     BINARY,
     HAS_PROB,
@@ -199,10 +200,11 @@ class CohortStore(ScanWriter):
 
     @property
     def record_chunk(self) -> int:
-        """Scans per chunk of the write records, digests and uncertainties (1 in stores
-        made before the setting). Tasks that write scans own whole chunks of them: batch
-        scans with :func:`thaldask._shared.compute.owned_batches`."""
-        return max(1, int(self.layout.get("record_chunk", 1)))
+        """Scans per chunk of the write records, digests and uncertainties of a new array
+        (1 in stores made before the setting; grows with the store, see
+        :func:`~thaldask.store.codecs.new_array_record_chunk`). Tasks that write scans own
+        whole chunks of them: batch scans with :func:`thaldask._shared.compute.owned_batches`."""
+        return new_array_record_chunk(self.layout, self.n_scans)
 
     def write_chunk(self, names) -> int:
         """Scans per record chunk that tasks writing arrays ``names`` must own whole: the

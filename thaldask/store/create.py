@@ -185,7 +185,8 @@ def create_store(
         ROOT_ATTR: {"format": FORMAT_VERSION, "version": __version__, "created": _now()},
         "n_scans": int(len(scans)),
         "grid_shape": [int(v) for v in grid_shape],
-        "layout": {**default_layout(len(scans)), **(layout or {})},
+        "layout": {**default_layout(len(scans)), **(layout or {}),
+                   **({"record_chunk_auto": False} if "record_chunk" in (layout or {}) else {})},
         "clinical": None,
     }
     # the target was just checked to be new or an empty folder
