@@ -381,7 +381,7 @@ def ingest(
     df = validate(manifest, on_file_error="flag", client=client, progress=progress)
     clin = validate_clinical(clinical, manifest=df) if clinical is not None else None
     job = prepare_ingest(df, clin)
-    del df  # what the tasks need is in the plan; the client keeps O(1) per file from here
+    del df  # what the tasks need is in the plan: only the job is kept from here
     # one writer at a time; a second ingest fails at once
     with store_lock(store, storage_options=storage_options):
         return _ingest_validated(job, clin, store, overwrite=overwrite, client=client,
